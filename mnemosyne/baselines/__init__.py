@@ -1,1 +1,14 @@
-"""(under construction)"""
+"""Baselines: LSTM learned optimizers and tuned hand-designed optimizers."""
+
+from ._lstm import LSTMOptimizer, LSTMOptimizerState, lstm
+from ._tuned import DEFAULT_GRID, TunedResult, reference_optimizers, tuned
+
+__all__ = [
+    "DEFAULT_GRID",
+    "LSTMOptimizer",
+    "LSTMOptimizerState",
+    "TunedResult",
+    "lstm",
+    "reference_optimizers",
+    "tuned",
+]
