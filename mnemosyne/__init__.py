@@ -1,5 +1,45 @@
-"""Mnemosyne: a learned optimizer with a compact associative memory, for optax."""
+"""Mnemosyne: a learned optimizer with a compact associative memory, for optax.
 
+A reconstruction of Jain et al., "Mnemosyne: Learning to Train Transformers with
+Transformers" (NeurIPS 2023). The public API is re-exported here; implementation
+lives in private modules.
+"""
+
+from ._encoder import HierarchicalPoolingEncoder, PerformerBlock
+from ._lopt import (
+    AbstractMnemosyne,
+    CoordinatewiseMnemosyne,
+    LearnedStepHead,
+    MnemosyneState,
+    TensorwiseMnemosyne,
+)
 from ._lopt_base import AbstractLearnedOptimizer, Frozen, trainable_filter
+from ._memory import CompactAssociativeMemory, MemoryState
+from ._random_features import RandomFeatureMap
+from ._serialisation import WeightsFileError, load, pretrained, save
+from ._transform import as_gradient_transformation, mnemosyne, scale_by_mnemosyne
 
-__all__ = ["AbstractLearnedOptimizer", "Frozen", "trainable_filter"]
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbstractLearnedOptimizer",
+    "AbstractMnemosyne",
+    "CompactAssociativeMemory",
+    "CoordinatewiseMnemosyne",
+    "Frozen",
+    "HierarchicalPoolingEncoder",
+    "LearnedStepHead",
+    "MemoryState",
+    "MnemosyneState",
+    "PerformerBlock",
+    "RandomFeatureMap",
+    "TensorwiseMnemosyne",
+    "WeightsFileError",
+    "as_gradient_transformation",
+    "load",
+    "mnemosyne",
+    "pretrained",
+    "save",
+    "scale_by_mnemosyne",
+    "trainable_filter",
+]

@@ -1,18 +1,35 @@
 """NumPy reference kernels (float64), each naming the equation it implements.
 
-Layout convention shared with the JAX backend: per-coordinate quantities are
-*feature-major*, shape `(features, n)`, with the coordinate axis last.
+Equation numbers follow `docs/paper-to-code.md`: (2)-(5) are the compact
+associative memory of Mnemosyne Sec. 3.3 as reconstructed in
+`research/paper.md` §5; (A.1) is the hyperbolic random-feature map of its
+Appendix A.1 (the Performer's SM-hyp+ estimator); (L) is the log/sign
+preprocessing of Andrychowicz et al. (2016); (F), (H), (O) are this library's
+feature, head and output equations (reconstruction, see the paper-to-code page).
+
+Layout shared with the JAX backend: per-coordinate quantities are
+*feature-major*, shape `(features, n)`, the coordinate axis last.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+xp = np
 LOG_SIGN_P = 10.0
 
 
+def asarray(x, dtype=np.float64):
+    return np.asarray(x, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------
+# Features
+# ----------------------------------------------------------------------------
+
+
 def log_sign(g: np.ndarray, p: float = LOG_SIGN_P) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient preprocessing of Andrychowicz et al. (2016), Sec. 3.2 / App. A.
+    """Eq. (L): gradient preprocessing of Andrychowicz et al. (2016).
 
     $$
     g \\mapsto \\begin{cases}
@@ -27,3 +44,228 @@ def log_sign(g: np.ndarray, p: float = LOG_SIGN_P) -> tuple[np.ndarray, np.ndarr
         magnitude = np.where(big, np.log(np.abs(g)) / p, -1.0)
     direction = np.where(big, np.sign(g), np.exp(p) * g)
     return magnitude, direction
+
+
+def tensor_rms(x: np.ndarray, axis_names=None) -> np.ndarray:
+    """Root mean square of a whole tensor, computed without overflow.
+
+    $$\\operatorname{rms}(x) = \\max|x| \\sqrt{\\tfrac1n \\sum_i (x_i/\\max|x|)^2}$$
+
+    (`axis_names` is the JAX backend's collective axes; unused here.)
+    """
+    del axis_names
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return np.float64(0.0)
+    scale = np.max(np.abs(x))
+    if scale == 0:
+        return np.float64(0.0)
+    return scale * np.sqrt(np.mean((x / scale) ** 2))
+
+
+def step_embedding(step, timescales) -> np.ndarray:
+    """Eq. (F), last block: $e_j(t) = \\tanh(t / T_j)$ for each timescale $T_j$."""
+    return np.tanh(np.float64(step) / np.asarray(timescales, dtype=np.float64))
+
+
+def coordinate_features(g, x, step, timescales, clip, axis_names=None):
+    """Eq. (F): the per-coordinate input features of one tensor, `(F, *g.shape)`.
+
+    With $\\hat g = g/\\operatorname{rms}(g)$ and $\\hat x = x/\\operatorname{rms}(x)$
+    (tensor-level normalisation, which makes the optimizer scale-free):
+
+    $$f_i = [\\operatorname{clip}(\\hat g_i),\\ \\mathrm{L}(\\hat g_i),\\
+    \\operatorname{clip}(\\hat x_i),\\ e(t)]$$
+
+    where L is the log/sign map (L) (two features) and e the step embedding,
+    broadcast to every coordinate.
+    """
+    g = np.asarray(g, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    g_hat = g / (tensor_rms(g) + 1e-30)
+    x_hat = x / (tensor_rms(x) + 1e-30)
+    magnitude, direction = log_sign(g_hat)
+    rows = [
+        np.clip(g_hat, -clip, clip),
+        magnitude,
+        direction,
+        np.clip(x_hat, -clip, clip),
+    ]
+    rows += [np.full_like(g, e) for e in step_embedding(step, timescales)]
+    return np.stack(rows)
+
+
+# ----------------------------------------------------------------------------
+# Small dense layers, written as matrix products
+# ----------------------------------------------------------------------------
+
+
+def dense(weight, bias, inputs):
+    """Affine map of feature-major inputs: $W X + b$, `(out, in) @ (in, ...)`."""
+    out = np.tensordot(np.asarray(weight), inputs, axes=1)
+    return out + np.asarray(bias).reshape((-1,) + (1,) * (out.ndim - 1))
+
+
+def relu(x):
+    return np.maximum(x, 0.0)
+
+
+def stop_gradient(x):
+    """Identity: the NumPy reference computes no gradients."""
+    return x
+
+
+def layer_norm(x, axis=0, eps=1e-6):
+    """Layer normalisation over the feature axis (no learned affine)."""
+    mean = x.mean(axis=axis, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axis, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps)
+
+
+# ----------------------------------------------------------------------------
+# Random features (Appendix A.1; Performer Lemma 1)
+# ----------------------------------------------------------------------------
+
+
+def orthogonal_gaussian_matrix(rng: np.random.Generator, m: int, d: int):
+    """$m$ rows in $\\mathbb{R}^d$: orthogonal within blocks of $d$ rows, each row's
+    norm resampled from the chi distribution so rows are marginally $N(0, I)$
+    (FAVOR+ "orthogonal random features")."""
+    blocks = []
+    for _ in range(-(-m // d)):
+        q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        blocks.append(q.T)
+    rows = np.concatenate(blocks)[:m]
+    norms = np.sqrt(rng.chisquare(d, size=m))
+    return rows * norms[:, None]
+
+
+def hyperbolic_features(z, omega):
+    """Eq. (A.1): positive hyperbolic random features of the vectors `z[:, i]`.
+
+    $$\\phi(z) = \\frac{e^{-\\|z\\|^2/2}}{\\sqrt{r}}
+    \\left[e^{\\omega_1^\\top z}, \\dots, e^{\\omega_m^\\top z},
+    e^{-\\omega_1^\\top z}, \\dots, e^{-\\omega_m^\\top z}\\right],\\quad r = 2m,$$
+
+    an unbiased estimator of the softmax kernel:
+    $\\mathbb{E}_\\omega[\\phi(x)^\\top\\phi(y)] = e^{x^\\top y}$.
+    Each entry is at most $e^{\\|\\omega_j\\|^2/2}/\\sqrt r$, so writes never
+    overflow. `z`: `(d, n)`, `omega`: `(m, d)`; returns `(2m, n)`.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    proj = np.tensordot(np.asarray(omega, dtype=np.float64), z, axes=1)  # (m, ...)
+    half_sq = 0.5 * np.sum(z * z, axis=0)
+    r = 2 * proj.shape[0]
+    return np.concatenate([np.exp(proj - half_sq), np.exp(-proj - half_sq)]) / np.sqrt(r)
+
+
+def hyperbolic_query_features(z, omega):
+    """Eq. (A.1) up to a positive per-query factor, for reading the memory.
+
+    $\\tilde\\phi(q) = \\phi(q) / \\max_j \\phi_j(q)$: the largest entry is 1. The
+    factor cancels in the read-out ratio (5), so the result is unchanged while
+    large queries can no longer underflow every feature to zero.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    proj = np.tensordot(np.asarray(omega, dtype=np.float64), z, axes=1)
+    both = np.concatenate([proj, -proj])
+    return np.exp(both - both.max(axis=0, keepdims=True))
+
+
+# ----------------------------------------------------------------------------
+# Compact associative memory (Sec. 3.3, Eqs. (4)-(5))
+# ----------------------------------------------------------------------------
+
+
+def cam_write(numerator, normaliser, phi_k, v, decay):
+    """Eq. (4): discounted write of one step into the memory.
+
+    $$N_t = e^{-\\tau} N_{t-1} + \\phi(k_t) v_t^\\top,\\qquad
+    \\Psi_t = e^{-\\tau} \\Psi_{t-1} + \\phi(k_t)$$
+
+    Shapes (per head h, per memory slot i): `numerator` `(H, r, d_v, n)`,
+    `normaliser` `(H, r, n)`, `phi_k` `(H, r, n)`, `v` `(H, d_v, n)`,
+    `decay` $= e^{-\\tau_h}$ `(H,)`.
+    """
+    decay = np.asarray(decay, dtype=np.float64)
+    decay = decay.reshape(decay.shape + (1,) * (np.ndim(normaliser) - 1))
+    new_numerator = decay[:, None] * numerator + phi_k[:, :, None] * v[:, None]
+    new_normaliser = decay * normaliser + phi_k
+    return new_numerator, new_normaliser
+
+
+def cam_read(numerator, normaliser, phi_q, eps):
+    """Eq. (5): read-out of the memory by a query.
+
+    $$o_t = \\frac{N_t^\\top \\phi(q_t)}{\\phi(q_t)^\\top \\Psi_t + \\varepsilon}$$
+
+    returns `(H, d_v, n)`.
+    """
+    num = np.einsum("hr...,hrv...->hv...", phi_q, numerator)
+    den = np.einsum("hr...,hr...->h...", phi_q, normaliser)
+    return num / (den[:, None] + eps)
+
+
+# ----------------------------------------------------------------------------
+# Hierarchical pooling encoder (Fig. 1c): chunk -> bidirectional Performer -> pool
+# ----------------------------------------------------------------------------
+
+
+def chunk(x, chunk_len):
+    """Split feature-major tokens `(d, n)` into `(d, chunks, chunk_len)`, zero-padded;
+    also return the `(chunks, chunk_len)` mask of real tokens."""
+    d, n = x.shape
+    num_chunks = max(1, -(-n // chunk_len))
+    padded = np.zeros((d, num_chunks * chunk_len), dtype=x.dtype)
+    padded[:, :n] = x
+    mask = np.zeros(num_chunks * chunk_len, dtype=bool)
+    mask[:n] = True
+    return padded.reshape(d, num_chunks, chunk_len), mask.reshape(num_chunks, chunk_len)
+
+
+def chunk_attention(x, mask, wq, wk, wv, wo, omega):
+    """Bidirectional FAVOR+ attention inside each chunk (Fig. 1c), padding masked.
+
+    For one chunk with tokens $x_1..x_c$ (real ones marked by the mask $\\mu$):
+    $$\\mathrm{att}(x_i) = W_O \\frac{\\sum_j \\mu_j v_j\\, \\phi(k_j)^\\top \\phi(q_i)}
+    {\\sum_j \\mu_j \\phi(k_j)^\\top \\phi(q_i)},\\quad
+    q = d^{-1/4} W_Q x,\\ k = d^{-1/4} W_K x,\\ v = W_V x.$$
+
+    `x`: `(d, chunks, chunk_len)`; returns the same shape.
+    """
+    d, num_chunks, chunk_len = x.shape
+    scale = wq.shape[0] ** -0.25
+    out = np.zeros((wo.shape[0], num_chunks, chunk_len))
+    for c in range(num_chunks):
+        xc = x[:, c, :]
+        phi_q = hyperbolic_query_features(scale * (wq @ xc), omega)
+        phi_k = hyperbolic_features(scale * (wk @ xc), omega) * mask[c]
+        v = wv @ xc
+        num = (v @ phi_k.T) @ phi_q  # sum_j v_j phi(k_j)^T phi(q_i)
+        den = phi_k.sum(axis=1) @ phi_q
+        out[:, c, :] = wo @ (num / den)
+    return out
+
+
+def masked_mean_pool(x, mask):
+    """Mean of the real tokens of each chunk: `(d, chunks, chunk_len) -> (d, chunks)`."""
+    weights = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+    return np.einsum("dcl,cl->dc", x, weights)
+
+
+def unpool(tokens, n, chunk_len_total):
+    """Give each of `n` coordinates the token of the chunk it was pooled into:
+    coordinate $i$ reads token $\\lfloor i / c^L \\rfloor$."""
+    return np.repeat(tokens, chunk_len_total, axis=-1)[..., :n]
+
+
+# ----------------------------------------------------------------------------
+# Output (O)
+# ----------------------------------------------------------------------------
+
+
+def learned_step(direction, magnitude, alpha, beta, magnitude_clip):
+    """Eq. (O): the step, $\\alpha\\, d \\exp(\\beta\\, c \\tanh(s / c))$ with $c$ =
+    `magnitude_clip` (a smooth clip that keeps every step bounded)."""
+    s = magnitude_clip * np.tanh(magnitude / magnitude_clip)
+    return alpha * direction * np.exp(beta * s)

@@ -1,0 +1,86 @@
+"""Input validation shared by every optimizer: clear errors that name the leaf."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def leaf_shape_dtype(leaf):
+    """`(shape, dtype)` of an array or `jax.ShapeDtypeStruct` leaf."""
+    return tuple(leaf.shape), np.dtype(leaf.dtype)
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """The dtype the optimizer computes and stores its state in: float32 for
+    16-bit (and 32-bit) parameters, float64 for float64 parameters."""
+    return np.dtype(jnp.promote_types(dtype, jnp.float32))
+
+
+def _path(path) -> str:
+    return jax.tree_util.keystr(path) or "<root>"
+
+
+def check_float_leaves(tree, what: str) -> None:
+    """Raise `TypeError` naming the first leaf that is not real floating point."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not hasattr(leaf, "dtype"):
+            raise TypeError(f"{what}{_path(path)} is a {type(leaf).__name__}, not an array")
+        dtype = np.dtype(leaf.dtype)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                f"{what}{_path(path)} is complex ({dtype}); learned optimizers take real "
+                "parameters: split complex parameters into real and imaginary parts"
+            )
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{what}{_path(path)} has dtype {dtype}; only floating-point leaves can be "
+                "optimised. Filter them out first, e.g. eqx.filter(model, eqx.is_inexact_array), "
+                "or wrap the optimizer in optax.masked"
+            )
+
+
+def check_same_structure(a, b, name_a: str, name_b: str) -> None:
+    """Raise `ValueError` naming the first path where two pytrees differ."""
+    is_none = lambda x: x is None
+    leaves_a = jax.tree_util.tree_flatten_with_path(a, is_leaf=is_none)[0]
+    leaves_b = jax.tree_util.tree_flatten_with_path(b, is_leaf=is_none)[0]
+    paths_a = [_path(p) for p, _ in leaves_a]
+    paths_b = [_path(p) for p, _ in leaves_b]
+    if paths_a != paths_b:
+        only_a = sorted(set(paths_a) - set(paths_b))
+        only_b = sorted(set(paths_b) - set(paths_a))
+        raise ValueError(
+            f"{name_a} and {name_b} have different pytree structures: "
+            f"only in {name_a}: {only_a[:5]}, only in {name_b}: {only_b[:5]}"
+        )
+    for (path, x), (_, y) in zip(leaves_a, leaves_b):
+        if (x is None) != (y is None):
+            raise ValueError(f"{name_a}{_path(path)} and {name_b}{_path(path)}: one is None")
+        if x is not None and tuple(x.shape) != tuple(y.shape):
+            raise ValueError(
+                f"shape mismatch at {_path(path)}: {name_a} has {tuple(x.shape)}, "
+                f"{name_b} has {tuple(y.shape)}"
+            )
+
+
+def check_update_inputs(grads, state, params) -> None:
+    """Validate `update(grads, state, params)` at trace time."""
+    if params is None:
+        raise ValueError(
+            "this learned optimizer reads the parameters: call update(grads, state, params)"
+        )
+    check_float_leaves(grads, "grads")
+    check_same_structure(grads, params, "grads", "params")
+    memory = getattr(state, "memory", None)
+    if memory is not None:
+        is_none = lambda x: x is None
+        g_def = jax.tree.structure(grads, is_leaf=is_none)
+        try:
+            g_def.flatten_up_to(memory)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                "the optimizer state does not match the structure of grads: was it "
+                f"initialised for other parameters? ({err})"
+            ) from None

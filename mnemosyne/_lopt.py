@@ -1,0 +1,379 @@
+"""Mnemosyne learned optimizers: coordinate-wise and tensor-wise."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._checks import check_update_inputs, compute_dtype, leaf_shape_dtype
+from ._encoder import HierarchicalPoolingEncoder
+from ._lopt_base import AbstractLearnedOptimizer
+from ._serialisation import freeze_config, register_serialisable
+from ._memory import CompactAssociativeMemory, MemoryState
+from ._types import OptState, Params, PRNGKeyArray, Updates
+from .backends import get_backend
+
+NUM_COORDINATE_FEATURES = 4  # clip(g^), log|g^|/p, sign-ish(g^), clip(x^)
+
+
+class MnemosyneState(NamedTuple):
+    """State of a Mnemosyne optimizer.
+
+    Attributes:
+        step: number of updates applied (skipped steps excluded), int32 scalar.
+        memory: a pytree like `params` with one [`MemoryState`][mnemosyne.MemoryState]
+            per array leaf (`None` for `None` leaves).
+        skipped: number of steps skipped because a gradient was not finite.
+    """
+
+    step: Array
+    memory: Any
+    skipped: Array
+
+
+class LearnedStepHead(eqx.Module):
+    """The head (H): a small MLP with a linear skip path, then the output (O).
+
+    With head inputs $u$ (the coordinate's features and its memory read-out):
+    $$[d, s] = W_2\\,\\mathrm{relu}(W_1 u + b_1) + U u + b_2,\\qquad
+      \\text{step} = \\alpha\\, d\\, \\exp(\\beta\\, c \\tanh(s / c)).$$
+    Initialised with $U$ selecting the clipped normalised gradient for $d$ and
+    small $W_2$, so the untrained optimizer is normalised gradient descent with
+    step $\\alpha$: small and sane.
+    """
+
+    w1: Float[Array, "hidden inputs"]
+    b1: Float[Array, " hidden"]
+    w2: Float[Array, "2 hidden"]
+    skip: Float[Array, "2 inputs"]
+    b2: Float[Array, " 2"]
+    alpha: float = eqx.field(static=True)
+    beta: float = eqx.field(static=True)
+    magnitude_clip: float = eqx.field(static=True)
+
+    def __init__(self, num_inputs, hidden_size, *, alpha, beta, magnitude_clip=4.0, key):
+        k1, k2 = jax.random.split(key)
+        self.w1 = jax.random.normal(k1, (hidden_size, num_inputs)) / np.sqrt(num_inputs)
+        self.b1 = jnp.zeros(hidden_size)
+        self.w2 = 0.01 * jax.random.normal(k2, (2, hidden_size)) / np.sqrt(hidden_size)
+        self.skip = jnp.zeros((2, num_inputs)).at[0, 0].set(1.0)
+        self.b2 = jnp.zeros(2)
+        self.alpha, self.beta, self.magnitude_clip = alpha, beta, magnitude_clip
+
+    def __call__(self, inputs, backend):
+        B = backend
+        hidden = B.relu(B.dense(self.w1, self.b1, inputs))
+        out = B.dense(self.w2, self.b2, hidden) + B.dense(self.skip, 0 * self.b2, inputs)
+        return B.learned_step(out[0], out[1], self.alpha, self.beta, self.magnitude_clip)
+
+
+class AbstractMnemosyne(AbstractLearnedOptimizer):
+    """What both Mnemosyne variants share: the features (F), the token embedding,
+    the compact associative memory, the head, and the pytree-level `update`.
+
+    Subclasses say how one tensor's features become memory slots
+    (`_memory_slots`, `_leaf_step`).
+    """
+
+    embed_w: eqx.AbstractVar[Array]
+    embed_b: eqx.AbstractVar[Array]
+    memory: eqx.AbstractVar[CompactAssociativeMemory]
+    head: eqx.AbstractVar[LearnedStepHead]
+    step_timescales: eqx.AbstractVar[tuple[float, ...]]
+    feature_clip: eqx.AbstractVar[float]
+    skip_nonfinite: eqx.AbstractVar[bool]
+
+    @abc.abstractmethod
+    def _memory_slots(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Slot shape of the memory for a parameter of this shape."""
+
+    @abc.abstractmethod
+    def _leaf_step(self, grad, param, memory: MemoryState, step, backend, axis_names):
+        """Update and new memory for one tensor (compute dtype)."""
+
+    def state_floats_per_parameter(self, params: Params) -> float:
+        """Optimizer-state floats per parameter for `params` (memory only; the
+        two int32 scalars `step` and `skipped` are not counted)."""
+        leaves = [x for x in jax.tree.leaves(params) if hasattr(x, "shape")]
+        n = sum(int(np.prod(x.shape)) for x in leaves)
+        per_slot = self.memory.floats_per_slot()
+        slots = sum(int(np.prod(self._memory_slots(tuple(x.shape)))) for x in leaves)
+        return per_slot * slots / max(n, 1)
+
+    def features(self, grad, param, step, backend, axis_names=None):
+        """Per-coordinate features (F), `(F, *shape)`."""
+        return backend.coordinate_features(
+            grad, param, step, self.step_timescales, self.feature_clip, axis_names
+        )
+
+    def init(self, params: Params) -> MnemosyneState:
+        def leaf_state(p):
+            if p is None:
+                return None
+            shape, dtype = leaf_shape_dtype(p)
+            return self.memory.init_state(self._memory_slots(shape), compute_dtype(dtype))
+
+        memory = jax.tree.map(leaf_state, params, is_leaf=lambda x: x is None)
+        zero = jnp.zeros((), jnp.int32)
+        return MnemosyneState(step=zero, memory=memory, skipped=zero)
+
+    def update(
+        self,
+        grads: Updates,
+        state: OptState,
+        params: Params | None = None,
+        *,
+        backend: str = "jax",
+        axis_names: Any = None,
+        **extra_args: Any,
+    ) -> tuple[Updates, MnemosyneState]:
+        """One optimizer step on a pytree.
+
+        Args:
+            grads: gradients, a pytree like `params`.
+            state: from `init` or a previous `update`.
+            params: the current parameters (required: the features read them).
+            backend: `"jax"` (jittable) or `"numpy"` (the float64 reference).
+            axis_names: inside `shard_map` only: a pytree like `params` giving,
+                per leaf, the mesh axes it is split over (see
+                [`mnemosyne.sharded_update`][]).
+            **extra_args: accepted and ignored (optax convention).
+
+        Returns:
+            `(updates, new_state)`, with `params + updates` the new parameters.
+            If any gradient is NaN or infinite (and `skip_nonfinite`), the step is
+            skipped: zero updates, memory unchanged, `skipped` incremented.
+        """
+        del extra_args
+        check_update_inputs(grads, state, params)
+        B = get_backend(backend)
+        theta = _cast_theta(self, B)
+        treedef = jax.tree.structure(grads, is_leaf=lambda x: x is None)
+        g_leaves = treedef.flatten_up_to(grads)
+        p_leaves = treedef.flatten_up_to(params)
+        m_leaves = treedef.flatten_up_to(state.memory)
+        a_leaves = (
+            [None] * len(g_leaves) if axis_names is None else treedef.flatten_up_to(axis_names)
+        )
+        step = state.step
+        outputs = [
+            None if g is None else theta._leaf_step_cast(g, p, m, step, B, a)
+            for g, p, m, a in zip(g_leaves, p_leaves, m_leaves, a_leaves)
+        ]
+        updates = [None if o is None else o[0] for o in outputs]
+        memory = [None if o is None else o[1] for o in outputs]
+        new_state = MnemosyneState(step + 1, treedef.unflatten(memory), state.skipped)
+        updates = treedef.unflatten(updates)
+        if theta.skip_nonfinite:
+            updates, new_state = _skip_if_nonfinite(g_leaves, updates, new_state, state, B, axis_names)
+        return updates, new_state
+
+    def _leaf_step_cast(self, grad, param, memory, step, backend, axis_names):
+        B = backend
+        out_dtype = grad.dtype
+        dtype = memory.numerator.dtype
+        update, memory = self._leaf_step(
+            B.asarray(grad, dtype), B.asarray(param, dtype), memory, step, B, axis_names
+        )
+        return update.astype(out_dtype), memory
+
+
+def _cast_theta(lopt, backend):
+    """θ in the backend's arrays: float64 NumPy for the reference; unchanged for JAX."""
+    if backend.xp is jnp:
+        return lopt
+    return jax.tree.map(lambda a: np.asarray(a, np.float64) if eqx.is_array(a) else a, lopt)
+
+
+def _skip_if_nonfinite(g_leaves, updates, new_state, old_state, B, axis_names):
+    arrays = [g for g in g_leaves if g is not None]
+    finite = B.xp.all(B.xp.asarray([B.xp.all(B.xp.isfinite(g)) for g in arrays])) if arrays else True
+    if axis_names is not None and B.xp is jnp:
+        names = tuple(sorted({n for a in jax.tree.leaves(axis_names) for n in _as_tuple(a)}))
+        if names:
+            finite = jax.lax.pmin(finite.astype(jnp.int32), names).astype(bool)
+    keep = lambda new, old: B.xp.where(finite, new, old)
+    updates = jax.tree.map(lambda u: B.xp.where(finite, u, B.xp.zeros_like(u)), updates)
+    state = MnemosyneState(
+        step=keep(new_state.step, old_state.step),
+        memory=jax.tree.map(keep, new_state.memory, old_state.memory),
+        skipped=keep(old_state.skipped, old_state.skipped + 1),
+    )
+    return updates, state
+
+
+def _as_tuple(a):
+    if a is None:
+        return ()
+    return (a,) if isinstance(a, str) else tuple(a)
+
+
+@register_serialisable
+class CoordinatewiseMnemosyne(AbstractMnemosyne):
+    """Mnemosyne with one memory slot per coordinate (the default optimizer).
+
+    For every coordinate $i$ of every tensor, at step $t$:
+
+    1. features $f_i$ (F): the gradient and parameter normalised by their
+       tensor's RMS, the log/sign preprocessing, a step embedding;
+    2. token $\\xi_i = W_{in} f_i + b_{in}$;
+    3. the compact associative memory of that coordinate (2)-(5), with
+       `num_heads` heads of `num_features` random features and one discount
+       per head, returns $o_i$;
+    4. the head maps $[f_i, o_i]$ to the step (H), (O).
+
+    All weights are shared by every coordinate of every tensor, so one θ trains
+    any architecture. Optimizer state: `num_heads * num_features * (value_size
+    + 1)` floats per parameter (4 at the defaults; Adam: 2).
+
+    Example:
+        >>> import jax, mnemosyne
+        >>> lopt = mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0))
+        >>> lopt.memory.floats_per_slot()
+        4
+    """
+
+    embed_w: Float[Array, "d_model features"]
+    embed_b: Float[Array, " d_model"]
+    memory: CompactAssociativeMemory
+    head: LearnedStepHead
+    step_timescales: tuple[float, ...] = eqx.field(static=True)
+    feature_clip: float = eqx.field(static=True)
+    skip_nonfinite: bool = eqx.field(static=True)
+    config: tuple = eqx.field(static=True)
+
+    def __init__(
+        self,
+        *,
+        d_model: int = 8,
+        num_heads: int = 1,
+        num_features: int = 2,
+        key_size: int = 2,
+        value_size: int = 1,
+        timescales: tuple[float, ...] | None = None,
+        hidden_size: int = 8,
+        step_timescales: tuple[float, ...] = (10.0, 100.0, 1000.0),
+        alpha: float = 1e-2,
+        beta: float = 1.0,
+        feature_clip: float = 10.0,
+        skip_nonfinite: bool = True,
+        key: PRNGKeyArray,
+    ):
+        self.config = freeze_config(locals())
+        k_embed, k_mem, k_head = jax.random.split(key, 3)
+        num_in = NUM_COORDINATE_FEATURES + len(step_timescales)
+        self.embed_w = jax.random.normal(k_embed, (d_model, num_in)) / np.sqrt(num_in)
+        self.embed_b = jnp.zeros(d_model)
+        self.memory = CompactAssociativeMemory(
+            d_model, num_heads=num_heads, num_features=num_features, key_size=key_size,
+            value_size=value_size, timescales=timescales, key=k_mem,
+        )
+        self.head = LearnedStepHead(
+            num_in + num_heads * value_size, hidden_size, alpha=alpha, beta=beta, key=k_head
+        )
+        self.step_timescales = tuple(float(t) for t in step_timescales)
+        self.feature_clip = float(feature_clip)
+        self.skip_nonfinite = skip_nonfinite
+
+    def _memory_slots(self, shape):
+        return tuple(shape)
+
+    def _leaf_step(self, grad, param, memory, step, backend, axis_names):
+        B = backend
+        f = self.features(grad, param, step, B, axis_names)
+        tokens = B.dense(self.embed_w, self.embed_b, f)
+        memory, read = self.memory(memory, tokens, B)
+        step_size = self.head(B.xp.concatenate([f, read]), B)
+        return -step_size, memory
+
+
+@register_serialisable
+class TensorwiseMnemosyne(AbstractMnemosyne):
+    """Mnemosyne with the hierarchical pooling encoder: memory per meta-token.
+
+    For each tensor at step $t$: features (F) and tokens as in
+    [`CoordinatewiseMnemosyne`][mnemosyne.CoordinatewiseMnemosyne]; the
+    [`HierarchicalPoolingEncoder`][mnemosyne.HierarchicalPoolingEncoder] turns
+    the tensor's $n$ tokens into $b = \\lceil n/c^L \\rceil$ meta-tokens (Fig. 1c);
+    the compact associative memory keeps one slot per meta-token (the meta-tokens
+    are its batch dimension, Fig. 1); each coordinate's head reads its own
+    features and the memory read-out of the meta-token it was pooled into.
+    State: $b \\cdot H r (d_v + 1)$ floats per tensor, a small fraction of a float
+    per parameter.
+    """
+
+    embed_w: Float[Array, "d_model features"]
+    embed_b: Float[Array, " d_model"]
+    encoder: HierarchicalPoolingEncoder
+    memory: CompactAssociativeMemory
+    head: LearnedStepHead
+    step_timescales: tuple[float, ...] = eqx.field(static=True)
+    feature_clip: float = eqx.field(static=True)
+    skip_nonfinite: bool = eqx.field(static=True)
+    config: tuple = eqx.field(static=True)
+
+    def __init__(
+        self,
+        *,
+        d_model: int = 8,
+        num_levels: int = 2,
+        chunk_len: int = 16,
+        encoder_features: int = 8,
+        num_heads: int = 2,
+        num_features: int = 8,
+        key_size: int = 4,
+        value_size: int = 4,
+        timescales: tuple[float, ...] | None = None,
+        hidden_size: int = 8,
+        step_timescales: tuple[float, ...] = (10.0, 100.0, 1000.0),
+        alpha: float = 1e-2,
+        beta: float = 1.0,
+        feature_clip: float = 10.0,
+        skip_nonfinite: bool = True,
+        key: PRNGKeyArray,
+    ):
+        self.config = freeze_config(locals())
+        k_embed, k_enc, k_mem, k_head = jax.random.split(key, 4)
+        num_in = NUM_COORDINATE_FEATURES + len(step_timescales)
+        self.embed_w = jax.random.normal(k_embed, (d_model, num_in)) / np.sqrt(num_in)
+        self.embed_b = jnp.zeros(d_model)
+        self.encoder = HierarchicalPoolingEncoder(
+            d_model, num_levels=num_levels, chunk_len=chunk_len,
+            num_features=encoder_features, key=k_enc,
+        )
+        self.memory = CompactAssociativeMemory(
+            d_model, num_heads=num_heads, num_features=num_features, key_size=key_size,
+            value_size=value_size, timescales=timescales, key=k_mem,
+        )
+        self.head = LearnedStepHead(
+            num_in + num_heads * value_size, hidden_size, alpha=alpha, beta=beta, key=k_head
+        )
+        self.step_timescales = tuple(float(t) for t in step_timescales)
+        self.feature_clip = float(feature_clip)
+        self.skip_nonfinite = skip_nonfinite
+
+    def _memory_slots(self, shape):
+        return (self.encoder.num_meta_tokens(int(np.prod(shape))),)
+
+    def _leaf_step(self, grad, param, memory, step, backend, axis_names):
+        if axis_names:
+            raise NotImplementedError(
+                "TensorwiseMnemosyne pools across a whole tensor; under shard_map "
+                "use mnemosyne.sharded_update, which gathers each tensor first"
+            )
+        B = backend
+        shape = grad.shape
+        f = self.features(grad, param, step, B).reshape(self.embed_w.shape[1], grad.size)
+        tokens = B.dense(self.embed_w, self.embed_b, f)
+        meta_tokens = self.encoder(tokens, B)
+        memory, read = self.memory(memory, meta_tokens, B)
+        pooled = self.encoder.chunk_len ** len(self.encoder.levels)
+        read = B.unpool(read, grad.size, pooled)
+        step_size = self.head(B.xp.concatenate([f, read]), B)
+        return -step_size.reshape(shape), memory

@@ -1,0 +1,112 @@
+"""Compact associative memory (CAM): Mnemosyne's temporal module (Sec. 3.3)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._random_features import RandomFeatureMap
+from ._types import PRNGKeyArray
+
+
+class MemoryState(NamedTuple):
+    """The memory of one parameter tensor (or of its meta-tokens).
+
+    `numerator` is $N_t$, `(heads, r, d_v, *slots)`; `normaliser` is $\\Psi_t$,
+    `(heads, r, *slots)`. A slot is a coordinate (coordinate-wise Mnemosyne) or
+    a meta-token (tensor-wise Mnemosyne).
+    """
+
+    numerator: Array
+    normaliser: Array
+
+
+class CompactAssociativeMemory(eqx.Module):
+    """Multi-head compact associative memory with a discount per head.
+
+    Per head $h$, with token $\\xi_t$:
+
+    $$q = W_Q \\xi_t,\\ k = W_K \\xi_t,\\ v = W_V \\xi_t \\qquad (2)$$
+    $$N_t = e^{-\\tau_h} N_{t-1} + \\phi(k) v^\\top,\\quad
+      \\Psi_t = e^{-\\tau_h} \\Psi_{t-1} + \\phi(k) \\qquad (4)$$
+    $$o_t = \\frac{N_t^\\top \\phi(q)}{\\phi(q)^\\top \\Psi_t + \\varepsilon} \\qquad (5)$$
+
+    i.e. causal linear (Performer) attention over the optimisation history with
+    exponential forgetting, computed recurrently in $O(r\\,d_v)$ memory per slot.
+    Each head has its own learned discount $\\tau_h = e^{\\text{log\\_tau}_h}$ so the
+    heads cover several time scales.
+    """
+
+    query: Float[Array, "heads d_k d_model"]
+    key_proj: Float[Array, "heads d_k d_model"]
+    value: Float[Array, "heads d_v d_model"]
+    log_tau: Float[Array, " heads"]
+    features: RandomFeatureMap
+    eps: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        token_size: int,
+        *,
+        num_heads: int = 1,
+        num_features: int = 2,
+        key_size: int = 2,
+        value_size: int = 1,
+        timescales: tuple[float, ...] | None = None,
+        eps: float = 1e-12,
+        key: PRNGKeyArray,
+    ):
+        kq, kk, kv, kf = jax.random.split(key, 4)
+        scale = 1.0 / np.sqrt(token_size)
+        self.query = scale * jax.random.normal(kq, (num_heads, key_size, token_size))
+        self.key_proj = scale * jax.random.normal(kk, (num_heads, key_size, token_size))
+        self.value = scale * jax.random.normal(kv, (num_heads, value_size, token_size))
+        if timescales is None:
+            timescales = tuple(np.geomspace(10.0, 100.0, num_heads)) if num_heads > 1 else (10.0,)
+        if len(timescales) != num_heads:
+            raise ValueError(f"need one timescale per head, got {len(timescales)} for {num_heads}")
+        self.log_tau = -jnp.log(jnp.asarray(timescales, jnp.float32))  # tau = 1/T
+        self.features = RandomFeatureMap(num_heads, num_features, key_size, key=kf)
+        self.eps = eps
+
+    @property
+    def num_heads(self) -> int:
+        return self.query.shape[0]
+
+    @property
+    def num_features(self) -> int:
+        return 2 * self.features.omega.value.shape[1]
+
+    @property
+    def value_size(self) -> int:
+        return self.value.shape[1]
+
+    def init_state(self, slots: tuple[int, ...], dtype, xp=jnp) -> MemoryState:
+        """Empty memory ($N_0 = 0$, $\\Psi_0 = 0$) for the given slot shape."""
+        h, r, dv = self.num_heads, self.num_features, self.value_size
+        return MemoryState(xp.zeros((h, r, dv) + slots, dtype), xp.zeros((h, r) + slots, dtype))
+
+    def floats_per_slot(self) -> int:
+        return self.num_heads * self.num_features * (self.value_size + 1)
+
+    def __call__(self, state: MemoryState, tokens, backend) -> tuple[MemoryState, Array]:
+        """Write the tokens `(d_model, *slots)` (Eq. 4), then read (Eq. 5).
+
+        Returns the new state and the read-out, `(heads * d_v, *slots)`.
+        """
+        B = backend
+        heads = range(self.num_heads)
+        zero_k = B.xp.zeros(self.query.shape[1], tokens.dtype)
+        zero_v = B.xp.zeros(self.value.shape[1], tokens.dtype)
+        q = B.xp.stack([B.dense(self.query[h], zero_k, tokens) for h in heads])
+        k = B.xp.stack([B.dense(self.key_proj[h], zero_k, tokens) for h in heads])
+        v = B.xp.stack([B.dense(self.value[h], zero_v, tokens) for h in heads])
+        decay = B.xp.exp(-B.xp.exp(self.log_tau))
+        numerator, normaliser = B.cam_write(*state, self.features.keys(k, B), v, decay)
+        read = B.cam_read(numerator, normaliser, self.features.queries(q, B), self.eps)
+        return MemoryState(numerator, normaliser), read.reshape((-1,) + read.shape[2:])

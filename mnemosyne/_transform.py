@@ -1,0 +1,96 @@
+"""The optax transformations: `scale_by_mnemosyne` and `mnemosyne`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from ._lopt_base import AbstractLearnedOptimizer
+
+
+def _init(lopt, params):
+    return lopt.init(params)
+
+
+def _update_jax(lopt, updates, state, params=None, **extra_args: Any):
+    return lopt.update(updates, state, params, backend="jax", **extra_args)
+
+
+def _update_numpy(lopt, updates, state, params=None, **extra_args: Any):
+    return lopt.update(updates, state, params, backend="numpy", **extra_args)
+
+
+_UPDATE_FUNCTIONS = {"jax": _update_jax, "numpy": _update_numpy}
+
+
+def as_gradient_transformation(
+    lopt: AbstractLearnedOptimizer, *, backend: str = "jax"
+) -> optax.GradientTransformationExtraArgs:
+    """Any learned optimizer as an optax transformation (its raw step).
+
+    `init` and `update` are `jax.tree_util.Partial`s over the module: pytrees
+    whose leaves are θ (so θ is never baked into a closure, and can be traced
+    or differentiated), and hashable, so `jax.jit(tx.update)` works.
+    """
+    if backend not in _UPDATE_FUNCTIONS:
+        raise ValueError(f"unknown backend {backend!r}; expected 'jax' or 'numpy'")
+    return optax.GradientTransformationExtraArgs(
+        jax.tree_util.Partial(_init, lopt),
+        jax.tree_util.Partial(_UPDATE_FUNCTIONS[backend], lopt),
+    )
+
+
+def scale_by_mnemosyne(
+    lopt: AbstractLearnedOptimizer | None = None, *, backend: str = "jax"
+) -> optax.GradientTransformationExtraArgs:
+    """The raw learned step of a Mnemosyne optimizer, as an optax transformation.
+
+    Args:
+        lopt: the learned optimizer (θ); defaults to `pretrained("default")`.
+        backend: `"jax"`, or `"numpy"` for the float64 reference (not jittable).
+
+    Returns:
+        An `optax.GradientTransformationExtraArgs`; `update(grads, state, params)`
+        needs `params` and ignores extra keyword arguments.
+    """
+    if lopt is None:
+        from ._serialisation import pretrained
+
+        lopt = pretrained("default")
+    return as_gradient_transformation(lopt, backend=backend)
+
+
+def mnemosyne(
+    learning_rate: optax.ScalarOrSchedule = 1.0,
+    *,
+    lopt: AbstractLearnedOptimizer | None = None,
+    backend: str = "jax",
+) -> optax.GradientTransformationExtraArgs:
+    """The Mnemosyne optimizer: the pretrained learned step, times a learning rate.
+
+    $$\\theta_{t+1} = \\theta_t - \\eta_t \\cdot \\text{step}_\\phi(g_t, \\theta_t,
+    \\text{memory}_t)$$
+
+    The default `learning_rate=1.0` is the step the optimizer learned; it needs
+    no tuning. A float or an optax schedule multiplies it, and it works under
+    `optax.inject_hyperparams`.
+
+    Args:
+        learning_rate: multiplies the learned step (float or schedule).
+        lopt: the learned optimizer; defaults to `pretrained("default")`.
+        backend: `"jax"` or `"numpy"`.
+
+    Example:
+        >>> import jax.numpy as jnp, optax, mnemosyne
+        >>> params = {"w": jnp.ones(3)}
+        >>> tx = mnemosyne.mnemosyne()
+        >>> state = tx.init(params)
+        >>> updates, state = tx.update({"w": jnp.ones(3)}, state, params)
+        >>> params = optax.apply_updates(params, updates)
+    """
+    return optax.chain(
+        scale_by_mnemosyne(lopt, backend=backend),
+        optax.scale_by_learning_rate(learning_rate, flip_sign=False),
+    )
