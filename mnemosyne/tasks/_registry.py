@@ -1,0 +1,103 @@
+"""The named task suite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+
+from ._base import AbstractTask, AbstractTaskFamily
+from ._classification import CNNClassifier, MLPClassifier, ViTClassifier
+from ._data import load_dataset
+from ._families import FixedTasksFamily, MixedFamily, MLPFamily, QuadraticFamily, RosenbrockFamily, logreg_family
+from ._sequence import MaskedLM, PromptTuning, SequenceLM
+from ._synthetic import Quadratic, Rosenbrock
+
+_SEED = 0  # every registered task is built from fixed seeds
+
+
+def _mlp(dataset: str, hidden=(32,), activation="relu", name=None, batch_size=64) -> MLPClassifier:
+    kind = "mlp" if hidden else "logreg"
+    name = name or f"{kind}_{dataset}"
+    return MLPClassifier(load_dataset(dataset), hidden=tuple(hidden), activation=activation, batch_size=batch_size, name=name, kind=kind)
+
+
+def _lm(problem: str, **kwargs) -> SequenceLM:
+    return SequenceLM(problem, name=f"lm_{problem}", **kwargs)
+
+
+_TASKS: dict[str, Callable[[], AbstractTask]] = {
+    "quadratic": lambda: Quadratic.random(jax.random.key(_SEED), dim=20, log10_cond=3.0),
+    "rosenbrock": lambda: Rosenbrock(dim=2),
+    "logreg_breast_cancer": lambda: _mlp("breast_cancer", ()),
+    "logreg_wine": lambda: _mlp("wine", ()),
+    "mlp_iris": lambda: _mlp("iris", (16,), batch_size=32),
+    "mlp_wine": lambda: _mlp("wine", (32,)),
+    "mlp_breast_cancer": lambda: _mlp("breast_cancer", (32,)),
+    "mlp_digits": lambda: _mlp("digits", (32,), batch_size=128),
+    "mlp_digits_deep": lambda: _mlp("digits", (64, 32, 32), "tanh", "mlp_digits_deep", 128),
+    "cnn_digits": lambda: CNNClassifier(load_dataset("digits")),
+    "vit_digits": lambda: ViTClassifier(load_dataset("digits")),
+    "lm_copy": lambda: _lm("copy"),
+    "lm_reverse": lambda: _lm("reverse"),
+    "lm_sort": lambda: _lm("sort"),
+    "lm_recall": lambda: _lm("recall", n=4, vocab=16),
+    "mlm_synthetic": lambda: MaskedLM.markov(seed=_SEED),
+    "prompt_tuning": lambda: PromptTuning.random(seed=_SEED),
+}
+
+
+def list_tasks() -> list[str]:
+    """Names of the registered tasks."""
+    return sorted(_TASKS)
+
+
+def get_task(name: str) -> AbstractTask:
+    """A registered task, built deterministically (cheap: no pre-training)."""
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {list_tasks()}")
+    return _TASKS[name]()
+
+
+# Families ------------------------------------------------------------------
+
+HELD_OUT_KINDS = frozenset({"cnn", "vit", "lm", "mlm", "prompt"})
+"""Architectures kept out of the default meta-training mixture (the paper
+meta-trains on MLPs and evaluates on Transformers)."""
+
+_TRANSFORMER_TASKS = ("vit_digits", "lm_copy", "lm_reverse", "lm_sort", "lm_recall", "mlm_synthetic", "prompt_tuning")
+
+
+def _mixed() -> MixedFamily:
+    families = (MLPFamily(), logreg_family(), QuadraticFamily(), RosenbrockFamily())
+    return MixedFamily(families, (0.5, 0.2, 0.15, 0.15), name="mixed_family")
+
+
+def _full() -> MixedFamily:
+    families = (_mixed(), _FAMILIES["cnn_family"](), _FAMILIES["transformer_family"]())
+    return MixedFamily(families, (0.6, 0.1, 0.3), name="full_family")
+
+
+_FAMILIES: dict[str, Callable[[], AbstractTaskFamily]] = {
+    "mlp_family": MLPFamily,
+    "logreg_family": logreg_family,
+    "quadratic_family": QuadraticFamily,
+    "rosenbrock_family": RosenbrockFamily,
+    "cnn_family": lambda: FixedTasksFamily(("cnn_digits",), name="cnn_family"),
+    "transformer_family": lambda: FixedTasksFamily(_TRANSFORMER_TASKS, name="transformer_family"),
+    "mixed_family": _mixed,
+    "full_family": _full,
+}
+
+
+def list_families() -> list[str]:
+    """Names of the registered task families."""
+    return sorted(_FAMILIES)
+
+
+def get_family(name: str) -> AbstractTaskFamily:
+    """A registered family. `mixed_family` (the meta-training default) holds
+    out `HELD_OUT_KINDS`; `full_family` includes every kind."""
+    if name not in _FAMILIES:
+        raise ValueError(f"unknown family {name!r}; known: {list_families()}")
+    return _FAMILIES[name]()
