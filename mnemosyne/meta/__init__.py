@@ -1,1 +1,71 @@
-"""(under construction)"""
+"""Meta-training: inner unrolls, meta-losses, gradient estimators and the trainer.
+
+A learned optimizer's θ is trained on a distribution of tasks by unrolling
+inner training (`lax.scan`), scoring each truncated window with a
+meta-objective (mean log inner loss by default), estimating the meta-gradient
+by truncated backpropagation ([`TruncatedBPTT`][mnemosyne.meta.TruncatedBPTT])
+or antithetic evolution strategies ([`AntitheticES`][mnemosyne.meta.AntitheticES]),
+and stepping θ with an outer optax optimizer ([`MetaTrainer`][mnemosyne.meta.MetaTrainer]).
+Tasks are duck-typed: `init(key) -> params`, `loss(params, batch) -> scalar`,
+`sample_batch(key) -> batch`; a family has `sample(key) -> task`.
+"""
+
+from ._checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint_header,
+    save_checkpoint,
+)
+from ._estimators import AbstractGradientEstimator, AntitheticES, TruncatedBPTT
+from ._meta_loss import (
+    MetaLoss,
+    get_meta_loss,
+    guard_meta_loss,
+    is_diverged,
+    last_loss,
+    mean_log_loss,
+    mean_loss,
+)
+from ._trainer import MetaTrainer, plot_history, task_config_key
+from ._unroll import (
+    AbstractTruncationSchedule,
+    ConstantTruncationSchedule,
+    TruncationState,
+    UniformTruncationSchedule,
+    UnrollOutput,
+    expired_truncation_state,
+    init_truncation_state,
+    trajectory_keys,
+    truncated_unroll,
+    unroll,
+)
+
+__all__ = [
+    "AbstractGradientEstimator",
+    "AbstractTruncationSchedule",
+    "AntitheticES",
+    "CheckpointError",
+    "ConstantTruncationSchedule",
+    "MetaLoss",
+    "MetaTrainer",
+    "TruncatedBPTT",
+    "TruncationState",
+    "UniformTruncationSchedule",
+    "UnrollOutput",
+    "expired_truncation_state",
+    "get_meta_loss",
+    "guard_meta_loss",
+    "init_truncation_state",
+    "is_diverged",
+    "last_loss",
+    "load_checkpoint",
+    "mean_log_loss",
+    "mean_loss",
+    "plot_history",
+    "read_checkpoint_header",
+    "save_checkpoint",
+    "task_config_key",
+    "trajectory_keys",
+    "truncated_unroll",
+    "unroll",
+]

@@ -1,0 +1,302 @@
+"""Meta-gradient estimators: truncated BPTT and antithetic evolution strategies."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._lopt_base import AbstractLearnedOptimizer, trainable_filter
+from .._types import PRNGKeyArray
+from ._meta_loss import MetaLoss, get_meta_loss, guard_meta_loss
+from ._unroll import (
+    AbstractTruncationSchedule,
+    Task,
+    TruncationState,
+    truncated_unroll,
+)
+
+Diagnostics = dict[str, Array]
+
+
+def _masked_mean(values, mask):
+    """Mean of `values` over the leading axis where `mask`; 0 where none is."""
+    count = jnp.sum(mask)
+    total = jnp.sum(jnp.where(mask, values, jnp.zeros_like(values)))
+    return jnp.where(count > 0, total / jnp.maximum(count, 1).astype(values.dtype), 0)
+
+
+def _mean_over_valid(tree, valid):
+    """Mean over the leading (sample) axis of every leaf, using valid rows only."""
+    count = jnp.sum(valid)
+
+    def reduce(x):
+        shaped = jnp.reshape(valid, valid.shape + (1,) * (x.ndim - valid.ndim))
+        kept = jnp.where(shaped, x, jnp.zeros_like(x))
+        denom = jnp.maximum(count, 1).astype(x.dtype)
+        return jnp.sum(kept, axis=tuple(range(valid.ndim))) / denom
+
+    return jax.tree.map(reduce, tree)
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+class AbstractGradientEstimator(eqx.Module):
+    """Estimates the meta-gradient from a batch of truncated inner trajectories.
+
+    Every estimator has one entry point,
+    `estimate(lopt, task, states, *, key, num_steps, schedule)`, which advances
+    each trajectory of the batch `states` (a [`TruncationState`][] whose leaves
+    have a leading task axis) by one window of `num_steps` inner steps and
+    returns `(meta_loss, meta_grads, new_states, diagnostics)`:
+
+    - `meta_loss`: the mean meta-loss over the non-diverged trajectories;
+    - `meta_grads`: the meta-gradient, a pytree shaped like
+      `eqx.partition(lopt, trainable_filter(lopt))[0]` (θ's trainable part,
+      `None` elsewhere), averaged over the non-diverged trajectories;
+    - `new_states`: the advanced trajectories;
+    - `diagnostics`: a dict of int32 scalars, at least `num_diverged` (diverged
+      trajectories) and `num_valid` (samples that entered the gradient; the
+      trainer skips a step where it is 0).
+
+    A trajectory is *diverged* when an inner loss, its meta-loss or (for
+    backpropagation) its meta-gradient is NaN/Inf; it is dropped from the
+    average, counted, and restarted at the next window.
+
+    Attributes:
+        meta_loss: the meta-objective, a name from
+            [`get_meta_loss`][mnemosyne.meta.get_meta_loss] or a callable.
+        stop_gradient_features: feed the optimizer stop-gradiented inner
+            gradients (Andrychowicz et al. 2016), which drops second
+            derivatives of the inner loss.
+        divergence_penalty: the finite meta-loss reported when every
+            trajectory diverged.
+    """
+
+    meta_loss: eqx.AbstractVar[str | MetaLoss]
+    stop_gradient_features: eqx.AbstractVar[bool]
+    divergence_penalty: eqx.AbstractVar[float]
+
+    @abc.abstractmethod
+    def estimate(
+        self,
+        lopt: AbstractLearnedOptimizer,
+        task: Task,
+        states: TruncationState,
+        *,
+        key: PRNGKeyArray,
+        num_steps: int,
+        schedule: AbstractTruncationSchedule,
+    ) -> tuple[Float[Array, ""], Any, TruncationState, Diagnostics]:
+        """Return `(meta_loss, meta_grads, new_states, diagnostics)`."""
+
+    def _window_loss(self, lopt, task, state, num_steps, schedule):
+        new_state, output = truncated_unroll(
+            lopt,
+            task,
+            state,
+            num_steps,
+            schedule,
+            stop_gradient_features=self.stop_gradient_features,
+        )
+        value = get_meta_loss(self.meta_loss)(output.losses)
+        return value, (new_state, output)
+
+
+class TruncatedBPTT(AbstractGradientEstimator):
+    r"""Truncated backpropagation through the unroll window.
+
+    For each trajectory $i$ of the batch, the window's meta-loss $L_i(\theta)$
+    is differentiated by reverse mode through all $K$ inner steps of the window
+    (the state entering the window is treated as a constant):
+
+    $$\hat g = \frac{1}{|V|} \sum_{i \in V} \nabla_\theta L_i(\theta),$$
+
+    with $V$ the non-diverged trajectories. When one window covers a whole
+    trajectory this is the exact gradient of the meta-objective; shorter
+    windows bias it (the truncation bias of Wu et al. 2018). The gradient is
+    taken with `eqx.filter_value_and_grad` with respect to the trainable part
+    of θ, `eqx.partition(lopt, trainable_filter(lopt))[0]`.
+
+    Args:
+        meta_loss: the meta-objective (default mean log inner loss).
+        stop_gradient_features: drop second derivatives of the inner loss.
+        divergence_penalty: meta-loss reported when every trajectory diverged.
+
+    References:
+        Andrychowicz et al., "Learning to learn by gradient descent by gradient
+        descent", NeurIPS 2016. Wu et al., "Understanding short-horizon bias
+        in stochastic meta-optimization", ICLR 2018.
+    """
+
+    meta_loss: str | MetaLoss = eqx.field(static=True, default="mean_log")
+    stop_gradient_features: bool = eqx.field(static=True, default=False)
+    divergence_penalty: float = eqx.field(static=True, default=1e3)
+
+    def estimate(self, lopt, task, states, *, key, num_steps, schedule):
+        del key  # deterministic given the states
+        trainable, static = eqx.partition(lopt, trainable_filter(lopt))
+
+        def window(trainable, state):
+            return self._window_loss(
+                eqx.combine(trainable, static), task, state, num_steps, schedule
+            )
+
+        value_and_grad = eqx.filter_value_and_grad(window, has_aux=True)
+
+        def per_task(state):
+            (value, (new_state, output)), grads = value_and_grad(trainable, state)
+            value, diverged = guard_meta_loss(
+                output.losses, value, self.divergence_penalty
+            )
+            diverged = diverged | ~_all_finite(grads)
+            return value, grads, new_state, diverged
+
+        values, grads, new_states, diverged = jax.vmap(per_task)(states)
+        valid = ~diverged
+        meta_grads = _mean_over_valid(grads, valid)
+        meta_loss = jnp.where(
+            jnp.any(valid),
+            _masked_mean(values, valid),
+            jnp.asarray(self.divergence_penalty, values.dtype),
+        )
+        diagnostics = {
+            "num_diverged": jnp.sum(diverged).astype(jnp.int32),
+            "num_valid": jnp.sum(valid).astype(jnp.int32),
+        }
+        return meta_loss, meta_grads, new_states, diagnostics
+
+
+class AntitheticES(AbstractGradientEstimator):
+    r"""Antithetic evolution strategies over the trainable leaves of θ.
+
+    For each trajectory $i$ of the batch, `num_pairs` $=P$ Gaussian directions
+    $\varepsilon_{ip} \sim \mathcal N(0, I)$ (one per trainable coordinate) are
+    drawn, and the window is unrolled at $\theta \pm \sigma \varepsilon_{ip}$
+    from the *same* truncation state with the *same* minibatches:
+
+    $$\hat g = \frac{1}{|V|} \sum_{(i,p) \in V}
+      \frac{L_i(\theta + \sigma\varepsilon_{ip}) - L_i(\theta - \sigma\varepsilon_{ip})}
+      {2\sigma}\, \varepsilon_{ip},$$
+
+    which for one trajectory is $\sum_p (L^+ - L^-)\varepsilon / (2\sigma P)$.
+    It estimates the gradient of the Gaussian-smoothed meta-loss
+    $\mathbb E_\varepsilon L(\theta + \sigma\varepsilon)$, needs no
+    backpropagation through the unroll (memory independent of the window
+    length) and tolerates chaotic or non-differentiable unrolls. Pairs in which
+    either side diverged are dropped ($V$) and counted. For a smooth $L$ and
+    small $\sigma$ the estimate is unbiased with covariance
+    $\frac{1}{M}(\lVert g\rVert^2 I + g g^\top)$ for $M$ pairs.
+
+    The trajectories are advanced by a third, unperturbed unroll, which also
+    gives the reported meta-loss.
+
+    Args:
+        std: the perturbation scale $\sigma$.
+        num_pairs: $P$, antithetic pairs per trajectory.
+        meta_loss: the meta-objective (default mean log inner loss).
+        stop_gradient_features: irrelevant to ES (nothing is differentiated);
+            kept for a uniform interface.
+        divergence_penalty: meta-loss reported when every trajectory diverged.
+
+    References:
+        Salimans et al., "Evolution strategies as a scalable alternative to
+        reinforcement learning", 2017. Metz et al., "Gradients are not all
+        you need", 2021.
+    """
+
+    std: float = eqx.field(static=True, default=0.01)
+    num_pairs: int = eqx.field(static=True, default=8)
+    meta_loss: str | MetaLoss = eqx.field(static=True, default="mean_log")
+    stop_gradient_features: bool = eqx.field(static=True, default=False)
+    divergence_penalty: float = eqx.field(static=True, default=1e3)
+
+    def __check_init__(self):
+        if self.num_pairs < 1:
+            raise ValueError(f"num_pairs must be >= 1, got {self.num_pairs}.")
+        if not self.std > 0:
+            raise ValueError(f"std must be > 0, got {self.std}.")
+
+    def estimate(self, lopt, task, states, *, key, num_steps, schedule):
+        trainable, static = eqx.partition(lopt, trainable_filter(lopt))
+        leaves, treedef = jax.tree.flatten(trainable)
+        num_tasks = jax.tree.leaves(states)[0].shape[0]
+
+        def loss_at(leaves_, state):
+            lopt_ = eqx.combine(jax.tree.unflatten(treedef, leaves_), static)
+            value, (new_state, output) = self._window_loss(
+                lopt_, task, state, num_steps, schedule
+            )
+            value, diverged = guard_meta_loss(
+                output.losses, value, self.divergence_penalty
+            )
+            return value, diverged, new_state
+
+        def draw(pair_key):
+            keys = jax.random.split(pair_key, max(len(leaves), 1))
+            return [
+                jax.random.normal(k, x.shape, x.dtype)
+                for k, x in zip(keys, leaves, strict=False)
+            ]
+
+        def per_task(state, task_key):
+            pair_keys = jax.random.split(task_key, self.num_pairs)
+            eps = jax.vmap(draw)(pair_keys)  # leaves: [num_pairs, *leaf.shape]
+            # One batched unroll over 2P + 1 copies of θ (θ + σε_p, θ - σε_p,
+            # θ): a single scan body to compile, all on the same state and data.
+            candidates = [
+                jnp.concatenate(
+                    [x[None] + self.std * e, x[None] - self.std * e, x[None]]
+                )
+                for x, e in zip(leaves, eps, strict=True)
+            ]
+            values, diverged, new_states = jax.vmap(loss_at, in_axes=(0, None))(
+                candidates, state
+            )
+            new_state = jax.tree.map(lambda x: x[-1], new_states)
+            loss_plus = values[: self.num_pairs]
+            loss_minus = values[self.num_pairs : 2 * self.num_pairs]
+            pair_diverged = (
+                diverged[: self.num_pairs] | diverged[self.num_pairs : 2 * self.num_pairs]
+            )
+            scale = (loss_plus - loss_minus) / (2 * self.std)
+            scale = jnp.where(pair_diverged, jnp.zeros_like(scale), scale)
+            contribution = [
+                jnp.reshape(scale, scale.shape + (1,) * (e.ndim - 1)).astype(e.dtype) * e
+                for e in eps
+            ]
+            return (
+                contribution,
+                pair_diverged,
+                values[-1],
+                diverged[-1],
+                new_state,
+            )
+
+        task_keys = jax.random.split(key, num_tasks)
+        contribution, pair_diverged, values, diverged, new_states = jax.vmap(
+            per_task
+        )(states, task_keys)
+        # contribution leaves: [num_tasks, num_pairs, *leaf.shape]
+        valid_pairs = ~pair_diverged
+        grad_leaves = _mean_over_valid(contribution, valid_pairs)
+        meta_grads = jax.tree.unflatten(treedef, grad_leaves)
+        valid = ~diverged
+        meta_loss = jnp.where(
+            jnp.any(valid),
+            _masked_mean(values, valid),
+            jnp.asarray(self.divergence_penalty, values.dtype),
+        )
+        diagnostics = {
+            "num_diverged": jnp.sum(diverged).astype(jnp.int32),
+            "num_diverged_pairs": jnp.sum(pair_diverged).astype(jnp.int32),
+            "num_valid": jnp.sum(valid_pairs).astype(jnp.int32),
+        }
+        return meta_loss, meta_grads, new_states, diagnostics

@@ -1,0 +1,500 @@
+"""Tests for mnemosyne.meta: unrolls, estimators, trainer, checkpoints.
+
+The tasks here are tiny duck-typed ones defined in this file (a noisy quadratic
+family and a task whose loss turns NaN), so the meta-training machinery is
+tested independently of `mnemosyne.tasks`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mnemosyne import AbstractLearnedOptimizer
+from mnemosyne import meta
+from mnemosyne.baselines._learnable_sgd import LearnableSGD
+from mnemosyne.meta import _checkpoint, _trainer
+
+# --------------------------------------------------------------------------- #
+# Tiny tasks and optimizers (duck-typed task protocol)
+# --------------------------------------------------------------------------- #
+
+
+class NoisyQuadratic(eqx.Module):
+    """f(w; b) = ½ Σ_i a_i (w_i - b_i)², b ~ N(0, noise² I) per minibatch."""
+
+    curvature: jax.Array
+    noise: float = eqx.field(static=True, default=0.1)
+
+    @property
+    def name(self) -> str:
+        return f"noisy_quadratic_{self.curvature.shape[0]}"
+
+    def init(self, key):
+        return {"w": jax.random.normal(key, self.curvature.shape)}
+
+    def sample_batch(self, key):
+        return self.noise * jax.random.normal(key, self.curvature.shape)
+
+    def loss(self, params, batch):
+        d = params["w"] - batch
+        return 0.5 * jnp.sum(self.curvature * d * d)
+
+
+class NoisyQuadraticFamily(eqx.Module):
+    """Curvatures log-uniform in [0.5, 2]; dimension drawn from `dims`."""
+
+    dims: tuple[int, ...] = eqx.field(static=True, default=(8,))
+
+    def sample(self, key):
+        dim_key, curv_key = jax.random.split(key)
+        dim = self.dims[int(jax.random.randint(dim_key, (), 0, len(self.dims)))]
+        log_a = jax.random.uniform(
+            curv_key, (dim,), minval=math.log(0.5), maxval=math.log(2.0)
+        )
+        return NoisyQuadratic(jnp.exp(log_a))
+
+
+class SometimesNaNTask(eqx.Module):
+    """A quadratic whose minibatch is NaN with probability `p_nan` per step."""
+
+    p_nan: jax.Array  # an array leaf: changing it does not recompile
+
+    name = "sometimes_nan"
+
+    def init(self, key):
+        return {"w": jax.random.normal(key, (3,))}
+
+    def sample_batch(self, key):
+        bad = jax.random.uniform(key) < self.p_nan
+        return jnp.where(bad, jnp.nan, 0.0) * jnp.ones(3)
+
+    def loss(self, params, batch):
+        return 0.5 * jnp.sum((params["w"] - batch) ** 2)
+
+
+class DiagonalSGD(AbstractLearnedOptimizer):
+    """SGD with one learnable log learning rate per coordinate of `w`."""
+
+    log_lr: jax.Array
+
+    def init(self, params):
+        return ()
+
+    def update(self, grads, state, params=None, *, backend="jax", **extra):
+        return {"w": -jnp.exp(self.log_lr) * grads["w"]}, state
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _fresh_states(lopt, task, horizon, num_tasks, key):
+    keys = jax.random.split(key, num_tasks)
+    return jax.vmap(lambda k: meta.init_truncation_state(lopt, task, horizon, k))(keys)
+
+
+def _theta(lopt) -> list[np.ndarray]:
+    trainable, _ = eqx.partition(lopt, meta._trainer.trainable_filter(lopt))
+    return [np.asarray(x) for x in jax.tree.leaves(trainable)]
+
+
+# --------------------------------------------------------------------------- #
+# LearnableSGD
+# --------------------------------------------------------------------------- #
+
+
+def test_learnable_sgd_update():
+    lopt = LearnableSGD(learning_rate=0.5)
+    params = {"a": jnp.ones(3, jnp.float32), "b": None, "c": jnp.ones(2, jnp.float16)}
+    grads = {"a": jnp.full(3, 2.0, jnp.float32), "b": None, "c": jnp.ones(2, jnp.float16)}
+    state = lopt.init(params)
+    updates, state = lopt.update(grads, state, params, loss=1.0)  # extra ignored
+    np.testing.assert_allclose(updates["a"], -1.0, rtol=1e-6)
+    assert updates["b"] is None
+    assert updates["c"].dtype == jnp.float16
+    assert int(state.count) == 1
+    with pytest.raises(TypeError, match="real"):
+        lopt.init({"z": jnp.ones(2, jnp.complex64)})
+
+
+# --------------------------------------------------------------------------- #
+# Estimators against independent references
+# --------------------------------------------------------------------------- #
+
+K_EXACT = 5
+
+
+def _reference_meta_loss(log_lr, task, key, stop_gradient_features):
+    """Plain Python-loop unroll, following the documented key schedule of
+    `TruncationState`: init with split(key, 4)[0], batch t with
+    fold_in(split(key, 4)[2], t)."""
+    init_key, _, data_key, _ = jax.random.split(key, 4)
+    w = task.init(init_key)["w"]
+    losses = []
+    for t in range(K_EXACT):
+        batch = task.sample_batch(jax.random.fold_in(data_key, t))
+        loss, g = jax.value_and_grad(lambda w: task.loss({"w": w}, batch))(w)
+        if stop_gradient_features:
+            g = jax.lax.stop_gradient(g)
+        losses.append(loss)
+        w = w - jnp.exp(log_lr) * g
+    return jnp.mean(jnp.log(jnp.stack(losses)))
+
+
+@pytest.mark.parametrize("stop_gradient_features", [False, True])
+def test_truncated_bptt_equals_full_unroll_gradient(stop_gradient_features):
+    task = NoisyQuadraticFamily(dims=(3,)).sample(jax.random.PRNGKey(0))
+    lopt = DiagonalSGD(jnp.log(jnp.array([0.3, 0.5, 0.2], jnp.float32)))
+    num_tasks = 3
+    states = _fresh_states(lopt, task, K_EXACT, num_tasks, jax.random.PRNGKey(1))
+    estimator = meta.TruncatedBPTT(stop_gradient_features=stop_gradient_features)
+    meta_loss, grads, new_states, diag = estimator.estimate(
+        lopt,
+        task,
+        states,
+        key=jax.random.PRNGKey(2),
+        num_steps=K_EXACT,
+        schedule=meta.ConstantTruncationSchedule(K_EXACT),
+    )
+
+    def reference(log_lr):
+        values = [
+            _reference_meta_loss(log_lr, task, k, stop_gradient_features)
+            for k in states.key
+        ]
+        return jnp.mean(jnp.stack(values))
+
+    ref_loss, ref_grad = jax.value_and_grad(reference)(lopt.log_lr)
+    np.testing.assert_allclose(meta_loss, ref_loss, rtol=1e-6)
+    np.testing.assert_allclose(grads.log_lr, ref_grad, rtol=1e-6, atol=1e-7)
+    assert int(diag["num_diverged"]) == 0
+    np.testing.assert_array_equal(new_states.inner_step, K_EXACT)
+
+
+def test_antithetic_es_matches_gradient():
+    r"""ES vs the exact (BPTT, full-window) gradient on a smooth problem.
+
+    For a smooth L and small σ, each pair gives (L⁺ − L⁻)/(2σ) ε ≈ (εᵀg) ε,
+    with mean g and covariance ‖g‖² I + g gᵀ. Averaging M = N·P pairs,
+    E‖ĝ − g‖² ≈ (d + 1)‖g‖²/M (for equal per-task gradients), so
+    cos(ĝ, g) ≈ 1/√(1 + (d + 1)/M). Here d = 8, M = 16·16 = 256 gives 0.98.
+    Heterogeneous per-task gradients inflate the variance by
+    mean‖g_i‖²/‖ḡ‖², about 1.2 here, giving ~0.98 still. The noise term
+    ‖ĝ − g‖²/‖g‖² is roughly χ²_d·(expected/d), and cos < 0.9 needs it above
+    1/0.81 − 1 ≈ 0.23, about 5× its mean: P(χ²_8 > 45) < 1e-6. The seed is
+    fixed anyway, so the test is deterministic.
+    """
+    dim, num_tasks, num_steps = 8, 16, 5
+    task = NoisyQuadraticFamily(dims=(dim,)).sample(jax.random.PRNGKey(3))
+    lopt = DiagonalSGD(jnp.log(jnp.linspace(0.1, 0.4, dim, dtype=jnp.float32)))
+    states = _fresh_states(lopt, task, num_steps, num_tasks, jax.random.PRNGKey(4))
+    schedule = meta.ConstantTruncationSchedule(num_steps)
+    kwargs = dict(key=jax.random.PRNGKey(5), num_steps=num_steps, schedule=schedule)
+    es = meta.AntitheticES(std=0.01, num_pairs=16)
+    es_loss, es_grads, es_states, _ = eqx.filter_jit(es.estimate)(
+        lopt, task, states, **kwargs
+    )
+    bptt_loss, true_grads, bptt_states, _ = eqx.filter_jit(
+        meta.TruncatedBPTT().estimate
+    )(lopt, task, states, **kwargs)
+    g_hat, g = np.asarray(es_grads.log_lr), np.asarray(true_grads.log_lr)
+    cosine = g_hat @ g / (np.linalg.norm(g_hat) * np.linalg.norm(g))
+    assert cosine > 0.9, cosine
+    # Same states, same data: the unperturbed unroll is the BPTT one.
+    np.testing.assert_allclose(es_loss, bptt_loss, rtol=1e-5)
+    np.testing.assert_allclose(es_states.params["w"], bptt_states.params["w"], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- #
+# Meta-training finds the optimal learning rate
+# --------------------------------------------------------------------------- #
+
+K_LR = 8
+
+
+@pytest.fixture(scope="module")
+def optimal_learning_rate() -> float:
+    """Brute-force grid over η of the trainer's meta-objective: mean log loss of a
+    fresh K-step SGD unroll, averaged over 128 tasks from the family."""
+    family = NoisyQuadraticFamily()
+    tasks = _stack([family.sample(jax.random.PRNGKey(1000 + i)) for i in range(128)])
+    keys = jax.random.split(jax.random.PRNGKey(7), 128)
+
+    @jax.jit
+    def grid(log_lrs):
+        def one(log_lr, task, key):
+            lopt = eqx.tree_at(lambda l: l.log_learning_rate, LearnableSGD(), log_lr)
+            state = meta.init_truncation_state(lopt, task, K_LR, key)
+            _, out = meta.truncated_unroll(lopt, task, state, K_LR, K_LR)
+            return meta.mean_log_loss(out.losses)
+
+        per_lr = jax.vmap(one, in_axes=(None, 0, 0))
+        return jax.vmap(lambda lr: jnp.mean(per_lr(lr, tasks, keys)))(log_lrs)
+
+    lrs = np.exp(np.linspace(np.log(0.05), np.log(1.2), 41))
+    values = np.asarray(grid(jnp.asarray(np.log(lrs), jnp.float32)))
+    best = int(np.argmin(values))
+    assert 0 < best < len(lrs) - 1  # an interior optimum (about 0.69)
+    return float(lrs[best])
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [meta.TruncatedBPTT(), meta.AntitheticES(std=0.05, num_pairs=4)],
+    ids=["bptt", "es"],
+)
+def test_meta_training_finds_optimal_learning_rate(estimator, optimal_learning_rate):
+    num_steps = 40
+    outer = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adam(optax.cosine_decay_schedule(0.2, num_steps, alpha=0.1)),
+    )
+    lr0 = 0.05
+    trainer = meta.MetaTrainer(
+        LearnableSGD(lr0),
+        NoisyQuadraticFamily(),
+        estimator,
+        outer_optimizer=outer,
+        num_tasks=8,
+        unroll_length=K_LR,
+        horizon=K_LR,
+        key=jax.random.PRNGKey(0),
+    )
+    lopt, history = trainer.run(num_steps, progress=False)
+    start = abs(math.log(lr0 / optimal_learning_rate))
+    end = abs(math.log(float(lopt.learning_rate) / optimal_learning_rate))
+    assert end < 0.15 * start, (float(lopt.learning_rate), optimal_learning_rate)
+    assert end < math.log(1.4)
+    assert np.mean(history["meta_loss"][-5:]) < np.mean(history["meta_loss"][:5])
+    assert not any(history["skipped"])
+
+
+# --------------------------------------------------------------------------- #
+# Resume, checkpoints
+# --------------------------------------------------------------------------- #
+
+_RESUME_OUTER = optax.adam(0.05)  # one object: trainers share the compiled step
+
+
+def _resume_trainer(checkpoint_dir=None, estimator=None) -> meta.MetaTrainer:
+    return meta.MetaTrainer(
+        LearnableSGD(0.1),
+        NoisyQuadraticFamily(dims=(3, 5)),  # two task configurations
+        estimator or meta.TruncatedBPTT(),
+        outer_optimizer=_RESUME_OUTER,
+        num_tasks=4,
+        unroll_length=3,
+        horizon=meta.UniformTruncationSchedule(4, 8),  # resample every 3 steps
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=2,
+        keep_checkpoints=5,
+        key=jax.random.PRNGKey(42),
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    traces_before = _trainer._TRACES["outer_step"]
+    trainer = _resume_trainer()
+    lopt, history = trainer.run(9, progress=False)
+    return trainer, lopt, history, _trainer._TRACES["outer_step"] - traces_before
+
+
+def test_compiles_once_per_task_config(uninterrupted):
+    trainer, _, history, traces = uninterrupted
+    assert len(set(history["task"])) == 2
+    assert len(trainer.task_configs) == 2
+    assert traces <= 2  # 9 steps over 3 task periods, 2 configurations
+
+
+def test_resume_is_bit_identical(tmp_path, uninterrupted):
+    _, lopt_full, history_full, _ = uninterrupted
+    first = _resume_trainer(tmp_path)
+    first.run(4, progress=False)
+    assert [os.path.basename(p) for p in first.checkpoints()] == [
+        "ckpt-00000002.eqx",
+        "ckpt-00000004.eqx",
+    ]
+    resumed = _resume_trainer(tmp_path)
+    lopt, history = resumed.run(9, progress=False)
+    assert resumed.history["step"][0] == 0 and len(history["step"]) == 9
+    for a, b in zip(_theta(lopt), _theta(lopt_full), strict=True):
+        assert np.array_equal(a, b)
+    assert history == history_full
+
+    # A corrupted newest checkpoint is detected and the previous one is used.
+    corrupt_dir = tmp_path / "corrupt"
+    corrupt_dir.mkdir()
+    for name in ("ckpt-00000002.eqx", "ckpt-00000004.eqx"):
+        shutil.copy(tmp_path / name, corrupt_dir / name)
+    newest = corrupt_dir / "ckpt-00000004.eqx"
+    newest.write_bytes(newest.read_bytes()[:-50])  # truncated
+    fallback = _resume_trainer(corrupt_dir)
+    with pytest.warns(RuntimeWarning, match="truncated"):
+        lopt, history = fallback.run(9, progress=False)
+    for a, b in zip(_theta(lopt), _theta(lopt_full), strict=True):
+        assert np.array_equal(a, b)
+    assert history == history_full
+
+
+def test_resume_is_bit_identical_es(tmp_path):
+    estimator = meta.AntitheticES(std=0.05, num_pairs=2)
+    full_lopt, _ = _resume_trainer(estimator=estimator).run(5, progress=False)
+    _resume_trainer(tmp_path, estimator).run(3, progress=False)
+    lopt, _ = _resume_trainer(tmp_path, estimator).run(5, progress=False)
+    for a, b in zip(_theta(lopt), _theta(full_lopt), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_resume_refuses_other_config(tmp_path):
+    _resume_trainer(tmp_path).run(2, progress=False)
+    other = meta.MetaTrainer(
+        LearnableSGD(0.1),
+        NoisyQuadraticFamily(dims=(3, 5)),
+        outer_optimizer=_RESUME_OUTER,
+        num_tasks=4,
+        unroll_length=3,
+        horizon=8,
+        checkpoint_dir=tmp_path,
+        key=jax.random.PRNGKey(42),
+    )
+    with pytest.raises(meta.CheckpointError, match="config"):
+        other.run(3, progress=False)
+
+
+def _tree():
+    return {"a": jnp.arange(5.0), "b": (jnp.ones((2, 3), jnp.int32), jnp.zeros(()))}
+
+
+def test_checkpoint_roundtrip_and_corruption(tmp_path):
+    path = tmp_path / "x.eqx"
+    meta.save_checkpoint(path, _tree(), {"step": 3, "history": {"l": [1.5]}})
+    tree, header = meta.load_checkpoint(path, _tree())
+    assert header["step"] == 3 and header["history"] == {"l": [1.5]}
+    assert jax.tree.all(jax.tree.map(np.array_equal, tree, _tree()))
+
+    data = path.read_bytes()
+    flipped = bytearray(data)
+    flipped[20] ^= 0xFF  # inside the payload
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(meta.CheckpointError, match="checksum"):
+        meta.load_checkpoint(path, _tree())
+    for cut in (len(data) // 2, len(data) - 1, 4):
+        path.write_bytes(data[:cut])
+        with pytest.raises(meta.CheckpointError):
+            meta.load_checkpoint(path, _tree())
+    path.write_bytes(data)
+    with pytest.raises(meta.CheckpointError, match="structure"):
+        meta.load_checkpoint(path, {"a": jnp.arange(4.0), "b": _tree()["b"]})
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.eqx"
+    meta.save_checkpoint(path, _tree(), {"step": 1})
+    good = path.read_bytes()
+
+    def failing_serialiser(f, tree, *args, **kwargs):
+        f.write(b"\x00" * 64)  # a partial payload, then the failure
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_checkpoint.eqx, "tree_serialise_leaves", failing_serialiser)
+    with pytest.raises(OSError, match="disk full"):
+        meta.save_checkpoint(path, _tree(), {"step": 2})
+    with pytest.raises(OSError, match="disk full"):
+        meta.save_checkpoint(tmp_path / "new.eqx", _tree(), {"step": 2})
+    assert path.read_bytes() == good  # old checkpoint untouched
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.eqx"]  # no partial, no temp file
+    monkeypatch.undo()
+    assert meta.read_checkpoint_header(path)["step"] == 1
+
+
+# --------------------------------------------------------------------------- #
+# Divergence
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [meta.TruncatedBPTT(), meta.AntitheticES(std=0.05, num_pairs=2)],
+    ids=["bptt", "es"],
+)
+def test_diverging_tasks_do_not_poison_theta(estimator):
+    def make(p_nan):
+        return meta.MetaTrainer(
+            LearnableSGD(0.1),
+            SometimesNaNTask(jnp.asarray(p_nan, jnp.float32)),
+            estimator,
+            learning_rate=0.05,
+            num_tasks=8,
+            unroll_length=4,
+            horizon=4,
+            key=jax.random.PRNGKey(0),
+        )
+
+    # ~19% of 4-step windows meet a NaN: some trajectories diverge each step.
+    lopt, history = make(0.05).run(6, progress=False)
+    assert np.isfinite(float(lopt.log_learning_rate))
+    assert float(lopt.learning_rate) != pytest.approx(0.1)  # training went on
+    assert sum(history["num_diverged"]) > 0
+    assert not any(history["skipped"])
+    assert all(np.isfinite(history["meta_loss"]))
+
+    # Every trajectory diverges: every step is skipped and θ is unchanged.
+    start = LearnableSGD(0.1)
+    lopt, history = make(1.0).run(3, progress=False)
+    assert all(history["skipped"]) and history["num_diverged"] == [8, 8, 8]
+    assert np.array_equal(_theta(lopt), _theta(start))
+
+
+def test_plot_history(tmp_path, uninterrupted):
+    _, _, history, _ = uninterrupted
+    history = dict(history, skipped=[False] * 8 + [True])
+    path = meta.plot_history(history, tmp_path / "curve.png")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_truncated_unroll_resets_at_horizon():
+    task = NoisyQuadratic(jnp.ones(2))
+    lopt = LearnableSGD(0.1)
+    state = meta.init_truncation_state(lopt, task, 3, jax.random.PRNGKey(0))
+    state, out = meta.truncated_unroll(lopt, task, state, 7, 3)
+    np.testing.assert_array_equal(out.inner_step, [0, 1, 2, 0, 1, 2, 0])
+    np.testing.assert_array_equal(out.is_reset, [0, 0, 0, 1, 0, 0, 1])
+    assert int(state.inner_step) == 1
+    # The first reset starts the trajectory of key trajectory_keys(key)[3].
+    second = meta.init_truncation_state(
+        lopt, task, 3, meta.trajectory_keys(jax.random.PRNGKey(0))[3]
+    )
+    _, _, losses = meta.unroll(
+        lopt, task, second.params, second.opt_state,
+        meta.trajectory_keys(second.key)[2], 3,
+    )
+    np.testing.assert_allclose(out.losses[3:6], losses, rtol=1e-6)
+
+
+def test_meta_losses():
+    losses = jnp.array([4.0, 2.0, 1.0])
+    np.testing.assert_allclose(meta.mean_log_loss(losses), np.mean(np.log([4, 2, 1])))
+    assert float(meta.mean_loss(losses)) == pytest.approx(7 / 3)
+    assert float(meta.last_loss(losses)) == 1.0
+    assert meta.get_meta_loss("mean_log") is meta.mean_log_loss
+    with pytest.raises(ValueError, match="Unknown meta-loss"):
+        meta.get_meta_loss("median")
+    value, diverged = meta.guard_meta_loss(
+        jnp.array([1.0, jnp.nan]), jnp.asarray(jnp.nan), penalty=7.0
+    )
+    assert bool(diverged) and float(value) == 7.0
+
+
+Any  # re-exported names used only in annotations
