@@ -256,31 +256,41 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
 
         h = self.hidden_size
         bound = 1.0 / math.sqrt(h)
-        unit0 = jnp.array([0, h, 2 * h, 3 * h])  # unit 0's rows in (i, f, g, o)
-        keys = jax.random.split(key, 3 * num_layers + 1)
+        shapes = []
+        for layer in range(num_layers):
+            n_in = self.num_input_features if layer == 0 else h
+            shapes += [(4 * h, n_in), (4 * h, h), (4 * h,)]
+        shapes.append((h,))
+        # One draw for all weights (one small compile), then edited in NumPy.
+        sizes = [math.prod(shape) for shape in shapes]
+        flat = np.asarray(jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0))
+        drawn = [
+            bound * chunk.reshape(shape)
+            for chunk, shape in zip(np.split(flat, np.cumsum(sizes)[:-1]), shapes, strict=True)
+        ]
+        unit0 = [0, h, 2 * h, 3 * h]  # hidden unit 0's rows in the gate order (i, f, g, o)
         weight_ih, weight_hh, bias = [], [], []
         for layer in range(num_layers):
-            k_ih, k_hh, k_b = keys[3 * layer : 3 * layer + 3]
-            n_in = self.num_input_features if layer == 0 else h
-            w_ih = jax.random.uniform(k_ih, (4 * h, n_in), jnp.float32, -bound, bound)
-            w_hh = jax.random.uniform(k_hh, (4 * h, h), jnp.float32, -bound, bound)
-            b = jax.random.uniform(k_b, (4 * h,), jnp.float32, -bound, bound)
-            b = b.at[h : 2 * h].add(1.0)  # forget-gate bias
-            # Unit 0: a pass-through of the sign of the gradient (layer 0) or of
-            # unit 0 below: input and output gates open, forget gate nearly shut.
-            w_ih = w_ih.at[unit0].set(0.0)
-            w_hh = w_hh.at[unit0].set(0.0)
-            source = 1 if layer == 0 else 0  # feature 1 is sign(g) from L(g)
-            w_ih = w_ih.at[2 * h, source].set(2.0 if layer == 0 else 3.0)
-            b = b.at[unit0].set(jnp.array([3.0, -3.0, 0.0, 3.0]))
-            weight_ih.append(w_ih)
-            weight_hh.append(w_hh)
-            bias.append(b)
-        w_out = jax.random.uniform(keys[-1], (h,), jnp.float32, -0.1 * bound, 0.1 * bound)
+            w_ih, w_hh, b = drawn[3 * layer : 3 * layer + 3]
+            b[h : 2 * h] += 1.0  # forget-gate bias
+            # Unit 0: a pass-through of the gradient's sign (layer 0) or of unit 0
+            # below: input and output gates open, forget gate nearly shut.
+            w_ih[unit0] = 0.0
+            w_hh[unit0] = 0.0
+            if layer == 0:
+                w_ih[2 * h, 1] = 2.0  # feature 1 is sign(g), from L(g)
+            else:
+                w_ih[2 * h, 0] = 3.0
+            b[unit0] = [3.0, -3.0, 0.0, 3.0]
+            weight_ih.append(jnp.asarray(w_ih))
+            weight_hh.append(jnp.asarray(w_hh))
+            bias.append(jnp.asarray(b))
+        w_out = 0.1 * drawn[-1]
+        w_out[0] = -1.0
         self.weight_ih = tuple(weight_ih)
         self.weight_hh = tuple(weight_hh)
         self.bias = tuple(bias)
-        self.weight_out = w_out.at[0].set(-1.0)
+        self.weight_out = jnp.asarray(w_out)
         self.bias_out = jnp.zeros((), jnp.float32)
 
     @property
@@ -346,42 +356,57 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
 
         grad_leaves, treedef = jax.tree.flatten(grads)
         cell_leaves = treedef.flatten_up_to(state.cells)
-        if self.features == "gradient":
-            moment_leaves = [None] * len(grad_leaves)
-        else:
+        if self.features == "multiscale":
             moment_leaves = treedef.flatten_up_to(state.moments)
 
-        compute = jnp.float32 if xp is jnp else np.float64
-        out_updates, out_cells, out_moments = [], [], []
-        for g, cells, moments in zip(grad_leaves, cell_leaves, moment_leaves, strict=True):
-            shape, n = g.shape, math.prod(g.shape)
-            g_flat = xp.asarray(g).astype(compute).reshape(n)
-            cells_flat = xp.asarray(cells).astype(compute).reshape(
-                self.num_layers, 2, self.hidden_size, n
-            )
-            if moments is not None:
-                moments = xp.asarray(moments).astype(compute).reshape(-1, n)
-            x, new_moments = _input_features(
-                xp,
-                kernels.log_sign,
-                g_flat,
-                moments,
-                t,
-                self.features,
-                self.betas,
-                self.second_moment_decay,
-            )
-            out, new_cells = _lstm_forward(xp, weights, x, cells_flat)
-            update = self.output_scale * out
-            out_updates.append(update.reshape(shape).astype(g.dtype))
-            out_cells.append(new_cells.reshape(cells.shape).astype(jnp.float32))
-            if new_moments is not None:
-                k = new_moments.shape[0]
-                out_moments.append(new_moments.reshape(k, *shape).astype(jnp.float32))
+        if not grad_leaves:
+            return grads, LSTMOptimizerState(step, state.cells, state.moments)
 
-        updates = treedef.unflatten(out_updates)
-        new_cells = treedef.unflatten(out_cells)
-        new_moments = None if self.features == "gradient" else treedef.unflatten(out_moments)
+        # All coordinates of all leaves go through the LSTM as one (features, N)
+        # batch: one fused graph whatever the number of leaves (fast compiles).
+        compute = jnp.float32 if xp is jnp else np.float64
+        sizes = [math.prod(g.shape) for g in grad_leaves]
+        offsets = np.cumsum(sizes)[:-1].tolist()
+        lead = (self.num_layers, 2, self.hidden_size)
+        g_all = xp.concatenate([xp.asarray(g).astype(compute).reshape(-1) for g in grad_leaves])
+        cells_all = xp.concatenate(
+            [xp.asarray(c).astype(compute).reshape(*lead, -1) for c in cell_leaves], axis=-1
+        )
+        if self.features == "gradient":
+            moments_all = None
+        else:
+            k = len(self.betas) + 1
+            moments_all = xp.concatenate(
+                [xp.asarray(m).astype(compute).reshape(k, -1) for m in moment_leaves], axis=-1
+            )
+        x, new_moments = _input_features(
+            xp,
+            kernels.log_sign,
+            g_all,
+            moments_all,
+            t,
+            self.features,
+            self.betas,
+            self.second_moment_decay,
+        )
+        out, new_cells = _lstm_forward(xp, weights, x, cells_all)
+        out = self.output_scale * out
+
+        def split(a, shapes, dtypes):
+            parts = xp.split(a, offsets, axis=-1)
+            return treedef.unflatten(
+                [
+                    part.reshape((*part.shape[:-1], *shape)).astype(dtype)
+                    for part, shape, dtype in zip(parts, shapes, dtypes, strict=True)
+                ]
+            )
+
+        shapes = [g.shape for g in grad_leaves]
+        f32 = [jnp.float32] * len(shapes)
+        updates = split(out, shapes, [g.dtype for g in grad_leaves])
+        new_cells = split(new_cells, shapes, f32)
+        if new_moments is not None:
+            new_moments = split(new_moments, shapes, f32)
         return updates, LSTMOptimizerState(step, new_cells, new_moments)
 
     def _weights(self, convert):

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,12 +62,15 @@ def _sampler(task):
     return sample
 
 
-def _make_run(task, factory: OptimizerFactory, num_steps: int):
-    """`run(learning_rate, keys) -> losses (seeds, num_steps)`: one inner training
-    run per key, the loss recorded at each iterate before its update."""
-    sample = _sampler(task)
+def _make_run(factory: OptimizerFactory, num_steps: int):
+    """`run(task, learning_rate, keys) -> losses (seeds, num_steps)`: one inner
+    training run per key, the loss recorded at each iterate before its update.
 
-    def run_one(learning_rate, key):
+    The task is an argument (not a closure) so that its data arrays are traced
+    inputs of the compiled function rather than embedded constants."""
+
+    def run_one(task, learning_rate, key):
+        sample = _sampler(task)
         init_key, data_key = jax.random.split(key)
         params = task.init(init_key)
         opt = factory(learning_rate)
@@ -84,7 +88,7 @@ def _make_run(task, factory: OptimizerFactory, num_steps: int):
         _, losses = jax.lax.scan(step, (params, opt_state), keys)
         return losses
 
-    return jax.vmap(run_one, in_axes=(None, 0))
+    return jax.vmap(run_one, in_axes=(None, None, 0))
 
 
 def tuned(
@@ -137,25 +141,29 @@ def tuned(
     window = min(max(window, 1), num_steps)
     keys = jax.random.split(key, num_seeds)
 
-    run = _make_run(task, optimizer_factory, num_steps)
-    traced_run = jax.jit(run)
+    _sampler(task)  # fail early on a task without a batch sampler
+    run = _make_run(optimizer_factory, num_steps)
+    traced_run = eqx.filter_jit(run)
 
     def losses_at(lr):
         nonlocal traced_run
         if traced_run is not None:
             try:
-                return traced_run(jnp.asarray(lr, jnp.float32), keys)
+                return traced_run(task, jnp.asarray(lr, jnp.float32), keys)
             except (
                 jax.errors.ConcretizationTypeError,
                 jax.errors.TracerIntegerConversionError,
             ):
                 traced_run = None  # the factory needs a concrete learning rate
-        return jax.jit(lambda k: run(lr, k))(keys)
+        return eqx.filter_jit(lambda t, k: run(t, lr, k))(task, keys)
 
     losses_by_lr: dict[float, float] = {}
     curves: dict[float, np.ndarray] = {}
     for lr in grid:
-        losses = np.asarray(losses_at(lr), dtype=np.float64)  # (seeds, steps)
+        # optax's own optimizers are not strict-promotion clean (e.g. adam's
+        # `decay**count` with an int32 count): trace them with standard rules.
+        with jax.numpy_dtype_promotion("standard"):
+            losses = np.asarray(losses_at(lr), dtype=np.float64)  # (seeds, steps)
         curves[lr] = losses.mean(axis=0)
         if not np.all(np.isfinite(losses)):
             losses_by_lr[lr] = math.inf

@@ -1,0 +1,422 @@
+"""Tests of mnemosyne.baselines: the LSTM optimizers and the tuned grid search."""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mnemosyne import trainable_filter
+from mnemosyne.baselines import (
+    DEFAULT_GRID,
+    LSTMOptimizer,
+    LSTMOptimizerState,
+    lstm,
+    reference_optimizers,
+    tuned,
+)
+from mnemosyne.baselines import _lstm as lstm_module
+
+VARIANTS = ["gradient", "multiscale"]
+
+# XLA compiles of the LSTM graph dominate this file's run time, so the tests share
+# one jitted step (`_step`) on one parameter tree (`_params`) wherever they can.
+_TRACES: collections.Counter = collections.Counter()
+
+
+def _params():
+    return {
+        "matrix": jnp.linspace(-1.0, 1.0, 12, dtype=jnp.float32).reshape(3, 4),
+        "scalar": jnp.asarray(0.5, jnp.float32),
+        "bf16": jnp.linspace(-2.0, 2.0, 5).astype(jnp.bfloat16),
+        "f16": jnp.linspace(-1.0, 3.0, 8).astype(jnp.float16).reshape(2, 2, 2),
+        "none": None,
+    }
+
+
+def _grads(params, scale=1.0):
+    """Gradient of ½ Σ scale (p - 0.3)², in each leaf's dtype."""
+    return jax.tree.map(
+        lambda p: (scale * (p.astype(jnp.float32) - 0.3)).astype(p.dtype), params
+    )
+
+
+def _loss(params):
+    return sum(float(jnp.sum((p.astype(jnp.float32) - 0.3) ** 2)) for p in jax.tree.leaves(params))
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def lopt(request):
+    return LSTMOptimizer(features=request.param, key=jax.random.key(0))
+
+
+@eqx.filter_jit
+def _step(lopt, grads, state, params):
+    _TRACES[lopt.features] += 1
+    return lopt.update(grads, state, params)
+
+
+# ----------------------------------------------------------------------------
+# LSTMOptimizer: the optax contract
+# ----------------------------------------------------------------------------
+
+
+def test_update_jit_finite_dtype_shape(lopt):
+    params = _params()
+    state = lopt.init(params)
+    for scale in (1.0, 1e-6, 1e3):
+        updates, state = _step(lopt, _grads(params, scale), state, params)
+        assert jax.tree.structure(updates) == jax.tree.structure(params)
+        for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+            assert u.shape == p.shape and u.dtype == p.dtype
+            assert bool(jnp.all(jnp.isfinite(u)))
+    assert updates["none"] is None
+    assert int(state.step) == 3
+
+
+def test_state_structure_and_dtype_stable(lopt):
+    params = _params()
+    state0 = lopt.init(params)
+    _, state1 = _step(lopt, _grads(params), state0, params)
+    assert isinstance(state1, LSTMOptimizerState)
+    assert jax.tree.structure(state0) == jax.tree.structure(state1)
+    for a, b in zip(jax.tree.leaves(state0), jax.tree.leaves(state1), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    # The optax trick: lax.cond needs identical structure, shapes and dtypes.
+    jax.lax.cond(True, lambda: state0, lambda: state1)
+
+
+def test_no_recompilation(lopt):
+    params = _params()
+    state = lopt.init(params)
+    _, state = _step(lopt, _grads(params), state, params)
+    traces = _TRACES[lopt.features]
+    _, state = _step(lopt, _grads(params, 2.0), state, params)
+    # a different θ of the same structure does not retrace either
+    other = jax.tree.map(lambda x: x * 1.01 if eqx.is_inexact_array(x) else x, lopt)
+    _step(other, _grads(params), state, params)
+    assert _TRACES[lopt.features] == traces
+
+
+def test_init_with_shape_dtype_struct(lopt):
+    params = _params()
+    abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
+    from_arrays = lopt.init(params)
+    from_structs = lopt.init(abstract)
+    assert jax.tree.structure(from_arrays) == jax.tree.structure(from_structs)
+    for a, b in zip(jax.tree.leaves(from_arrays), jax.tree.leaves(from_structs), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    # also under eval_shape (no allocation)
+    shapes = jax.eval_shape(lopt.init, abstract)
+    assert jax.tree.structure(shapes) == jax.tree.structure(from_arrays)
+
+
+def test_state_size_matches_docstring(lopt):
+    params = {"w": jax.ShapeDtypeStruct((7, 3), jnp.float32), "b": jnp.zeros(5)}
+    state = jax.eval_shape(lopt.init, params)
+    num_params = 7 * 3 + 5
+    per_coordinate = sum(x.size for x in jax.tree.leaves((state.cells, state.moments)))
+    assert per_coordinate == lopt.floats_per_parameter * num_params
+    expected = 80 if lopt.features == "gradient" else 85
+    assert lopt.floats_per_parameter == expected
+
+
+def test_unknown_extra_args_accepted(lopt):
+    params = _params()
+    state = lopt.init(params)
+    # tracing (eval_shape) is enough to check the signature, without a compile
+    out = jax.eval_shape(
+        lambda g, s: lopt.update(g, s, params, loss=jnp.asarray(1.0), foo="bar"),
+        _grads(params),
+        state,
+    )
+    ref = jax.eval_shape(lambda g, s: lopt.update(g, s), _grads(params), state)
+    assert jax.tree.structure(out) == jax.tree.structure(ref)
+    tx = lstm(lopt=lopt)
+    jax.eval_shape(
+        lambda g, s: tx.update(g, s, params, loss=jnp.asarray(1.0)), _grads(params), tx.init(params)
+    )
+
+
+def _optax_params():
+    # optax.inject_hyperparams cannot handle bf16 and f16 leaves in one tree
+    return {k: v for k, v in _params().items() if k != "f16"}
+
+
+# The optax wrappers see only init/update, which share one code path across
+# the feature variants: checked on the plain variant to keep compiles down.
+def test_chain_multisteps_and_inject_hyperparams():
+    lopt = LSTMOptimizer(key=jax.random.key(0))
+    params = _optax_params()
+    transforms = {
+        "chain": optax.chain(optax.clip(10.0), lstm(lopt=lopt)),
+        "multisteps": optax.MultiSteps(lstm(0.5, lopt=lopt), every_k_schedule=2),
+        # a schedule as an injected hyperparameter
+        "inject": optax.inject_hyperparams(lstm)(
+            learning_rate=optax.linear_schedule(1.0, 0.1, 10), lopt=lopt
+        ),
+    }
+    for name, tx in transforms.items():
+        # optax's MultiSteps (int32 with float32) and inject_hyperparams (the
+        # "highest dtype" of bf16 and f16 params) are not strict-promotion clean;
+        # the LSTM itself is checked under strict promotion by the `_step` tests.
+        with jax.numpy_dtype_promotion("standard"):
+            state = tx.init(params)
+
+            @jax.jit
+            def run(p, state, tx=tx):
+                def body(carry, _):
+                    p, state = carry
+                    updates, state = tx.update(_grads(p), state, p)
+                    return (optax.apply_updates(p, updates), state), None
+
+                return jax.lax.scan(body, (p, state), None, length=4)[0]
+
+            p, state = run(params, state)
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p)), name
+        assert _loss(p) < _loss(params), name
+
+
+def test_inject_hyperparams_learning_rate_is_used():
+    lopt = LSTMOptimizer(key=jax.random.key(0))
+    params = _optax_params()
+    tx = optax.inject_hyperparams(lstm)(learning_rate=1.0, lopt=lopt)
+    step = jax.jit(tx.update)
+    with jax.numpy_dtype_promotion("standard"):  # see the test above
+        state = tx.init(params)
+        u1, _ = step(_grads(params), state, params)
+        state.hyperparams["learning_rate"] = jnp.asarray(0.25)
+        u2, _ = step(_grads(params), state, params)
+    np.testing.assert_allclose(np.asarray(u2["matrix"]), 0.25 * np.asarray(u1["matrix"]), rtol=1e-6)
+
+
+def test_numpy_reference_matches_jax(lopt):
+    params = _params()
+    state_j = state_n = lopt.init(params)
+    for k in range(3):
+        grads = _grads(params, k + 1.0)
+        u_j, state_j = _step(lopt, grads, state_j, params)
+        u_n, state_n = lopt.update(grads, state_n, params, backend="numpy")
+        for a, b in zip(jax.tree.leaves(u_j), jax.tree.leaves(u_n), strict=True):
+            assert np.asarray(b).dtype == a.dtype
+            if a.dtype == jnp.float32:
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+            else:  # one rounding to 8 / 11 mantissa bits apart at most
+                np.testing.assert_allclose(
+                    np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-6
+                )
+        for a, b in zip(jax.tree.leaves(state_j), jax.tree.leaves(state_n), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="backend"):
+        lopt.update(_grads(params), state_j, backend="torch")
+
+
+def test_untrained_takes_small_descent_steps(lopt):
+    params = _params()
+    state = lopt.init(params)
+    p = params
+    for _ in range(20):
+        updates, state = _step(lopt, _grads(p), state, p)
+        for u in jax.tree.leaves(updates):
+            assert float(jnp.max(jnp.abs(u.astype(jnp.float32)))) < 2 * lopt.output_scale
+        p = optax.apply_updates(p, updates)
+    assert _loss(p) < 0.9 * _loss(params)
+
+
+def test_meta_gradient_finite_and_nonzero(lopt):
+    targets = jnp.array([1.0, -2.0, 0.5, 3.0])
+
+    @eqx.filter_jit
+    @eqx.filter_grad
+    def meta_grad(lopt):
+        def body(carry, _):
+            x, state = carry
+            updates, state = lopt.update(x - targets, state, x)
+            x = x + updates
+            return (x, state), 0.5 * jnp.sum((x - targets) ** 2)
+
+        x = jnp.zeros(4)
+        _, losses = jax.lax.scan(body, (x, lopt.init(x)), None, length=3)
+        return jnp.sum(losses)
+
+    grads = meta_grad(lopt)
+    spec = trainable_filter(lopt)
+    leaves = jax.tree.leaves(eqx.filter(grads, spec))
+    assert len(leaves) == len(jax.tree.leaves(eqx.filter(lopt, spec))) == 3 * lopt.num_layers + 2
+    for g in leaves:
+        assert bool(jnp.all(jnp.isfinite(g)))
+        assert float(jnp.max(jnp.abs(g))) > 0.0
+
+
+def test_rejects_complex_and_bad_arguments():
+    lopt = LSTMOptimizer(hidden_size=4, key=jax.random.key(1))
+    with pytest.raises(TypeError, match="complex"):
+        lopt.init({"z": jnp.ones(2, jnp.complex64)})
+    with pytest.raises(ValueError, match="features"):
+        LSTMOptimizer(features="adam", key=jax.random.key(0))
+    with pytest.raises(ValueError, match="variant"):
+        lstm(variant="adam")
+
+
+def test_pretrained_loading(tmp_path, monkeypatch):
+    """Missing weights give a clear error; present weights round-trip."""
+    for variant, filename in lstm_module._WEIGHT_FILES.items():
+        monkeypatch.setattr(lstm_module, "__file__", str(tmp_path / "baselines" / "_lstm.py"))
+        with pytest.raises(FileNotFoundError, match="mnemosyne meta-train --preset lstm"):
+            lstm(variant=variant)
+        (tmp_path / "weights").mkdir(exist_ok=True)
+        saved = LSTMOptimizer(features=variant, key=jax.random.key(7))
+        eqx.tree_serialise_leaves(tmp_path / "weights" / filename, saved)
+        loaded = lstm_module._load_pretrained(variant)
+        for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(loaded), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        tx = lstm(variant=variant)
+        jax.eval_shape(tx.update, jnp.ones(2), tx.init(jnp.ones(2)))
+
+
+# ----------------------------------------------------------------------------
+# A short meta-training run (truncated BPTT written here)
+# ----------------------------------------------------------------------------
+
+
+def _sample_quadratic(key, dim=8):
+    k_a, k_x = jax.random.split(key)
+    curvature = jnp.exp(jax.random.uniform(k_a, (dim,), minval=-1.0, maxval=1.0))
+    x0 = jax.random.normal(k_x, (dim,))
+    return curvature, x0
+
+
+def _unroll(lopt, curvature, x, state, num_steps):
+    """Mean log loss over `num_steps` inner steps of ½ Σ a x²."""
+
+    def body(carry, _):
+        x, state = carry
+        updates, state = lopt.update(curvature * x, state, x)
+        x = x + updates
+        return (x, state), jnp.log(0.5 * jnp.sum(curvature * x**2) + 1e-8)
+
+    (x, state), logs = jax.lax.scan(body, (x, state), None, length=num_steps)
+    return jnp.mean(logs), (x, state)
+
+
+@pytest.mark.parametrize(
+    "variant", ["gradient", pytest.param("multiscale", marks=pytest.mark.slow)]
+)
+def test_short_meta_training_reduces_meta_loss(variant):
+    """Truncated BPTT (written here) with Adam on θ lowers the held-out meta-loss."""
+    lopt = LSTMOptimizer(hidden_size=8, features=variant, key=jax.random.key(0))
+    theta, static = eqx.partition(lopt, trainable_filter(lopt))
+    outer = optax.adam(1e-2)
+    num_tasks, truncation, truncations_per_episode = 8, 5, 3
+
+    def init_inner(theta, key):
+        curvatures, xs = jax.vmap(_sample_quadratic)(jax.random.split(key, num_tasks))
+        return curvatures, xs, jax.vmap(eqx.combine(theta, static).init)(xs)
+
+    @jax.jit
+    def meta_grad(theta, curvatures, xs, states):
+        def batched_loss(theta):
+            lopt = eqx.combine(theta, static)
+            losses, carry = jax.vmap(lambda a, x, s: _unroll(lopt, a, x, s, truncation))(
+                curvatures, xs, states
+            )
+            return jnp.mean(losses), carry
+
+        (loss, carry), grads = jax.value_and_grad(batched_loss, has_aux=True)(theta)
+        grads = jax.tree.map(lambda g: jnp.clip(g, -1.0, 1.0), grads)
+        carry = jax.lax.stop_gradient(carry)  # truncation: no gradient across windows
+        return loss, grads, carry
+
+    @jax.jit
+    def outer_step(theta, outer_state, grads):
+        updates, outer_state = outer.update(grads, outer_state, theta)
+        return optax.apply_updates(theta, updates), outer_state
+
+    def episode(theta, outer_state, key, train):
+        """One inner run, cut into truncations; returns the mean meta-loss."""
+        curvatures, xs, states = init_inner(theta, key)
+        losses = []
+        for _ in range(truncations_per_episode):
+            loss, grads, (xs, states) = meta_grad(theta, curvatures, xs, states)
+            losses.append(float(loss))
+            if train:
+                # optax.adam computes decay**count with an int32 count: not strict-clean.
+                with jax.numpy_dtype_promotion("standard"):
+                    theta, outer_state = outer_step(theta, outer_state, grads)
+        return theta, outer_state, float(np.mean(losses))
+
+    held_out = jax.random.key(123)
+    before = episode(theta, None, held_out, train=False)[2]
+    with jax.numpy_dtype_promotion("standard"):
+        outer_state = outer.init(theta)
+    for key in jax.random.split(jax.random.key(1), 15):
+        theta, outer_state, loss = episode(theta, outer_state, key, train=True)
+        assert math.isfinite(loss)
+    after = episode(theta, None, held_out, train=False)[2]
+    assert after < before - 0.1, (before, after)
+
+
+# ----------------------------------------------------------------------------
+# tuned: learning-rate grid search
+# ----------------------------------------------------------------------------
+
+
+class _Quadratic(eqx.Module):
+    """f(x) = ½ a Σ x², x0 = 1: plain SGD gives f_K = |1 - lr·a|^{2K} f0."""
+
+    curvature: float = eqx.field(static=True)
+    dim: int = eqx.field(static=True, default=4)
+
+    def init(self, key):
+        del key
+        return {"x": jnp.ones(self.dim, jnp.float32)}
+
+    def loss(self, params, batch):
+        del batch
+        return 0.5 * self.curvature * jnp.sum(params["x"] ** 2)
+
+    def sample_batch(self, key):
+        return jnp.zeros(())
+
+
+def test_tuned_picks_known_optimum_and_flags_divergence():
+    a, num_steps = 4.0, 20
+    grid = [0.05, 0.1, 1.0 / a, 0.4, 0.42, 100.0]
+    result = tuned(lambda lr: optax.sgd(lr), grid, _Quadratic(a), num_steps=num_steps, key=jax.random.key(0))
+    assert result.learning_rate == pytest.approx(1.0 / a)
+    assert result.final_loss == pytest.approx(0.0, abs=1e-12)
+    assert result.losses_by_lr[100.0] == math.inf
+    assert set(result.losses_by_lr) == set(grid)
+    # the finite scores follow the analytic |1 - lr a|^{2t} ordering
+    finite = [lr for lr in grid if math.isfinite(result.losses_by_lr[lr])]
+    analytic = sorted(finite, key=lambda lr: abs(1.0 - lr * a))
+    measured = sorted(finite, key=lambda lr: result.losses_by_lr[lr])
+    assert analytic == measured
+    assert result.curves[0.1].shape == (num_steps,)
+    np.testing.assert_allclose(result.curves[0.1][:3], 0.5 * a * 4 * (1 - 0.4) ** (2 * np.arange(3)), rtol=1e-5)
+
+
+def test_tuned_reference_optimizers_and_concrete_lr_factories():
+    task = _Quadratic(2.0)
+    for name, factory in reference_optimizers().items():
+        result = tuned(factory, [1e-3, 1e-1], task, num_steps=30, key=jax.random.key(0), num_seeds=2)
+        assert result.learning_rate == 1e-1, name
+        assert math.isfinite(result.final_loss)
+    # a factory that needs a Python float is compiled per grid point instead
+    result = tuned(lambda lr: optax.sgd(float(lr)), [0.1, 0.5], task, num_steps=5, key=jax.random.key(0))
+    assert result.learning_rate == 0.5
+    assert len(DEFAULT_GRID) == 9
+    assert DEFAULT_GRID[0] == pytest.approx(1e-4) and DEFAULT_GRID[-1] == pytest.approx(1.0)
+
+
+def test_tuned_all_diverged_warns():
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        result = tuned(lambda lr: optax.sgd(lr), [100.0, 1000.0], _Quadratic(4.0), num_steps=30, key=jax.random.key(0))
+    assert result.final_loss == math.inf
+    assert result.learning_rate == 100.0
