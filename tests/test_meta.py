@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from typing import Any
 
 import equinox as eqx
 import jax
@@ -19,10 +18,17 @@ import numpy as np
 import optax
 import pytest
 
-from mnemosyne import AbstractLearnedOptimizer
-from mnemosyne import meta
+from mnemosyne import AbstractLearnedOptimizer, meta, trainable_filter
 from mnemosyne.baselines._learnable_sgd import LearnableSGD
 from mnemosyne.meta import _checkpoint, _trainer
+
+# XLA optimisation level 0 roughly halves compile time; these programs are tiny.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _jit(fun):
+    return eqx.filter_jit(fun, compiler_options=FAST_COMPILE)
+
 
 # --------------------------------------------------------------------------- #
 # Tiny tasks and optimizers (duck-typed task protocol)
@@ -100,11 +106,12 @@ def _stack(trees):
 
 def _fresh_states(lopt, task, horizon, num_tasks, key):
     keys = jax.random.split(key, num_tasks)
-    return jax.vmap(lambda k: meta.init_truncation_state(lopt, task, horizon, k))(keys)
+    init = jax.vmap(lambda k: meta.init_truncation_state(lopt, task, horizon, k))
+    return _jit(init)(keys)
 
 
 def _theta(lopt) -> list[np.ndarray]:
-    trainable, _ = eqx.partition(lopt, meta._trainer.trainable_filter(lopt))
+    trainable, _ = eqx.partition(lopt, trainable_filter(lopt))
     return [np.asarray(x) for x in jax.tree.leaves(trainable)]
 
 
@@ -116,7 +123,11 @@ def _theta(lopt) -> list[np.ndarray]:
 def test_learnable_sgd_update():
     lopt = LearnableSGD(learning_rate=0.5)
     params = {"a": jnp.ones(3, jnp.float32), "b": None, "c": jnp.ones(2, jnp.float16)}
-    grads = {"a": jnp.full(3, 2.0, jnp.float32), "b": None, "c": jnp.ones(2, jnp.float16)}
+    grads = {
+        "a": jnp.full(3, 2.0, jnp.float32),
+        "b": None,
+        "c": jnp.ones(2, jnp.float16),
+    }
     state = lopt.init(params)
     updates, state = lopt.update(grads, state, params, loss=1.0)  # extra ignored
     np.testing.assert_allclose(updates["a"], -1.0, rtol=1e-6)
@@ -131,19 +142,36 @@ def test_learnable_sgd_update():
 # Estimators against independent references
 # --------------------------------------------------------------------------- #
 
-K_EXACT = 5
+DIM, NUM_TASKS, K_WINDOW = 8, 16, 5
+
+
+@pytest.fixture(scope="module")
+def window_problem():
+    """A batch of fresh trajectories whose one window covers the whole unroll."""
+    task = NoisyQuadraticFamily(dims=(DIM,)).sample(jax.random.PRNGKey(3))
+    lopt = DiagonalSGD(jnp.log(jnp.linspace(0.1, 0.4, DIM, dtype=jnp.float32)))
+    states = _fresh_states(lopt, task, K_WINDOW, NUM_TASKS, jax.random.PRNGKey(4))
+    kwargs = dict(
+        key=jax.random.PRNGKey(5),
+        num_steps=K_WINDOW,
+        schedule=meta.ConstantTruncationSchedule(K_WINDOW),
+    )
+    bptt = _jit(meta.TruncatedBPTT().estimate)(lopt, task, states, **kwargs)
+    return task, lopt, states, kwargs, bptt
 
 
 def _reference_meta_loss(log_lr, task, key, stop_gradient_features):
-    """Plain Python-loop unroll, following the documented key schedule of
-    `TruncationState`: init with split(key, 4)[0], batch t with
-    fold_in(split(key, 4)[2], t)."""
+    """Plain Python-loop unroll of one task, following the documented key
+    schedule of `TruncationState`: init with split(key, 4)[0], the batch of
+    step t with fold_in(split(key, 4)[2], t)."""
     init_key, _, data_key, _ = jax.random.split(key, 4)
     w = task.init(init_key)["w"]
+    batches = jax.vmap(lambda t: task.sample_batch(jax.random.fold_in(data_key, t)))(
+        jnp.arange(K_WINDOW)
+    )
     losses = []
-    for t in range(K_EXACT):
-        batch = task.sample_batch(jax.random.fold_in(data_key, t))
-        loss, g = jax.value_and_grad(lambda w: task.loss({"w": w}, batch))(w)
+    for t in range(K_WINDOW):
+        loss, g = jax.value_and_grad(lambda w, b: task.loss({"w": w}, b))(w, batches[t])
         if stop_gradient_features:
             g = jax.lax.stop_gradient(g)
         losses.append(loss)
@@ -152,36 +180,32 @@ def _reference_meta_loss(log_lr, task, key, stop_gradient_features):
 
 
 @pytest.mark.parametrize("stop_gradient_features", [False, True])
-def test_truncated_bptt_equals_full_unroll_gradient(stop_gradient_features):
-    task = NoisyQuadraticFamily(dims=(3,)).sample(jax.random.PRNGKey(0))
-    lopt = DiagonalSGD(jnp.log(jnp.array([0.3, 0.5, 0.2], jnp.float32)))
-    num_tasks = 3
-    states = _fresh_states(lopt, task, K_EXACT, num_tasks, jax.random.PRNGKey(1))
-    estimator = meta.TruncatedBPTT(stop_gradient_features=stop_gradient_features)
-    meta_loss, grads, new_states, diag = estimator.estimate(
-        lopt,
-        task,
-        states,
-        key=jax.random.PRNGKey(2),
-        num_steps=K_EXACT,
-        schedule=meta.ConstantTruncationSchedule(K_EXACT),
-    )
+def test_truncated_bptt_equals_full_unroll_gradient(
+    stop_gradient_features, window_problem
+):
+    task, lopt, states, kwargs, bptt = window_problem
+    if stop_gradient_features:
+        estimator = meta.TruncatedBPTT(stop_gradient_features=True)
+        bptt = _jit(estimator.estimate)(lopt, task, states, **kwargs)
+    meta_loss, grads, new_states, diag = bptt
 
     def reference(log_lr):
-        values = [
-            _reference_meta_loss(log_lr, task, k, stop_gradient_features)
-            for k in states.key
-        ]
-        return jnp.mean(jnp.stack(values))
+        per_task = jax.vmap(
+            lambda k: _reference_meta_loss(log_lr, task, k, stop_gradient_features)
+        )
+        return jnp.mean(per_task(states.key))
 
-    ref_loss, ref_grad = jax.value_and_grad(reference)(lopt.log_lr)
+    ref_loss, ref_grad = _jit(jax.value_and_grad(reference))(lopt.log_lr)
     np.testing.assert_allclose(meta_loss, ref_loss, rtol=1e-6)
     np.testing.assert_allclose(grads.log_lr, ref_grad, rtol=1e-6, atol=1e-7)
     assert int(diag["num_diverged"]) == 0
-    np.testing.assert_array_equal(new_states.inner_step, K_EXACT)
+    np.testing.assert_array_equal(new_states.inner_step, K_WINDOW)
+    if stop_gradient_features:  # the flag matters: second derivatives dropped
+        full = window_problem[-1][1].log_lr
+        assert not np.allclose(grads.log_lr, full, rtol=1e-3)
 
 
-def test_antithetic_es_matches_gradient():
+def test_antithetic_es_matches_gradient(window_problem):
     r"""ES vs the exact (BPTT, full-window) gradient on a smooth problem.
 
     For a smooth L and small σ, each pair gives (L⁺ − L⁻)/(2σ) ε ≈ (εᵀg) ε,
@@ -189,30 +213,24 @@ def test_antithetic_es_matches_gradient():
     E‖ĝ − g‖² ≈ (d + 1)‖g‖²/M (for equal per-task gradients), so
     cos(ĝ, g) ≈ 1/√(1 + (d + 1)/M). Here d = 8, M = 16·16 = 256 gives 0.98.
     Heterogeneous per-task gradients inflate the variance by
-    mean‖g_i‖²/‖ḡ‖², about 1.2 here, giving ~0.98 still. The noise term
-    ‖ĝ − g‖²/‖g‖² is roughly χ²_d·(expected/d), and cos < 0.9 needs it above
-    1/0.81 − 1 ≈ 0.23, about 5× its mean: P(χ²_8 > 45) < 1e-6. The seed is
-    fixed anyway, so the test is deterministic.
+    mean‖g_i‖²/‖ḡ‖² (a small factor here: same task, different inits), which
+    keeps the expectation above 0.95. The noise term ‖ĝ − g‖²/‖g‖² is roughly
+    χ²_d·(mean/d); cos < 0.9 needs it above 1/0.81 − 1 ≈ 0.23, about 5× its
+    mean: P(χ²_8 > 45) < 1e-6. The seed is fixed, so the test is deterministic.
     """
-    dim, num_tasks, num_steps = 8, 16, 5
-    task = NoisyQuadraticFamily(dims=(dim,)).sample(jax.random.PRNGKey(3))
-    lopt = DiagonalSGD(jnp.log(jnp.linspace(0.1, 0.4, dim, dtype=jnp.float32)))
-    states = _fresh_states(lopt, task, num_steps, num_tasks, jax.random.PRNGKey(4))
-    schedule = meta.ConstantTruncationSchedule(num_steps)
-    kwargs = dict(key=jax.random.PRNGKey(5), num_steps=num_steps, schedule=schedule)
+    task, lopt, states, kwargs, bptt = window_problem
+    bptt_loss, true_grads, bptt_states, _ = bptt
     es = meta.AntitheticES(std=0.01, num_pairs=16)
-    es_loss, es_grads, es_states, _ = eqx.filter_jit(es.estimate)(
-        lopt, task, states, **kwargs
-    )
-    bptt_loss, true_grads, bptt_states, _ = eqx.filter_jit(
-        meta.TruncatedBPTT().estimate
-    )(lopt, task, states, **kwargs)
+    es_loss, es_grads, es_states, diag = _jit(es.estimate)(lopt, task, states, **kwargs)
     g_hat, g = np.asarray(es_grads.log_lr), np.asarray(true_grads.log_lr)
     cosine = g_hat @ g / (np.linalg.norm(g_hat) * np.linalg.norm(g))
     assert cosine > 0.9, cosine
+    assert int(diag["num_valid"]) == NUM_TASKS * 16
     # Same states, same data: the unperturbed unroll is the BPTT one.
     np.testing.assert_allclose(es_loss, bptt_loss, rtol=1e-5)
-    np.testing.assert_allclose(es_states.params["w"], bptt_states.params["w"], rtol=1e-5)
+    np.testing.assert_allclose(
+        es_states.params["w"], bptt_states.params["w"], rtol=1e-5
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -230,10 +248,10 @@ def optimal_learning_rate() -> float:
     tasks = _stack([family.sample(jax.random.PRNGKey(1000 + i)) for i in range(128)])
     keys = jax.random.split(jax.random.PRNGKey(7), 128)
 
-    @jax.jit
+    @_jit
     def grid(log_lrs):
         def one(log_lr, task, key):
-            lopt = eqx.tree_at(lambda l: l.log_learning_rate, LearnableSGD(), log_lr)
+            lopt = eqx.tree_at(lambda o: o.log_learning_rate, LearnableSGD(), log_lr)
             state = meta.init_truncation_state(lopt, task, K_LR, key)
             _, out = meta.truncated_unroll(lopt, task, state, K_LR, K_LR)
             return meta.mean_log_loss(out.losses)
@@ -268,6 +286,7 @@ def test_meta_training_finds_optimal_learning_rate(estimator, optimal_learning_r
         num_tasks=8,
         unroll_length=K_LR,
         horizon=K_LR,
+        compiler_options=FAST_COMPILE,
         key=jax.random.PRNGKey(0),
     )
     lopt, history = trainer.run(num_steps, progress=False)
@@ -298,6 +317,7 @@ def _resume_trainer(checkpoint_dir=None, estimator=None) -> meta.MetaTrainer:
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=2,
         keep_checkpoints=5,
+        compiler_options=FAST_COMPILE,
         key=jax.random.PRNGKey(42),
     )
 
@@ -368,7 +388,7 @@ def test_resume_refuses_other_config(tmp_path):
         checkpoint_dir=tmp_path,
         key=jax.random.PRNGKey(42),
     )
-    with pytest.raises(meta.CheckpointError, match="config"):
+    with pytest.raises(meta.IncompatibleCheckpointError, match="config"):
         other.run(3, progress=False)
 
 
@@ -438,6 +458,7 @@ def test_diverging_tasks_do_not_poison_theta(estimator):
             num_tasks=8,
             unroll_length=4,
             horizon=4,
+            compiler_options=FAST_COMPILE,
             key=jax.random.PRNGKey(0),
         )
 
@@ -468,7 +489,7 @@ def test_truncated_unroll_resets_at_horizon():
     task = NoisyQuadratic(jnp.ones(2))
     lopt = LearnableSGD(0.1)
     state = meta.init_truncation_state(lopt, task, 3, jax.random.PRNGKey(0))
-    state, out = meta.truncated_unroll(lopt, task, state, 7, 3)
+    state, out = _jit(meta.truncated_unroll)(lopt, task, state, 7, 3)
     np.testing.assert_array_equal(out.inner_step, [0, 1, 2, 0, 1, 2, 0])
     np.testing.assert_array_equal(out.is_reset, [0, 0, 0, 1, 0, 0, 1])
     assert int(state.inner_step) == 1
@@ -476,9 +497,13 @@ def test_truncated_unroll_resets_at_horizon():
     second = meta.init_truncation_state(
         lopt, task, 3, meta.trajectory_keys(jax.random.PRNGKey(0))[3]
     )
-    _, _, losses = meta.unroll(
-        lopt, task, second.params, second.opt_state,
-        meta.trajectory_keys(second.key)[2], 3,
+    _, _, losses = _jit(meta.unroll)(
+        lopt,
+        task,
+        second.params,
+        second.opt_state,
+        meta.trajectory_keys(second.key)[2],
+        3,
     )
     np.testing.assert_allclose(out.losses[3:6], losses, rtol=1e-6)
 
@@ -497,4 +522,29 @@ def test_meta_losses():
     assert bool(diverged) and float(value) == 7.0
 
 
-Any  # re-exported names used only in annotations
+@pytest.mark.slow
+def test_sharded_task_batch_matches_single_device():
+    """The task batch sharded over 4 of 8 host devices gives the same θ as 1 device."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, jax; sys.path.insert(0, sys.argv[1]); import test_meta as T; "
+        "lopt, _ = T._resume_trainer().run(6, progress=False); "
+        "print(jax.device_count(), float(lopt.log_learning_rate).hex())"
+    )
+    outputs = {}
+    for devices in ("1", "8"):
+        env = dict(os.environ, JAX_NUM_CPU_DEVICES=devices, JAX_PLATFORMS="cpu")
+        env.pop("XLA_FLAGS", None)
+        result = subprocess.run(
+            [sys.executable, "-c", script, os.path.dirname(__file__)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        count, value = result.stdout.split()[-2:]
+        assert count == devices
+        outputs[devices] = float.fromhex(value)
+    assert outputs["1"] == pytest.approx(outputs["8"], rel=1e-6, abs=1e-7)

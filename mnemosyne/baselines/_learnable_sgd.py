@@ -16,7 +16,7 @@ _BACKENDS = ("jax", "numpy")
 
 
 class LearnableSGDState(eqx.Module):
-    """State of [`LearnableSGD`][]: only a step count."""
+    """State of [`LearnableSGD`][mnemosyne.baselines.LearnableSGD]: a step count."""
 
     count: Int[Array, ""]
 
@@ -81,7 +81,7 @@ class LearnableSGD(AbstractLearnedOptimizer):
 
         Args:
             grads: the gradient pytree; `None` leaves pass through.
-            state: the [`LearnableSGDState`][].
+            state: the [`LearnableSGDState`][mnemosyne.baselines.LearnableSGDState].
             params: unused.
             backend: `"jax"` or `"numpy"` (identical arithmetic here).
             **extra_args: ignored (optax convention).

@@ -3,15 +3,17 @@
 A learned optimizer's θ is trained on a distribution of tasks by unrolling
 inner training (`lax.scan`), scoring each truncated window with a
 meta-objective (mean log inner loss by default), estimating the meta-gradient
-by truncated backpropagation ([`TruncatedBPTT`][mnemosyne.meta.TruncatedBPTT])
-or antithetic evolution strategies ([`AntitheticES`][mnemosyne.meta.AntitheticES]),
-and stepping θ with an outer optax optimizer ([`MetaTrainer`][mnemosyne.meta.MetaTrainer]).
+by truncated backpropagation
+([`TruncatedBPTT`][mnemosyne.meta.TruncatedBPTT]) or antithetic evolution
+strategies ([`AntitheticES`][mnemosyne.meta.AntitheticES]), and stepping θ with
+an outer optax optimizer ([`MetaTrainer`][mnemosyne.meta.MetaTrainer]).
 Tasks are duck-typed: `init(key) -> params`, `loss(params, batch) -> scalar`,
 `sample_batch(key) -> batch`; a family has `sample(key) -> task`.
 """
 
 from ._checkpoint import (
     CheckpointError,
+    IncompatibleCheckpointError,
     load_checkpoint,
     read_checkpoint_header,
     save_checkpoint,
@@ -46,6 +48,7 @@ __all__ = [
     "AntitheticES",
     "CheckpointError",
     "ConstantTruncationSchedule",
+    "IncompatibleCheckpointError",
     "MetaLoss",
     "MetaTrainer",
     "TruncatedBPTT",

@@ -34,6 +34,10 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupted or incompatible."""
 
 
+class IncompatibleCheckpointError(CheckpointError):
+    """A complete checkpoint written by a differently configured trainer."""
+
+
 class _HashingWriter(io.RawIOBase):
     """Forwards writes to a file while hashing and counting the bytes."""
 
@@ -154,7 +158,7 @@ def read_checkpoint_header(path: str | os.PathLike) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, like: Any) -> tuple[Any, dict]:
-    """Read a checkpoint written by [`save_checkpoint`][].
+    """Read a checkpoint written by [`save_checkpoint`][mnemosyne.meta.save_checkpoint].
 
     Args:
         path: the checkpoint file.

@@ -53,8 +53,9 @@ class AbstractGradientEstimator(eqx.Module):
 
     Every estimator has one entry point,
     `estimate(lopt, task, states, *, key, num_steps, schedule)`, which advances
-    each trajectory of the batch `states` (a [`TruncationState`][] whose leaves
-    have a leading task axis) by one window of `num_steps` inner steps and
+    each trajectory of the batch `states` (a
+    [`TruncationState`][mnemosyne.meta.TruncationState] whose leaves have a
+    leading task axis) by one window of `num_steps` inner steps and
     returns `(meta_loss, meta_grads, new_states, diagnostics)`:
 
     - `meta_loss`: the mean meta-loss over the non-diverged trajectories;
@@ -264,12 +265,14 @@ class AntitheticES(AbstractGradientEstimator):
             loss_plus = values[: self.num_pairs]
             loss_minus = values[self.num_pairs : 2 * self.num_pairs]
             pair_diverged = (
-                diverged[: self.num_pairs] | diverged[self.num_pairs : 2 * self.num_pairs]
+                diverged[: self.num_pairs]
+                | diverged[self.num_pairs : 2 * self.num_pairs]
             )
             scale = (loss_plus - loss_minus) / (2 * self.std)
             scale = jnp.where(pair_diverged, jnp.zeros_like(scale), scale)
             contribution = [
-                jnp.reshape(scale, scale.shape + (1,) * (e.ndim - 1)).astype(e.dtype) * e
+                jnp.reshape(scale, scale.shape + (1,) * (e.ndim - 1)).astype(e.dtype)
+                * e
                 for e in eps
             ]
             return (
@@ -281,9 +284,9 @@ class AntitheticES(AbstractGradientEstimator):
             )
 
         task_keys = jax.random.split(key, num_tasks)
-        contribution, pair_diverged, values, diverged, new_states = jax.vmap(
-            per_task
-        )(states, task_keys)
+        contribution, pair_diverged, values, diverged, new_states = jax.vmap(per_task)(
+            states, task_keys
+        )
         # contribution leaves: [num_tasks, num_pairs, *leaf.shape]
         valid_pairs = ~pair_diverged
         grad_leaves = _mean_over_valid(contribution, valid_pairs)

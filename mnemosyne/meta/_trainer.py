@@ -16,7 +16,13 @@ import optax
 
 from .._lopt_base import AbstractLearnedOptimizer, trainable_filter
 from .._types import PRNGKeyArray
-from ._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ._checkpoint import (
+    CheckpointError,
+    IncompatibleCheckpointError,
+    load_checkpoint,
+    read_checkpoint_header,
+    save_checkpoint,
+)
 from ._estimators import AbstractGradientEstimator, TruncatedBPTT
 from ._unroll import (
     AbstractTruncationSchedule,
@@ -88,9 +94,12 @@ def _outer_step(
         & jnp.isfinite(meta_loss)
         & (diagnostics["num_valid"] > 0)
     )
-    updates, new_outer_state = outer_optimizer.update(
-        meta_grads, outer_state, trainable
-    )
+    # optax's own code (e.g. Adam's bias correction, `b1 ** count`) mixes Python
+    # floats and int32 counts, which jax_numpy_dtype_promotion="strict" rejects.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, new_outer_state = outer_optimizer.update(
+            meta_grads, outer_state, trainable
+        )
     new_trainable = eqx.apply_updates(trainable, updates)
 
     def keep(new, old):
@@ -106,7 +115,16 @@ def _outer_step(
 # window length, schedule) and the shapes of the array parts, so each task
 # configuration compiles once, also across trainer instances (a resumed run in
 # the same process does not recompile).
-_jitted_outer_step = eqx.filter_jit(_outer_step)
+_JITTED_OUTER_STEPS: dict[Any, Any] = {}
+
+
+def _jitted_outer_step(compiler_options: dict | None):
+    options = tuple(sorted((compiler_options or {}).items()))
+    if options not in _JITTED_OUTER_STEPS:
+        _JITTED_OUTER_STEPS[options] = eqx.filter_jit(
+            _outer_step, compiler_options=dict(options) or None
+        )
+    return _JITTED_OUTER_STEPS[options]
 
 
 class _DefaultOuterOptimizer(eqx.Module):
@@ -179,10 +197,14 @@ class MetaTrainer:
         checkpoint_every: outer steps between checkpoints (and one at the end
             of every `run`).
         keep_checkpoints: how many recent checkpoints to keep.
+        compiler_options: XLA options for the jitted outer step (passed to
+            `jax.jit`); e.g. `{"xla_backend_optimization_level": 0}` roughly
+            halves compile time at some cost in run time, which suits short
+            runs and tests.
         key: the base PRNG key.
 
     Examples:
-        >>> trainer = MetaTrainer(lopt, task, TruncatedBPTT(), key=key)  # doctest: +SKIP
+        >>> trainer = MetaTrainer(lopt, family, key=key)  # doctest: +SKIP
         >>> lopt, history = trainer.run(200)  # doctest: +SKIP
     """
 
@@ -202,6 +224,7 @@ class MetaTrainer:
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 100,
         keep_checkpoints: int = 3,
+        compiler_options: dict[str, Any] | None = None,
         key: PRNGKeyArray,
     ):
         if num_tasks < 1 or unroll_length < 1 or checkpoint_every < 1:
@@ -225,13 +248,17 @@ class MetaTrainer:
             )
         else:
             self.task_resample_every = None
-        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self.checkpoint_dir = (
+            None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        )
         self.checkpoint_every = checkpoint_every
         self.keep_checkpoints = max(1, keep_checkpoints)
         self.key = _raw_key(jnp.asarray(key))
+        self.compiler_options = dict(compiler_options or {})
 
         self._trainable, self._static = eqx.partition(lopt, trainable_filter(lopt))
-        self._outer_state = self.outer_optimizer.init(self._trainable)
+        with jax.numpy_dtype_promotion("standard"):
+            self._outer_state = self.outer_optimizer.init(self._trainable)
         self._states: TruncationState | None = None
         self._states_period: int | None = None
         self.step = 0
@@ -332,18 +359,17 @@ class MetaTrainer:
         """Restore the trainer from a checkpoint file.
 
         Raises:
-            CheckpointError: if the file is corrupted or was written by a
-                differently configured trainer (other key, task batch, etc.).
+            CheckpointError: if the file is truncated or corrupted.
+            IncompatibleCheckpointError: if it was written by a differently
+                configured trainer (other key, task batch, window, etc.).
         """
-        from ._checkpoint import read_checkpoint_header
-
         header = read_checkpoint_header(path)
         if header.get("base_key") != np.asarray(self.key).tolist():
-            raise CheckpointError(
+            raise IncompatibleCheckpointError(
                 f"Checkpoint {os.fspath(path)!r} was written with another base key."
             )
         if header.get("config") != self._fingerprint():
-            raise CheckpointError(
+            raise IncompatibleCheckpointError(
                 f"Checkpoint {os.fspath(path)!r} was written by a trainer with "
                 f"config {header.get('config')}, not {self._fingerprint()}."
             )
@@ -400,9 +426,9 @@ class MetaTrainer:
             try:
                 self.load(path)
                 return
+            except IncompatibleCheckpointError:
+                raise  # complete but from another configuration: refuse
             except CheckpointError as e:
-                if "written" in str(e):  # incompatible, not corrupted: refuse
-                    raise
                 warnings.warn(
                     f"Skipping unreadable checkpoint: {e}", RuntimeWarning, stacklevel=3
                 )
@@ -438,8 +464,10 @@ class MetaTrainer:
     def _place(self, tree, batched: bool):
         if self._mesh is None:
             return tree
-        spec = jax.sharding.PartitionSpec("tasks") if batched else (
-            jax.sharding.PartitionSpec()
+        spec = (
+            jax.sharding.PartitionSpec("tasks")
+            if batched
+            else (jax.sharding.PartitionSpec())
         )
         sharding = jax.sharding.NamedSharding(self._mesh, spec)
         return jax.device_put(tree, sharding)
@@ -448,7 +476,9 @@ class MetaTrainer:
         return jax.random.fold_in(jax.random.fold_in(self.key, stream), index)
 
     def _period(self, step: int) -> int:
-        return 0 if self.task_resample_every is None else step // self.task_resample_every
+        return (
+            0 if self.task_resample_every is None else step // self.task_resample_every
+        )
 
     def _task_for_period(self, period: int):
         if self._task_cache is not None and self._task_cache[0] == period:
@@ -486,7 +516,7 @@ class MetaTrainer:
             grad_norm,
             skipped,
             diagnostics,
-        ) = _jitted_outer_step(
+        ) = _jitted_outer_step(self.compiler_options)(
             self._place(self._trainable, batched=False),
             self._static,
             self._place(self._outer_state, batched=False),
@@ -513,7 +543,8 @@ def plot_history(history: History, path: str | os.PathLike) -> str:
     Uses matplotlib's Agg canvas directly, so it changes no global backend.
 
     Args:
-        history: the history returned by [`MetaTrainer.run`][].
+        history: the history returned by
+            [`MetaTrainer.run`][mnemosyne.meta.MetaTrainer.run].
         path: the PNG file to write.
 
     Returns:
@@ -550,6 +581,8 @@ def plot_history(history: History, path: str | os.PathLike) -> str:
     ax_grad.set_ylabel("|meta-gradient|")
     ax_grad.set_xlabel("outer step")
     ax_grad.grid(alpha=0.3)
-    fig.suptitle(f"meta-training ({int(np.sum(history['num_diverged']))} diverged unrolls)")
+    fig.suptitle(
+        f"meta-training ({int(np.sum(history['num_diverged']))} diverged unrolls)"
+    )
     fig.savefig(os.fspath(path), dpi=100)
     return os.fspath(path)

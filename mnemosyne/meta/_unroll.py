@@ -89,7 +89,7 @@ class UniformTruncationSchedule(AbstractTruncationSchedule):
 def as_truncation_schedule(
     horizon: int | AbstractTruncationSchedule,
 ) -> AbstractTruncationSchedule:
-    """An int becomes a [`ConstantTruncationSchedule`][]; schedules pass through."""
+    """An int becomes a constant schedule; schedules pass through."""
     if isinstance(horizon, AbstractTruncationSchedule):
         return horizon
     return ConstantTruncationSchedule(int(horizon))
@@ -150,7 +150,7 @@ def init_truncation_state(
         key: the trajectory key.
 
     Returns:
-        The [`TruncationState`][] at inner step 0.
+        The [`TruncationState`][mnemosyne.meta.TruncationState] at inner step 0.
     """
     key = _raw_key(key)
     schedule = as_truncation_schedule(schedule)
@@ -183,7 +183,8 @@ def expired_truncation_state(
         key: the (raw) key whose successor starts the first real trajectory.
 
     Returns:
-        The [`TruncationState`][] with `inner_step = horizon = 0`.
+        The [`TruncationState`][mnemosyne.meta.TruncationState] with
+        `inner_step = horizon = 0`.
     """
     key = _raw_key(key)
 
@@ -293,15 +294,16 @@ def truncated_unroll(
 
     Before each step, a trajectory whose `inner_step` has reached its `horizon`
     is reset: its key becomes `next_key` and params, optimizer state and
-    horizon are drawn afresh (see [`TruncationState`][]). A window that meets
+    horizon are drawn afresh (see
+    [`TruncationState`][mnemosyne.meta.TruncationState]). A window that meets
     a NaN/Inf inner loss marks its trajectory as finished, so the next window
     starts a fresh one instead of carrying NaNs forward.
 
     Gradients with respect to θ flow through the whole window (truncated
     backpropagation) but not into the state carried in from the previous
     window; callers that need that cut apply `jax.lax.stop_gradient` to the
-    incoming state, as [`TruncatedBPTT`][] does by construction (the incoming
-    state is an input, not a function of θ).
+    incoming state, as [`TruncatedBPTT`][mnemosyne.meta.TruncatedBPTT] does by
+    construction (the incoming state is an input, not a function of θ).
 
     Args:
         lopt: the learned optimizer.
@@ -352,6 +354,8 @@ def truncated_unroll(
     state = eqx.tree_at(
         lambda s: s.inner_step,
         state,
-        jnp.where(finite, state.inner_step, jnp.maximum(state.inner_step, state.horizon)),
+        jnp.where(
+            finite, state.inner_step, jnp.maximum(state.inner_step, state.horizon)
+        ),
     )
     return state, output
