@@ -155,45 +155,34 @@ def test_chain_multisteps_and_inject_hyperparams():
     lopt = LSTMOptimizer(key=jax.random.key(0))
     params = _optax_params()
     transforms = {
-        "chain": optax.chain(optax.clip(10.0), lstm(lopt=lopt)),
-        "multisteps": optax.MultiSteps(lstm(0.5, lopt=lopt), every_k_schedule=2),
-        # a schedule as an injected hyperparameter
-        "inject": optax.inject_hyperparams(lstm)(
-            learning_rate=optax.linear_schedule(1.0, 0.1, 10), lopt=lopt
+        # a schedule as the learning rate
+        "chain": optax.chain(
+            optax.clip(10.0), lstm(optax.linear_schedule(1.0, 0.1, 10), lopt=lopt)
         ),
+        "multisteps": optax.MultiSteps(lstm(0.5, lopt=lopt), every_k_schedule=2),
+        "inject": optax.inject_hyperparams(lstm)(learning_rate=1.0, lopt=lopt),
     }
-    for name, tx in transforms.items():
-        # optax's MultiSteps (int32 with float32) and inject_hyperparams (the
-        # "highest dtype" of bf16 and f16 params) are not strict-promotion clean;
-        # the LSTM itself is checked under strict promotion by the `_step` tests.
-        with jax.numpy_dtype_promotion("standard"):
+    # optax's MultiSteps (int32 with float32) and inject_hyperparams are not
+    # strict-promotion clean; the LSTM itself is checked under strict promotion
+    # by the `_step` tests.
+    with jax.numpy_dtype_promotion("standard"):
+        for name, tx in transforms.items():
             state = tx.init(params)
-
-            @jax.jit
-            def run(p, state, tx=tx):
-                def body(carry, _):
-                    p, state = carry
-                    updates, state = tx.update(_grads(p), state, p)
-                    return (optax.apply_updates(p, updates), state), None
-
-                return jax.lax.scan(body, (p, state), None, length=4)[0]
-
-            p, state = run(params, state)
-        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p)), name
-        assert _loss(p) < _loss(params), name
-
-
-def test_inject_hyperparams_learning_rate_is_used():
-    lopt = LSTMOptimizer(key=jax.random.key(0))
-    params = _optax_params()
-    tx = optax.inject_hyperparams(lstm)(learning_rate=1.0, lopt=lopt)
-    step = jax.jit(tx.update)
-    with jax.numpy_dtype_promotion("standard"):  # see the test above
-        state = tx.init(params)
-        u1, _ = step(_grads(params), state, params)
-        state.hyperparams["learning_rate"] = jnp.asarray(0.25)
-        u2, _ = step(_grads(params), state, params)
-    np.testing.assert_allclose(np.asarray(u2["matrix"]), 0.25 * np.asarray(u1["matrix"]), rtol=1e-6)
+            step = jax.jit(tx.update)
+            p = params
+            for _ in range(4):
+                updates, state = step(_grads(p), state, p)
+                p = optax.apply_updates(p, updates)
+            assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p)), name
+            assert _loss(p) < _loss(params), name
+            if name == "inject":  # the injected learning rate scales the step
+                state.hyperparams["learning_rate"] = jnp.asarray(1.0)
+                u1, _ = step(_grads(p), state, p)
+                state.hyperparams["learning_rate"] = jnp.asarray(0.25)
+                u2, _ = step(_grads(p), state, p)
+                np.testing.assert_allclose(
+                    np.asarray(u2["matrix"]), 0.25 * np.asarray(u1["matrix"]), rtol=1e-6
+                )
 
 
 def test_numpy_reference_matches_jax(lopt):
@@ -255,7 +244,7 @@ def test_meta_gradient_finite_and_nonzero(lopt):
 
 
 def test_rejects_complex_and_bad_arguments():
-    lopt = LSTMOptimizer(hidden_size=4, key=jax.random.key(1))
+    lopt = LSTMOptimizer(key=jax.random.key(1))
     with pytest.raises(TypeError, match="complex"):
         lopt.init({"z": jnp.ones(2, jnp.complex64)})
     with pytest.raises(ValueError, match="features"):
@@ -281,85 +270,62 @@ def test_pretrained_loading(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------
-# A short meta-training run (truncated BPTT written here)
+# A short meta-training run (mnemosyne.meta.MetaTrainer, truncated BPTT)
 # ----------------------------------------------------------------------------
 
 
-def _sample_quadratic(key, dim=8):
-    k_a, k_x = jax.random.split(key)
-    curvature = jnp.exp(jax.random.uniform(k_a, (dim,), minval=-1.0, maxval=1.0))
-    x0 = jax.random.normal(k_x, (dim,))
-    return curvature, x0
+class _FixedStart(eqx.Module):
+    """A task whose every trajectory starts at x = 0 (so meta-losses compare)."""
 
+    task: eqx.Module
 
-def _unroll(lopt, curvature, x, state, num_steps):
-    """Mean log loss over `num_steps` inner steps of ½ Σ a x²."""
+    def init(self, key):
+        del key
+        return {"x": jnp.zeros_like(self.task.optimum)}
 
-    def body(carry, _):
-        x, state = carry
-        updates, state = lopt.update(curvature * x, state, x)
-        x = x + updates
-        return (x, state), jnp.log(0.5 * jnp.sum(curvature * x**2) + 1e-8)
+    def loss(self, params, batch):
+        return self.task.loss(params, batch)
 
-    (x, state), logs = jax.lax.scan(body, (x, state), None, length=num_steps)
-    return jnp.mean(logs), (x, state)
+    def sample_batch(self, key):
+        return self.task.sample_batch(key)
 
 
 @pytest.mark.parametrize(
     "variant", ["gradient", pytest.param("multiscale", marks=pytest.mark.slow)]
 )
 def test_short_meta_training_reduces_meta_loss(variant):
-    """Truncated BPTT (written here) with Adam on θ lowers the held-out meta-loss."""
+    """Truncated BPTT with Adam on θ (the MetaTrainer) lowers the meta-loss."""
+    from mnemosyne.meta import MetaTrainer, TruncatedBPTT
+    from mnemosyne.tasks._synthetic import Quadratic
+
+    with jax.numpy_rank_promotion("allow"):  # Quadratic.random broadcasts implicitly
+        task = _FixedStart(Quadratic.random(jax.random.key(0), dim=8, log10_cond=1.0))
     lopt = LSTMOptimizer(hidden_size=8, features=variant, key=jax.random.key(0))
-    theta, static = eqx.partition(lopt, trainable_filter(lopt))
-    outer = optax.adam(1e-2)
-    num_tasks, truncation, truncations_per_episode = 8, 5, 3
+    horizon = 15
 
-    def init_inner(theta, key):
-        curvatures, xs = jax.vmap(_sample_quadratic)(jax.random.split(key, num_tasks))
-        return curvatures, xs, jax.vmap(eqx.combine(theta, static).init)(xs)
-
-    @jax.jit
-    def meta_grad(theta, curvatures, xs, states):
-        def batched_loss(theta):
-            lopt = eqx.combine(theta, static)
-            losses, carry = jax.vmap(lambda a, x, s: _unroll(lopt, a, x, s, truncation))(
-                curvatures, xs, states
-            )
-            return jnp.mean(losses), carry
-
-        (loss, carry), grads = jax.value_and_grad(batched_loss, has_aux=True)(theta)
-        grads = jax.tree.map(lambda g: jnp.clip(g, -1.0, 1.0), grads)
-        carry = jax.lax.stop_gradient(carry)  # truncation: no gradient across windows
-        return loss, grads, carry
-
-    @jax.jit
-    def outer_step(theta, outer_state, grads):
-        updates, outer_state = outer.update(grads, outer_state, theta)
-        return optax.apply_updates(theta, updates), outer_state
-
-    def episode(theta, outer_state, key, train):
-        """One inner run, cut into truncations; returns the mean meta-loss."""
-        curvatures, xs, states = init_inner(theta, key)
-        losses = []
-        for _ in range(truncations_per_episode):
-            loss, grads, (xs, states) = meta_grad(theta, curvatures, xs, states)
-            losses.append(float(loss))
-            if train:
-                # optax.adam computes decay**count with an int32 count: not strict-clean.
-                with jax.numpy_dtype_promotion("standard"):
-                    theta, outer_state = outer_step(theta, outer_state, grads)
-        return theta, outer_state, float(np.mean(losses))
-
-    held_out = jax.random.key(123)
-    before = episode(theta, None, held_out, train=False)[2]
+    trainer = MetaTrainer(
+        lopt,
+        task,
+        TruncatedBPTT(),
+        learning_rate=1e-2,
+        num_tasks=2,
+        unroll_length=5,
+        horizon=horizon,
+        compiler_options={"xla_backend_optimization_level": 0},  # faster compile
+        key=jax.random.key(1),
+    )
+    # optax.adam (the outer optimizer) computes decay**count with an int32
+    # count, which strict dtype promotion rejects.
     with jax.numpy_dtype_promotion("standard"):
-        outer_state = outer.init(theta)
-    for key in jax.random.split(jax.random.key(1), 15):
-        theta, outer_state, loss = episode(theta, outer_state, key, train=True)
-        assert math.isfinite(loss)
-    after = episode(theta, None, held_out, train=False)[2]
+        trained, history = trainer.run(45, progress=False)
+    meta_loss = np.asarray(history["meta_loss"])
+    assert np.all(np.isfinite(meta_loss)) and not any(history["skipped"])
+    # Every trajectory restarts from the same point every horizon / unroll = 3
+    # outer steps, so compare whole trajectories: the first against the last.
+    windows = horizon // 5
+    before, after = meta_loss[:windows].mean(), meta_loss[-windows:].mean()
     assert after < before - 0.1, (before, after)
+    assert isinstance(trained, LSTMOptimizer)
 
 
 # ----------------------------------------------------------------------------
