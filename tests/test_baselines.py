@@ -48,7 +48,10 @@ def _grads(params, scale=1.0):
 
 
 def _loss(params):
-    return sum(float(jnp.sum((p.astype(jnp.float32) - 0.3) ** 2)) for p in jax.tree.leaves(params))
+    return sum(
+        float(jnp.sum((p.astype(jnp.float32) - 0.3) ** 2))
+        for p in jax.tree.leaves(params)
+    )
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -110,7 +113,9 @@ def test_init_with_shape_dtype_struct(lopt):
     from_arrays = lopt.init(params)
     from_structs = lopt.init(abstract)
     assert jax.tree.structure(from_arrays) == jax.tree.structure(from_structs)
-    for a, b in zip(jax.tree.leaves(from_arrays), jax.tree.leaves(from_structs), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(from_arrays), jax.tree.leaves(from_structs), strict=True
+    ):
         assert a.shape == b.shape and a.dtype == b.dtype
     # also under eval_shape (no allocation)
     shapes = jax.eval_shape(lopt.init, abstract)
@@ -140,7 +145,9 @@ def test_unknown_extra_args_accepted(lopt):
     assert jax.tree.structure(out) == jax.tree.structure(ref)
     tx = lstm(lopt=lopt)
     jax.eval_shape(
-        lambda g, s: tx.update(g, s, params, loss=jnp.asarray(1.0)), _grads(params), tx.init(params)
+        lambda g, s: tx.update(g, s, params, loss=jnp.asarray(1.0)),
+        _grads(params),
+        tx.init(params),
     )
 
 
@@ -195,13 +202,22 @@ def test_numpy_reference_matches_jax(lopt):
         for a, b in zip(jax.tree.leaves(u_j), jax.tree.leaves(u_n), strict=True):
             assert np.asarray(b).dtype == a.dtype
             if a.dtype == jnp.float32:
-                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+                np.testing.assert_allclose(
+                    np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7
+                )
             else:  # one rounding to 8 / 11 mantissa bits apart at most
                 np.testing.assert_allclose(
-                    np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-6
+                    np.asarray(a, np.float32),
+                    np.asarray(b, np.float32),
+                    rtol=1e-2,
+                    atol=1e-6,
                 )
-        for a, b in zip(jax.tree.leaves(state_j), jax.tree.leaves(state_n), strict=True):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        for a, b in zip(
+            jax.tree.leaves(state_j), jax.tree.leaves(state_n), strict=True
+        ):
+            np.testing.assert_allclose(
+                np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6
+            )
     with pytest.raises(ValueError, match="backend"):
         lopt.update(_grads(params), state_j, backend="torch")
 
@@ -213,7 +229,9 @@ def test_untrained_takes_small_descent_steps(lopt):
     for _ in range(20):
         updates, state = _step(lopt, _grads(p), state, p)
         for u in jax.tree.leaves(updates):
-            assert float(jnp.max(jnp.abs(u.astype(jnp.float32)))) < 2 * lopt.output_scale
+            assert (
+                float(jnp.max(jnp.abs(u.astype(jnp.float32)))) < 2 * lopt.output_scale
+            )
         p = optax.apply_updates(p, updates)
     assert _loss(p) < 0.9 * _loss(params)
 
@@ -237,7 +255,11 @@ def test_meta_gradient_finite_and_nonzero(lopt):
     grads = meta_grad(lopt)
     spec = trainable_filter(lopt)
     leaves = jax.tree.leaves(eqx.filter(grads, spec))
-    assert len(leaves) == len(jax.tree.leaves(eqx.filter(lopt, spec))) == 3 * lopt.num_layers + 2
+    assert (
+        len(leaves)
+        == len(jax.tree.leaves(eqx.filter(lopt, spec)))
+        == 3 * lopt.num_layers + 2
+    )
     for g in leaves:
         assert bool(jnp.all(jnp.isfinite(g)))
         assert float(jnp.max(jnp.abs(g))) > 0.0
@@ -256,8 +278,12 @@ def test_rejects_complex_and_bad_arguments():
 def test_pretrained_loading(tmp_path, monkeypatch):
     """Missing weights give a clear error; present weights round-trip."""
     for variant, filename in lstm_module._WEIGHT_FILES.items():
-        monkeypatch.setattr(lstm_module, "__file__", str(tmp_path / "baselines" / "_lstm.py"))
-        with pytest.raises(FileNotFoundError, match="mnemosyne meta-train --preset lstm"):
+        monkeypatch.setattr(
+            lstm_module, "__file__", str(tmp_path / "baselines" / "_lstm.py")
+        )
+        with pytest.raises(
+            FileNotFoundError, match="mnemosyne meta-train --preset lstm"
+        ):
             lstm(variant=variant)
         (tmp_path / "weights").mkdir(exist_ok=True)
         saved = LSTMOptimizer(features=variant, key=jax.random.key(7))
@@ -354,7 +380,13 @@ class _Quadratic(eqx.Module):
 def test_tuned_picks_known_optimum_and_flags_divergence():
     a, num_steps = 4.0, 20
     grid = [0.05, 0.1, 1.0 / a, 0.4, 0.42, 100.0]
-    result = tuned(lambda lr: optax.sgd(lr), grid, _Quadratic(a), num_steps=num_steps, key=jax.random.key(0))
+    result = tuned(
+        lambda lr: optax.sgd(lr),
+        grid,
+        _Quadratic(a),
+        num_steps=num_steps,
+        key=jax.random.key(0),
+    )
     assert result.learning_rate == pytest.approx(1.0 / a)
     assert result.final_loss == pytest.approx(0.0, abs=1e-12)
     assert result.losses_by_lr[100.0] == math.inf
@@ -365,24 +397,46 @@ def test_tuned_picks_known_optimum_and_flags_divergence():
     measured = sorted(finite, key=lambda lr: result.losses_by_lr[lr])
     assert analytic == measured
     assert result.curves[0.1].shape == (num_steps,)
-    np.testing.assert_allclose(result.curves[0.1][:3], 0.5 * a * 4 * (1 - 0.4) ** (2 * np.arange(3)), rtol=1e-5)
+    np.testing.assert_allclose(
+        result.curves[0.1][:3], 0.5 * a * 4 * (1 - 0.4) ** (2 * np.arange(3)), rtol=1e-5
+    )
 
 
 def test_tuned_reference_optimizers_and_concrete_lr_factories():
     task = _Quadratic(2.0)
     for name, factory in reference_optimizers().items():
-        result = tuned(factory, [1e-3, 1e-1], task, num_steps=30, key=jax.random.key(0), num_seeds=2)
+        result = tuned(
+            factory,
+            [1e-3, 1e-1],
+            task,
+            num_steps=30,
+            key=jax.random.key(0),
+            num_seeds=2,
+        )
         assert result.learning_rate == 1e-1, name
         assert math.isfinite(result.final_loss)
     # a factory that needs a Python float is compiled per grid point instead
-    result = tuned(lambda lr: optax.sgd(float(lr)), [0.1, 0.5], task, num_steps=5, key=jax.random.key(0))
+    result = tuned(
+        lambda lr: optax.sgd(float(lr)),
+        [0.1, 0.5],
+        task,
+        num_steps=5,
+        key=jax.random.key(0),
+    )
     assert result.learning_rate == 0.5
     assert len(DEFAULT_GRID) == 9
-    assert DEFAULT_GRID[0] == pytest.approx(1e-4) and DEFAULT_GRID[-1] == pytest.approx(1.0)
+    assert DEFAULT_GRID[0] == pytest.approx(1e-4)
+    assert DEFAULT_GRID[-1] == pytest.approx(1.0)
 
 
 def test_tuned_all_diverged_warns():
     with pytest.warns(RuntimeWarning, match="diverged"):
-        result = tuned(lambda lr: optax.sgd(lr), [100.0, 1000.0], _Quadratic(4.0), num_steps=30, key=jax.random.key(0))
+        result = tuned(
+            lambda lr: optax.sgd(lr),
+            [100.0, 1000.0],
+            _Quadratic(4.0),
+            num_steps=30,
+            key=jax.random.key(0),
+        )
     assert result.final_loss == math.inf
     assert result.learning_rate == 100.0

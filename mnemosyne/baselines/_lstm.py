@@ -133,7 +133,9 @@ def _check_leaf(leaf):
             "split them into real and imaginary parts."
         )
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"LSTMOptimizer: parameters must be floating point, got {dtype}")
+        raise TypeError(
+            f"LSTMOptimizer: parameters must be floating point, got {dtype}"
+        )
 
 
 class LSTMOptimizer(AbstractLearnedOptimizer):
@@ -263,12 +265,17 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
         shapes.append((h,))
         # One draw for all weights (one small compile), then edited in NumPy.
         sizes = [math.prod(shape) for shape in shapes]
-        flat = np.asarray(jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0))
+        flat = np.asarray(
+            jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
+        )
         drawn = [
             bound * chunk.reshape(shape)
-            for chunk, shape in zip(np.split(flat, np.cumsum(sizes)[:-1]), shapes, strict=True)
+            for chunk, shape in zip(
+                np.split(flat, np.cumsum(sizes)[:-1]), shapes, strict=True
+            )
         ]
-        unit0 = [0, h, 2 * h, 3 * h]  # hidden unit 0's rows in the gate order (i, f, g, o)
+        # hidden unit 0's rows in the gate order (i, f, g, o)
+        unit0 = [0, h, 2 * h, 3 * h]
         weight_ih, weight_hh, bias = [], [], []
         for layer in range(num_layers):
             w_ih, w_hh, b = drawn[3 * layer : 3 * layer + 3]
@@ -316,12 +323,16 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
         for leaf in leaves:
             _check_leaf(leaf)
         lead = (self.num_layers, 2, self.hidden_size)
-        cells = jax.tree.map(lambda p: jnp.zeros(lead + tuple(p.shape), jnp.float32), params)
+        cells = jax.tree.map(
+            lambda p: jnp.zeros(lead + tuple(p.shape), jnp.float32), params
+        )
         if self.features == "gradient":
             moments = None
         else:
             k = len(self.betas) + 1
-            moments = jax.tree.map(lambda p: jnp.zeros((k, *p.shape), jnp.float32), params)
+            moments = jax.tree.map(
+                lambda p: jnp.zeros((k, *p.shape), jnp.float32), params
+            )
         return LSTMOptimizerState(jnp.zeros((), jnp.int32), cells, moments)
 
     # ---------------------------------------------------------------- update
@@ -368,16 +379,20 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
         sizes = [math.prod(g.shape) for g in grad_leaves]
         offsets = np.cumsum(sizes)[:-1].tolist()
         lead = (self.num_layers, 2, self.hidden_size)
-        g_all = xp.concatenate([xp.asarray(g).astype(compute).reshape(-1) for g in grad_leaves])
+        g_all = xp.concatenate(
+            [xp.asarray(g).astype(compute).reshape(-1) for g in grad_leaves]
+        )
         cells_all = xp.concatenate(
-            [xp.asarray(c).astype(compute).reshape(*lead, -1) for c in cell_leaves], axis=-1
+            [xp.asarray(c).astype(compute).reshape(*lead, -1) for c in cell_leaves],
+            axis=-1,
         )
         if self.features == "gradient":
             moments_all = None
         else:
             k = len(self.betas) + 1
             moments_all = xp.concatenate(
-                [xp.asarray(m).astype(compute).reshape(k, -1) for m in moment_leaves], axis=-1
+                [xp.asarray(m).astype(compute).reshape(k, -1) for m in moment_leaves],
+                axis=-1,
             )
         x, new_moments = _input_features(
             xp,
@@ -432,8 +447,14 @@ def _load_pretrained(variant: str) -> LSTMOptimizer:
     Kept small and isolated so it can be switched to `mnemosyne._serialisation`.
     """
     if variant not in _WEIGHT_FILES:
-        raise ValueError(f"variant must be one of {tuple(_WEIGHT_FILES)}, got {variant!r}")
-    path = pathlib.Path(__file__).resolve().parent.parent / "weights" / _WEIGHT_FILES[variant]
+        raise ValueError(
+            f"variant must be one of {tuple(_WEIGHT_FILES)}, got {variant!r}"
+        )
+    path = (
+        pathlib.Path(__file__).resolve().parent.parent
+        / "weights"
+        / _WEIGHT_FILES[variant]
+    )
     if not path.is_file():
         preset = "lstm" if variant == "gradient" else "lstm_multiscale"
         raise FileNotFoundError(
@@ -482,4 +503,6 @@ def lstm(
         lopt = _load_pretrained(variant)
     # Bound methods are pytrees whose leaves are θ (house style H2).
     learned = optax.GradientTransformationExtraArgs(lopt.init, lopt.update)
-    return optax.chain(learned, optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+    return optax.chain(
+        learned, optax.scale_by_learning_rate(learning_rate, flip_sign=False)
+    )
