@@ -1,0 +1,45 @@
+"""Shared pytest configuration and fixtures.
+
+`XLA_FLAGS` must be set before JAX initialises its CPU backend, so it is set
+here, before anything imports jax: 8 fake CPU devices for the sharding tests.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import itertools  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from helpers import enable_x64  # noqa: E402
+
+# Strict dtype promotion (style.md) is *not* switched on globally: the float64
+# conformance tests multiply float32 θ by float64 features on purpose, which
+# strict promotion rejects, and other test modules share this conftest.
+
+
+@pytest.fixture
+def getkey():
+    """A function returning a fresh PRNG key on every call (deterministic per test)."""
+    base = jax.random.key(0)
+    counter = itertools.count()
+
+    def _getkey():
+        return jax.random.fold_in(base, next(counter))
+
+    return _getkey
+
+
+@pytest.fixture
+def x64():
+    """Enable `jax_enable_x64` for the duration of one test, then restore it."""
+    with enable_x64():
+        yield
+
+
+@pytest.fixture(params=["numpy", "jax"])
+def backend(request):
+    """The name of a kernel backend; tests run once per backend."""
+    return request.param
