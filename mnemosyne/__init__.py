@@ -17,6 +17,7 @@ from ._lopt_base import AbstractLearnedOptimizer, Frozen, trainable_filter
 from ._memory import CompactAssociativeMemory, MemoryState
 from ._random_features import RandomFeatureMap
 from ._serialisation import WeightsFileError, load, pretrained, save
+from .backends import sharded_update
 from ._transform import as_gradient_transformation, mnemosyne, scale_by_mnemosyne
 
 __version__ = "0.1.0"
@@ -41,5 +42,6 @@ __all__ = [
     "pretrained",
     "save",
     "scale_by_mnemosyne",
+    "sharded_update",
     "trainable_filter",
 ]

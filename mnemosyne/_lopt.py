@@ -9,6 +9,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float
 
 from ._checks import check_update_inputs, compute_dtype, leaf_shape_dtype
@@ -117,7 +118,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             if p is None:
                 return None
             shape, dtype = leaf_shape_dtype(p)
-            return self.memory.init_state(self._memory_slots(shape), compute_dtype(dtype))
+            state = self.memory.init_state(self._memory_slots(shape), compute_dtype(dtype))
+            return _follow_sharding(state, p, self._memory_slots(shape) == shape)
 
         memory = jax.tree.map(leaf_state, params, is_leaf=lambda x: x is None)
         zero = jnp.zeros((), jnp.int32)
@@ -182,6 +184,22 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             B.asarray(grad, dtype), B.asarray(param, dtype), memory, step, B, axis_names
         )
         return update.astype(out_dtype), memory
+
+
+def _follow_sharding(state: MemoryState, param, per_coordinate: bool) -> MemoryState:
+    """Place a leaf's memory like the leaf: split the same way when the memory
+    has one slot per coordinate, replicated on the same mesh otherwise."""
+    sharding = getattr(param, "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding) or isinstance(param, jax.core.Tracer):
+        return state
+    spec = tuple(sharding.spec) + (None,) * (len(param.shape) - len(sharding.spec))
+
+    def place(x):
+        lead = x.ndim - len(param.shape)
+        s = P(*((None,) * lead + spec)) if per_coordinate else P()
+        return jax.device_put(x, jax.sharding.NamedSharding(sharding.mesh, s))
+
+    return jax.tree.map(place, state)
 
 
 def _cast_theta(lopt, backend):
@@ -369,6 +387,8 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
             )
         B = backend
         shape = grad.shape
+        if B.xp is jnp:
+            (grad, param), spec = _replicate_explicit(grad, param)
         f = self.features(grad, param, step, B).reshape(self.embed_w.shape[1], grad.size)
         tokens = B.dense(self.embed_w, self.embed_b, f)
         meta_tokens = self.encoder(tokens, B)
@@ -376,4 +396,19 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         pooled = self.encoder.chunk_len ** len(self.encoder.levels)
         read = B.unpool(read, grad.size, pooled)
         step_size = self.head(B.xp.concatenate([f, read]), B)
-        return -step_size.reshape(shape), memory
+        update = -step_size.reshape(shape)
+        if B.xp is jnp and spec is not None:
+            update = jax.reshard(update, spec)
+        return update, memory
+
+
+def _replicate_explicit(*arrays):
+    """Under an Explicit-axes mesh, gather tensors split across devices (the
+    encoder pools over a whole tensor); return them and the original spec."""
+    sharding = getattr(jax.typeof(arrays[0]), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    if spec is None or all(s is None for s in spec):
+        return arrays, None
+    mesh = sharding.mesh
+    replicated = jax.sharding.NamedSharding(mesh, P())
+    return tuple(jax.reshard(a, replicated) for a in arrays), jax.sharding.NamedSharding(mesh, spec)

@@ -15,6 +15,7 @@ from types import ModuleType
 
 from . import _jax as jax_backend
 from . import _numpy as numpy_backend
+from ._sharding import sharded_update, state_specs
 
 _BACKENDS = {"jax": jax_backend, "numpy": numpy_backend}
 
@@ -29,4 +30,4 @@ def get_backend(name: str) -> ModuleType:
         ) from None
 
 
-__all__ = ["get_backend", "jax_backend", "numpy_backend"]
+__all__ = ["get_backend", "jax_backend", "numpy_backend", "sharded_update", "state_specs"]
