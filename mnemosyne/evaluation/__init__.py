@@ -1,0 +1,84 @@
+"""Evaluation: train optimizers on tasks over seeds and compare them.
+
+- [`evaluate`][mnemosyne.evaluation.evaluate] runs every (optimizer, task, seed)
+  as a jitted `lax.scan` (seeds vmapped, one compile per pair) and returns an
+  [`EvaluationResult`][mnemosyne.evaluation.EvaluationResult] holding the raw
+  curves;
+- statistics over seeds ([`summarize`][mnemosyne.evaluation.summarize]): final
+  loss, loss at 25/50/100% of the budget, steps to a target loss, held-out
+  loss and accuracy, diverged seeds;
+- cost per optimizer: state floats per parameter and update time relative to
+  `optax.adam`;
+- outputs: `result.to_markdown()`, `result.save(out_dir)` (JSON, markdown, PNG
+  loss curves and a relative-performance chart), and
+  [`compare`][mnemosyne.evaluation.compare] (wins / within 10% / losses).
+
+Example:
+    >>> from mnemosyne import evaluation
+    >>> result = evaluation.evaluate(["adam", "sgd"], ["quadratic"], seeds=(0,),
+    ...                              num_steps=20, progress=False)
+    >>> print(evaluation.compare(result, "adam", "sgd").summary())  # doctest: +SKIP
+"""
+
+from ._evaluate import evaluate, train
+from ._optimizers import (
+    DEFAULT_LEARNING_RATE,
+    floats_per_parameter,
+    num_params,
+    optimizer_names,
+    resolve_optimizer,
+    time_per_step,
+    tune,
+)
+from ._plots import plot_loss_curves, plot_relative
+from ._result import EvaluationResult, Run
+from ._stats import (
+    DIVERGENCE_FACTOR,
+    FRACTIONS,
+    Comparison,
+    RunStats,
+    compare_final_losses,
+    default_target,
+    diverged,
+    summarize,
+    window_size,
+)
+
+
+def compare(result: EvaluationResult, reference: str = "adam", candidate: str = "mnemosyne") -> Comparison:
+    """Count the tasks where `candidate`'s mean final loss beats `reference`'s.
+
+    Returns:
+        A [`Comparison`][mnemosyne.evaluation.Comparison]: `wins` (candidate
+        `<=` reference, or the reference diverged), `within_10pct`
+        (candidate `<=` reference + 10%), `losses`, diverged counts and
+        per-task ratios. A candidate that diverged never wins.
+    """
+    return result.compare(reference, candidate)
+
+
+__all__ = [
+    "DEFAULT_LEARNING_RATE",
+    "DIVERGENCE_FACTOR",
+    "FRACTIONS",
+    "Comparison",
+    "EvaluationResult",
+    "Run",
+    "RunStats",
+    "compare",
+    "compare_final_losses",
+    "default_target",
+    "diverged",
+    "evaluate",
+    "floats_per_parameter",
+    "num_params",
+    "optimizer_names",
+    "plot_loss_curves",
+    "plot_relative",
+    "resolve_optimizer",
+    "summarize",
+    "time_per_step",
+    "train",
+    "tune",
+    "window_size",
+]
