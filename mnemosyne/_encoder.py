@@ -48,8 +48,8 @@ class PerformerBlock(eqx.Module):
         B = backend
         omega = B.stop_gradient(self.features.omega.value)[0]
         x = x + B.chunk_attention(B.layer_norm(x), mask, self.wq, self.wk, self.wv, self.wo, omega)
-        hidden = B.relu(B.dense(self.w1, self.b1, B.layer_norm(x)))
-        return x + B.dense(self.w2, self.b2, hidden)
+        hidden = B.relu(B.stack_rows(B.dense(self.w1, self.b1, B.layer_norm(x))))
+        return x + B.stack_rows(B.dense(self.w2, self.b2, hidden))
 
 
 class HierarchicalPoolingEncoder(eqx.Module):

@@ -67,11 +67,30 @@ class LearnedStepHead(eqx.Module):
         self.b2 = jnp.zeros(2)
         self.alpha, self.beta, self.magnitude_clip = alpha, beta, magnitude_clip
 
-    def __call__(self, inputs, backend):
+    def __call__(self, coordinate, shared, read, backend):
+        """Step for each coordinate from its features `(4, ...)`, the shared
+        step embedding `(S,)` and its memory read-out `(H d_v, ...)`. The head
+        input is $u = [f, e, o]$; $e$ is the same for every coordinate, so its
+        columns are folded into the biases."""
         B = backend
-        hidden = B.relu(B.dense(self.w1, self.b1, inputs))
-        out = B.dense(self.w2, self.b2, hidden) + B.dense(self.skip, 0 * self.b2, inputs)
+        start = len(coordinate)
+        inputs = B.concat_rows(coordinate, read)
+        w1, b1 = fold_shared_inputs(self.w1, self.b1, shared, start, B)
+        skip, b2 = fold_shared_inputs(self.skip, self.b2, shared, start, B)
+        hidden = [B.relu(h) for h in B.dense(w1, b1, inputs)]
+        w_out = B.xp.concatenate([self.w2, skip], axis=1)  # [W_2 | U] on [hidden; u]
+        out = B.dense(w_out, b2, B.concat_rows(hidden, inputs))
         return B.learned_step(out[0], out[1], self.alpha, self.beta, self.magnitude_clip)
+
+
+def fold_shared_inputs(weight, bias, shared, start, backend):
+    """Split off the columns `start : start + len(shared)` of an affine map whose
+    inputs there are the same for every coordinate:
+    $W u + b = W_{\\setminus} u_{\\setminus} + (b + W_{:, e}\\, e)$."""
+    xp = backend.xp
+    stop = start + shared.shape[0]
+    rest = xp.concatenate([weight[:, :start], weight[:, stop:]], axis=1)
+    return rest, bias + weight[:, start:stop] @ shared
 
 
 class AbstractMnemosyne(AbstractLearnedOptimizer):
@@ -96,7 +115,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
 
     @abc.abstractmethod
     def _leaf_step(self, grad, param, memory: MemoryState, step, backend, axis_names):
-        """Update and new memory for one tensor (compute dtype)."""
+        """`(update, new memory, gradient RMS)` for one tensor (compute dtype)."""
 
     def state_floats_per_parameter(self, params: Params) -> float:
         """Optimizer-state floats per parameter for `params` (memory only; the
@@ -108,10 +127,14 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         return per_slot * slots / max(n, 1)
 
     def features(self, grad, param, step, backend, axis_names=None):
-        """Per-coordinate features (F), `(F, *shape)`."""
-        return backend.coordinate_features(
-            grad, param, step, self.step_timescales, self.feature_clip, axis_names
-        )
+        """Features (F): per-coordinate `(4, *shape)`, the shared step embedding
+        `(S,)`, and the gradient's RMS (non-finite iff the gradient is)."""
+        B = backend
+        g_rms = B.tensor_rms(grad, axis_names)
+        x_rms = B.tensor_rms(param, axis_names)
+        coordinate = B.coordinate_features(grad, param, g_rms, x_rms, self.feature_clip)
+        shared = B.step_embedding(step, self.step_timescales, grad.dtype)
+        return coordinate, shared, g_rms
 
     def init(self, params: Params) -> MnemosyneState:
         def leaf_state(p):
@@ -170,20 +193,21 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         ]
         updates = [None if o is None else o[0] for o in outputs]
         memory = [None if o is None else o[1] for o in outputs]
+        grad_rms = [o[2] for o in outputs if o is not None]
         new_state = MnemosyneState(step + 1, treedef.unflatten(memory), state.skipped)
         updates = treedef.unflatten(updates)
         if theta.skip_nonfinite:
-            updates, new_state = _skip_if_nonfinite(g_leaves, updates, new_state, state, B, axis_names)
+            updates, new_state = _skip_if_nonfinite(grad_rms, updates, new_state, state, B, axis_names)
         return updates, new_state
 
     def _leaf_step_cast(self, grad, param, memory, step, backend, axis_names):
         B = backend
         out_dtype = grad.dtype
         dtype = memory.numerator.dtype
-        update, memory = self._leaf_step(
+        update, memory, grad_rms = self._leaf_step(
             B.asarray(grad, dtype), B.asarray(param, dtype), memory, step, B, axis_names
         )
-        return update.astype(out_dtype), memory
+        return update.astype(out_dtype), memory, grad_rms
 
 
 def _follow_sharding(state: MemoryState, param, per_coordinate: bool) -> MemoryState:
@@ -209,9 +233,11 @@ def _cast_theta(lopt, backend):
     return jax.tree.map(lambda a: np.asarray(a, np.float64) if eqx.is_array(a) else a, lopt)
 
 
-def _skip_if_nonfinite(g_leaves, updates, new_state, old_state, B, axis_names):
-    arrays = [g for g in g_leaves if g is not None]
-    finite = B.xp.all(B.xp.asarray([B.xp.all(B.xp.isfinite(g)) for g in arrays])) if arrays else True
+def _skip_if_nonfinite(grad_rms, updates, new_state, old_state, B, axis_names):
+    """Keep the old state and return zero updates if any gradient has a NaN or
+    infinite entry, i.e. if any tensor's (overflow-safe) gradient RMS is not
+    finite; count the skipped step."""
+    finite = B.xp.all(B.xp.isfinite(B.xp.stack(grad_rms))) if grad_rms else B.xp.asarray(True)
     if axis_names is not None and B.xp is jnp:
         names = tuple(sorted({n for a in jax.tree.leaves(axis_names) for n in _as_tuple(a)}))
         if names:
@@ -304,11 +330,10 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
 
     def _leaf_step(self, grad, param, memory, step, backend, axis_names):
         B = backend
-        f = self.features(grad, param, step, B, axis_names)
-        tokens = B.dense(self.embed_w, self.embed_b, f)
-        memory, read = self.memory(memory, tokens, B)
-        step_size = self.head(B.xp.concatenate([f, read]), B)
-        return -step_size, memory
+        f, e, g_rms = self.features(grad, param, step, B, axis_names)
+        embedding = fold_shared_inputs(self.embed_w, self.embed_b, e, len(f), B)
+        memory, read = self.memory(memory, f, B, embedding=embedding)
+        return -self.head(f, e, read, B), memory, g_rms
 
 
 @register_serialisable
@@ -389,17 +414,17 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         shape = grad.shape
         if B.xp is jnp:
             (grad, param), spec = _replicate_explicit(grad, param)
-        f = self.features(grad, param, step, B).reshape(self.embed_w.shape[1], grad.size)
-        tokens = B.dense(self.embed_w, self.embed_b, f)
-        meta_tokens = self.encoder(tokens, B)
+        f, e, g_rms = self.features(grad, param, step, B)
+        f = B.reshape_rows(f, (grad.size,))
+        embedding = fold_shared_inputs(self.embed_w, self.embed_b, e, len(f), B)
+        meta_tokens = self.encoder(B.stack_rows(B.dense(*embedding, f)), B)
         memory, read = self.memory(memory, meta_tokens, B)
         pooled = self.encoder.chunk_len ** len(self.encoder.levels)
         read = B.unpool(read, grad.size, pooled)
-        step_size = self.head(B.xp.concatenate([f, read]), B)
-        update = -step_size.reshape(shape)
+        update = -self.head(f, e, read, B).reshape(shape)
         if B.xp is jnp and spec is not None:
             update = jax.reshard(update, spec)
-        return update, memory
+        return update, memory, g_rms
 
 
 def _replicate_explicit(*arrays):

@@ -94,19 +94,32 @@ class CompactAssociativeMemory(eqx.Module):
     def floats_per_slot(self) -> int:
         return self.num_heads * self.num_features * (self.value_size + 1)
 
-    def __call__(self, state: MemoryState, tokens, backend) -> tuple[MemoryState, Array]:
-        """Write the tokens `(d_model, *slots)` (Eq. 4), then read (Eq. 5).
+    def __call__(
+        self, state: MemoryState, inputs, backend, *, embedding=None
+    ) -> tuple[MemoryState, Array]:
+        """Write the tokens (Eq. 4), then read (Eq. 5).
 
-        Returns the new state and the read-out, `(heads * d_v, *slots)`.
+        Args:
+            state: the memory.
+            inputs: the tokens $\\xi$ `(d_model, *slots)`; or, if `embedding =
+                (W, b)` is given, the inputs $u$ of the token embedding
+                $\\xi = W u + b$. The projections (2) are then composed with it,
+                $q = (W_Q W) u + W_Q b$, so per-slot tokens are never materialised.
+            backend: the kernel module.
+
+        Returns:
+            The new state and the read-out, `heads * d_v` rows of shape `slots`.
         """
         B = backend
         heads = range(self.num_heads)
-        zero_k = B.xp.zeros(self.query.shape[1], tokens.dtype)
-        zero_v = B.xp.zeros(self.value.shape[1], tokens.dtype)
-        q = B.xp.stack([B.dense(self.query[h], zero_k, tokens) for h in heads])
-        k = B.xp.stack([B.dense(self.key_proj[h], zero_k, tokens) for h in heads])
-        v = B.xp.stack([B.dense(self.value[h], zero_v, tokens) for h in heads])
+        project = lambda w: B.dense(w, B.xp.zeros(w.shape[0], inputs[0].dtype), inputs)
+        if embedding is not None:
+            embed_w, embed_b = embedding
+            project = lambda w: B.dense(w @ embed_w, w @ embed_b, inputs)
+        q = B.stack_heads([project(self.query[h]) for h in heads])
+        k = B.stack_heads([project(self.key_proj[h]) for h in heads])
+        v = B.stack_heads([project(self.value[h]) for h in heads])
         decay = B.xp.exp(-B.xp.exp(self.log_tau))
         numerator, normaliser = B.cam_write(*state, self.features.keys(k, B), v, decay)
         read = B.cam_read(numerator, normaliser, self.features.queries(q, B), self.eps)
-        return MemoryState(numerator, normaliser), read.reshape((-1,) + read.shape[2:])
+        return MemoryState(*B.memory_arrays(numerator, normaliser)), read

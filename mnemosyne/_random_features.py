@@ -37,13 +37,13 @@ class RandomFeatureMap(eqx.Module):
     def keys(self, z: Float[Array, "maps d ..."], backend) -> Float[Array, "maps r ..."]:
         """Exact features $\\phi(k)$ for writing (Eq. A.1), one map per head."""
         omega = backend.stop_gradient(self.omega.value)
-        return backend.xp.stack(
+        return backend.stack_heads(
             [backend.hyperbolic_features(z[h], omega[h]) for h in range(len(omega))]
         )
 
     def queries(self, z, backend):
         """Stabilised features $\\tilde\\phi(q)$ for reading (Eq. A.1 up to scale)."""
         omega = backend.stop_gradient(self.omega.value)
-        return backend.xp.stack(
+        return backend.stack_heads(
             [backend.hyperbolic_query_features(z[h], omega[h]) for h in range(len(omega))]
         )

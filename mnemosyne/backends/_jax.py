@@ -1,11 +1,14 @@
 """JAX kernels: the functions of `_numpy.py`, written for `jax.jit`.
 
-Same names, signatures and layout (feature-major `(features, n)`). The
-per-coordinate kernels are elementwise arithmetic with the tiny weight matrices
-unrolled in Python (loops over features, never over coordinates), so XLA fuses
-the step into a few elementwise loops instead of calling small matrix products
-that would materialise `(features, n)` intermediates in memory. The equations
-are documented once, on the NumPy reference.
+Same names and signatures. Feature-major values ("rows") are *Python lists of
+arrays*, one array per feature, where the NumPy reference uses one
+`(features, ...)` array. The tiny weight matrices are unrolled in Python (loops
+over features, never over coordinates), so each output row is an elementwise
+expression and XLA fuses a whole optimizer step into a few elementwise loops.
+Stacking rows into one array, or calling small matrix products, makes XLA
+materialise every intermediate layer in memory: about 15x slower on CPU at
+10^6 coordinates (measured, `benchmarks/`). The equations are documented once,
+on the NumPy reference.
 """
 
 from __future__ import annotations
@@ -20,6 +23,25 @@ LOG_SIGN_P = 10.0
 
 def asarray(x, dtype=None):
     return jnp.asarray(x, dtype=dtype)
+
+
+def concat_rows(*parts):
+    """Rows of several feature-major values, in order."""
+    return [row for part in parts for row in part]
+
+
+def stack_rows(rows):
+    """Feature-major rows as one `(features, ...)` array."""
+    return jnp.stack(list(rows))
+
+
+def reshape_rows(rows, shape):
+    return [row.reshape(shape) for row in rows]
+
+
+def stack_heads(values):
+    """Per-head values, kept as a list indexed by head."""
+    return list(values)
 
 
 # ----------------------------------------------------------------------------
@@ -45,10 +67,8 @@ def _pmax(x, axis_names):
     return jax.lax.pmax(x, axis_names) if axis_names else x
 
 
-def tensor_rms(x, axis_names=None):
-    """Overflow-safe RMS of a whole tensor. Under `shard_map`, `axis_names` are
-    the mesh axes the tensor is split over; the statistics are reduced across
-    them with collectives, so every shard sees the global RMS."""
+def _scaled_rms(x, axis_names):
+    """Two passes: scale by the largest magnitude first, so nothing overflows."""
     count = _psum(jnp.asarray(x.size, x.dtype), axis_names)
     scale = _pmax(jnp.max(jnp.abs(x), initial=0.0), axis_names)
     safe = jnp.where(scale > 0, scale, 1.0)
@@ -56,19 +76,36 @@ def tensor_rms(x, axis_names=None):
     return jnp.where(scale > 0, safe * jnp.sqrt(sq / jnp.maximum(count, 1)), 0.0)
 
 
-def step_embedding(step, timescales):
-    return jnp.tanh(jnp.asarray(step, jnp.float32) / jnp.asarray(timescales, jnp.float32))
+def tensor_rms(x, axis_names=None):
+    """Overflow-safe RMS of a whole tensor; see the NumPy reference.
+
+    Fast path: one pass, $\\sqrt{\\sum x^2 / n}$. Only when that is not finite or
+    so small that squares may have underflowed (rare: huge, tiny, zero or
+    non-finite tensors) is the two-pass scaled form computed, inside
+    `lax.cond`. Under `shard_map`, `axis_names` are the mesh axes the tensor is
+    split over and the scaled form is reduced across them with collectives.
+    Non-finite inputs give a non-finite RMS (used to detect bad gradients).
+    """
+    if axis_names:
+        return _scaled_rms(x, axis_names)
+    if x.size == 0:
+        return jnp.zeros((), x.dtype)
+    fast = jnp.sqrt(jnp.sum(jnp.square(x)) / x.size)
+    trusted = jnp.isfinite(fast) & (fast > 1e3 * np.sqrt(jnp.finfo(x.dtype).tiny))
+    return jax.lax.cond(trusted, lambda: fast, lambda: _scaled_rms(x, None))
 
 
-def coordinate_features(g, x, step, timescales, clip, axis_names=None):
-    """Eq. (F); see the NumPy reference. Returns `(F, *g.shape)` in `g`'s dtype."""
-    g_hat = g / (tensor_rms(g, axis_names) + 1e-30)
-    x_hat = x / (tensor_rms(x, axis_names) + 1e-30)
+def step_embedding(step, timescales, dtype=jnp.float32):
+    """Eq. (F), shared block; see the NumPy reference."""
+    return jnp.tanh(jnp.asarray(step, dtype) / jnp.asarray(timescales, dtype))
+
+
+def coordinate_features(g, x, g_rms, x_rms, clip):
+    """Eq. (F); see the NumPy reference. Returns `(4, *g.shape)` in `g`'s dtype."""
+    g_hat = g / (g_rms + 1e-30)
+    x_hat = x / (x_rms + 1e-30)
     magnitude, direction = log_sign(g_hat)
-    rows = [jnp.clip(g_hat, -clip, clip), magnitude, direction, jnp.clip(x_hat, -clip, clip)]
-    embedding = step_embedding(step, timescales).astype(g.dtype)
-    rows += [jnp.broadcast_to(embedding[j], g.shape) for j in range(len(timescales))]
-    return jnp.stack(rows)
+    return [jnp.clip(g_hat, -clip, clip), magnitude, direction, jnp.clip(x_hat, -clip, clip)]
 
 
 # ----------------------------------------------------------------------------
@@ -86,7 +123,7 @@ def dense(weight, bias, inputs):
         for i in range(1, in_dim):
             acc = acc + weight[o, i] * inputs[i]
         rows.append(acc)
-    return jnp.stack(rows)
+    return rows
 
 
 def relu(x):
@@ -121,23 +158,27 @@ def orthogonal_gaussian_matrix(key, m: int, d: int):
 
 def _project(z, omega):
     """`omega @ z` for `z` `(d, n)`, unrolled over the tiny `d` and `m`."""
-    return dense(omega, jnp.zeros(omega.shape[0], z.dtype), z)
+    return dense(omega, jnp.zeros(omega.shape[0], z[0].dtype), z)
 
 
 def hyperbolic_features(z, omega):
-    """Eq. (A.1); see the NumPy reference. `z` `(d, n)` -> `(2m, n)`."""
+    """Eq. (A.1); see the NumPy reference. `d` rows -> `2m` rows."""
     proj = _project(z, omega)
-    half_sq = 0.5 * sum(z[i] * z[i] for i in range(z.shape[0]))
-    r = 2 * omega.shape[0]
-    feats = jnp.concatenate([jnp.exp(proj - half_sq), jnp.exp(-proj - half_sq)])
-    return feats * (1.0 / np.sqrt(r))
+    half_sq = 0.5 * sum(z[i] * z[i] for i in range(len(z)))
+    scale = 1.0 / np.sqrt(2 * omega.shape[0])
+    return [jnp.exp(p - half_sq) * scale for p in proj] + [
+        jnp.exp(-p - half_sq) * scale for p in proj
+    ]
 
 
 def hyperbolic_query_features(z, omega):
     """Eq. (A.1) scaled so the largest entry is 1; see the NumPy reference."""
     proj = _project(z, omega)
-    both = jnp.concatenate([proj, -proj])
-    return jnp.exp(both - both.max(axis=0, keepdims=True))
+    both = proj + [-p for p in proj]
+    largest = both[0]
+    for b in both[1:]:
+        largest = jnp.maximum(largest, b)
+    return [jnp.exp(b - largest) for b in both]
 
 
 # ----------------------------------------------------------------------------
@@ -146,19 +187,35 @@ def hyperbolic_query_features(z, omega):
 
 
 def cam_write(numerator, normaliser, phi_k, v, decay):
-    """Eq. (4); see the NumPy reference."""
-    decay = decay.reshape(decay.shape + (1,) * (normaliser.ndim - 1))
-    new_numerator = decay[:, None] * numerator + phi_k[:, :, None] * v[:, None]
-    new_normaliser = decay * normaliser + phi_k
+    """Eq. (4); see the NumPy reference. `phi_k[h][j]`, `v[h][c]` are rows; the
+    state arrays are `(H, r, d_v, ...)` and `(H, r, ...)`."""
+    heads, r, d_v = numerator.shape[:3]
+    new_numerator = [
+        [[decay[h] * numerator[h, j, c] + phi_k[h][j] * v[h][c] for c in range(d_v)]
+         for j in range(r)]
+        for h in range(heads)
+    ]
+    new_normaliser = [
+        [decay[h] * normaliser[h, j] + phi_k[h][j] for j in range(r)] for h in range(heads)
+    ]
     return new_numerator, new_normaliser
 
 
 def cam_read(numerator, normaliser, phi_q, eps):
-    """Eq. (5); see the NumPy reference. Sums over the tiny `r` axis unrolled."""
-    r = phi_q.shape[1]
-    num = sum(phi_q[:, j, None] * numerator[:, j] for j in range(r))
-    den = sum(phi_q[:, j] * normaliser[:, j] for j in range(r))
-    return num / (den[:, None] + eps)
+    """Eq. (5); see the NumPy reference. Takes the nested rows of `cam_write`;
+    returns `heads * d_v` rows, head-major."""
+    out = []
+    for h, (num_h, norm_h) in enumerate(zip(numerator, normaliser)):
+        den = sum(phi_q[h][j] * norm_h[j] for j in range(len(norm_h))) + eps
+        for c in range(len(num_h[0])):
+            out.append(sum(phi_q[h][j] * num_h[j][c] for j in range(len(num_h))) / den)
+    return out
+
+
+def memory_arrays(numerator, normaliser):
+    """The nested rows of `cam_write` as the state arrays `(H, r, d_v, ...)`, `(H, r, ...)`."""
+    stack = lambda nested: jnp.stack([stack(x) for x in nested]) if isinstance(nested, list) else nested
+    return stack(numerator), stack(normaliser)
 
 
 # ----------------------------------------------------------------------------
@@ -180,8 +237,8 @@ def chunk_attention(x, mask, wq, wk, wv, wo, omega):
     d, num_chunks, chunk_len = x.shape
     scale = wq.shape[0] ** -0.25
     flat = x.reshape(d, -1)
-    phi_q = hyperbolic_query_features(scale * (wq @ flat), omega)
-    phi_k = hyperbolic_features(scale * (wk @ flat), omega)
+    phi_q = jnp.stack(hyperbolic_query_features(scale * (wq @ flat), omega))
+    phi_k = jnp.stack(hyperbolic_features(scale * (wk @ flat), omega))
     r = phi_q.shape[0]
     phi_q = phi_q.reshape(r, num_chunks, chunk_len)
     phi_k = phi_k.reshape(r, num_chunks, chunk_len) * mask
@@ -198,7 +255,7 @@ def masked_mean_pool(x, mask):
 
 
 def unpool(tokens, n, chunk_len_total):
-    return jnp.repeat(tokens, chunk_len_total, axis=-1)[..., :n]
+    return [jnp.repeat(t, chunk_len_total, axis=-1)[..., :n] for t in tokens]
 
 
 # ----------------------------------------------------------------------------

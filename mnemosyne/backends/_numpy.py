@@ -23,6 +23,25 @@ def asarray(x, dtype=np.float64):
     return np.asarray(x, dtype=dtype)
 
 
+def concat_rows(*parts):
+    """Feature-major values `(f_i, ...)` joined along the feature axis."""
+    return np.concatenate(parts)
+
+
+def stack_rows(rows):
+    """Feature-major value as one array (already one here)."""
+    return np.asarray(rows)
+
+
+def reshape_rows(rows, shape):
+    return rows.reshape((rows.shape[0],) + tuple(shape))
+
+
+def stack_heads(values):
+    """Per-head values stacked on a leading head axis."""
+    return np.stack(values)
+
+
 # ----------------------------------------------------------------------------
 # Features
 # ----------------------------------------------------------------------------
@@ -63,36 +82,32 @@ def tensor_rms(x: np.ndarray, axis_names=None) -> np.ndarray:
     return scale * np.sqrt(np.mean((x / scale) ** 2))
 
 
-def step_embedding(step, timescales) -> np.ndarray:
-    """Eq. (F), last block: $e_j(t) = \\tanh(t / T_j)$ for each timescale $T_j$."""
+def step_embedding(step, timescales, dtype=np.float64) -> np.ndarray:
+    """Eq. (F), shared block: $e_j(t) = \\tanh(t / T_j)$ for each timescale $T_j$.
+    The same for every coordinate of every tensor."""
+    del dtype
     return np.tanh(np.float64(step) / np.asarray(timescales, dtype=np.float64))
 
 
-def coordinate_features(g, x, step, timescales, clip, axis_names=None):
-    """Eq. (F): the per-coordinate input features of one tensor, `(F, *g.shape)`.
+def coordinate_features(g, x, g_rms, x_rms, clip):
+    """Eq. (F): the per-coordinate input features of one tensor, `(4, *g.shape)`.
 
     With $\\hat g = g/\\operatorname{rms}(g)$ and $\\hat x = x/\\operatorname{rms}(x)$
     (tensor-level normalisation, which makes the optimizer scale-free):
 
     $$f_i = [\\operatorname{clip}(\\hat g_i),\\ \\mathrm{L}(\\hat g_i),\\
-    \\operatorname{clip}(\\hat x_i),\\ e(t)]$$
+    \\operatorname{clip}(\\hat x_i)]$$
 
-    where L is the log/sign map (L) (two features) and e the step embedding,
-    broadcast to every coordinate.
+    where L is the log/sign map (L) (two features). The step embedding
+    `step_embedding` completes the feature vector; being shared by all
+    coordinates it is kept apart (and enters as a per-tensor bias).
     """
     g = np.asarray(g, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64)
-    g_hat = g / (tensor_rms(g) + 1e-30)
-    x_hat = x / (tensor_rms(x) + 1e-30)
+    g_hat = g / (g_rms + 1e-30)
+    x_hat = x / (x_rms + 1e-30)
     magnitude, direction = log_sign(g_hat)
-    rows = [
-        np.clip(g_hat, -clip, clip),
-        magnitude,
-        direction,
-        np.clip(x_hat, -clip, clip),
-    ]
-    rows += [np.full_like(g, e) for e in step_embedding(step, timescales)]
-    return np.stack(rows)
+    return np.stack([np.clip(g_hat, -clip, clip), magnitude, direction, np.clip(x_hat, -clip, clip)])
 
 
 # ----------------------------------------------------------------------------
@@ -199,11 +214,17 @@ def cam_read(numerator, normaliser, phi_q, eps):
 
     $$o_t = \\frac{N_t^\\top \\phi(q_t)}{\\phi(q_t)^\\top \\Psi_t + \\varepsilon}$$
 
-    returns `(H, d_v, n)`.
+    returns the `H * d_v` read-out rows, head-major.
     """
     num = np.einsum("hr...,hrv...->hv...", phi_q, numerator)
     den = np.einsum("hr...,hr...->h...", phi_q, normaliser)
-    return num / (den[:, None] + eps)
+    out = num / (den[:, None] + eps)
+    return out.reshape((-1,) + out.shape[2:])  # heads * d_v rows, head-major
+
+
+def memory_arrays(numerator, normaliser):
+    """The memory as state arrays (already arrays here)."""
+    return numerator, normaliser
 
 
 # ----------------------------------------------------------------------------
