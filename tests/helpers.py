@@ -44,11 +44,11 @@ TENSORWISE_SMALL = dict(
     chunk_len=4,
     num_levels=2,
     d_model=4,
-    encoder_features=4,
-    num_heads=2,
-    num_features=4,
+    encoder_features=2,
+    num_heads=1,
+    num_features=2,
     key_size=2,
-    value_size=2,
+    value_size=1,
     hidden_size=4,
 )
 
