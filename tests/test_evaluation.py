@@ -1,4 +1,4 @@
-"""Tests of the evaluation harness: statistics by hand, divergence, a mini evaluation."""
+"""Evaluation harness: statistics by hand, divergence, a mini evaluation."""
 
 import json
 import math
@@ -38,7 +38,9 @@ CURVES = np.stack([20.0 - T, 40.0 - 2.0 * T])  # seed 0 ends at 1, seed 1 at 2
 
 
 def test_summarize_by_hand():
-    s = evaluation.summarize(CURVES, target=10.0, test_loss=[0.5, 1.5], accuracy=[0.8, 1.0])
+    s = evaluation.summarize(
+        CURVES, target=10.0, test_loss=[0.5, 1.5], accuracy=[0.8, 1.0]
+    )
     assert s.num_seeds == 2 and s.num_diverged == 0
     assert s.final_losses == (1.0, 2.0)
     assert s.final_loss_mean == pytest.approx(1.5)
@@ -64,7 +66,9 @@ def test_summarize_unreached_target_and_window():
     assert evaluation.window_size(40) == 2
     assert s.final_loss_mean == pytest.approx(1.5)
     # Steps to target use the same trailing window: mean(l[t-1], l[t]) = 40.5 - t <= 30.
-    assert evaluation.summarize(40.0 - np.arange(40.0)[None], target=30.0).steps_to_target == (11,)
+    assert evaluation.summarize(
+        40.0 - np.arange(40.0)[None], target=30.0
+    ).steps_to_target == (11,)
 
 
 def test_divergence_rule():
@@ -72,7 +76,11 @@ def test_divergence_rule():
     blow_up = np.linspace(1.0, 2e3, 10)  # exceeds 1000 x the initial loss
     nan = ok.copy()
     nan[5] = np.nan
-    assert evaluation.diverged(np.stack([ok, blow_up, nan])).tolist() == [False, True, True]
+    assert evaluation.diverged(np.stack([ok, blow_up, nan])).tolist() == [
+        False,
+        True,
+        True,
+    ]
     s = evaluation.summarize(np.stack([ok, nan]))
     assert s.num_diverged == 1
     assert s.final_losses[1] == math.inf and s.final_loss_mean == math.inf
@@ -89,7 +97,9 @@ def _hand_result():
             cand = cand.copy()
             cand[0, 5:] = np.inf
         runs["cand"][task] = Run(cand)
-    return EvaluationResult(["adam", "cand"], list(scale), (0, 1), 20, runs, user_targets={"c": 30.0})
+    return EvaluationResult(
+        ["adam", "cand"], list(scale), (0, 1), 20, runs, user_targets={"c": 30.0}
+    )
 
 
 def test_result_targets_compare_and_markdown():
@@ -97,7 +107,10 @@ def test_result_targets_compare_and_markdown():
     # Default target: adam's mean final loss (1.5) plus 5%; user targets win.
     assert result.target("a") == pytest.approx(1.575)
     assert result.target("c") == 30.0
-    assert result.stats("cand", "a").steps_to_target == (17, 19)  # 10 - t/2, 20 - t <= 1.575
+    assert result.stats("cand", "a").steps_to_target == (
+        17,
+        19,
+    )  # 10 - t/2, 20 - t <= 1.575
     cmp = evaluation.compare(result, "adam", "cand")
     assert (cmp.num_tasks, cmp.wins, cmp.within_10pct, cmp.losses) == (4, 1, 2, 3)
     assert cmp.candidate_diverged == 1 and cmp.reference_diverged == 0
@@ -125,7 +138,9 @@ def test_floats_per_parameter():
 
 
 def test_resolve_optimizer():
-    assert isinstance(evaluation.resolve_optimizer("adam"), optax.GradientTransformation)
+    assert isinstance(
+        evaluation.resolve_optimizer("adam"), optax.GradientTransformation
+    )
     with pytest.raises(ValueError, match="unknown optimizer"):
         evaluation.resolve_optimizer("adamax")
     with pytest.raises(ValueError, match="pass the task"):
@@ -152,7 +167,9 @@ def test_diverging_optimizer_is_reported_and_ranks_last():
     bad, good = result.stats("sgd_1e3", "bowl"), result.stats("adam", "bowl")
     assert bad.num_diverged == 2 and good.num_diverged == 0
     assert bad.final_loss_mean == math.inf and math.isfinite(good.final_loss_mean)
-    ranking = sorted(result.optimizers, key=lambda o: result.stats(o, "bowl").final_loss_mean)
+    ranking = sorted(
+        result.optimizers, key=lambda o: result.stats(o, "bowl").final_loss_mean
+    )
     assert ranking[-1] == "sgd_1e3"
     assert evaluation.compare(result, "adam", "sgd_1e3").wins == 0
     assert "diverged (2/2)" in result.to_markdown()
@@ -161,7 +178,12 @@ def test_diverging_optimizer_is_reported_and_ranks_last():
 
 def test_tuned_optimizer_records_learning_rate():
     result = evaluation.evaluate(
-        ["sgd_tuned"], [Bowl()], seeds=(0,), num_steps=10, measure_cost=False, progress=False
+        ["sgd_tuned"],
+        [Bowl()],
+        seeds=(0,),
+        num_steps=10,
+        measure_cost=False,
+        progress=False,
     )
     lr = result.runs["sgd_tuned"]["bowl"].learning_rate
     assert lr in baselines.DEFAULT_GRID
@@ -171,7 +193,12 @@ def test_tuned_optimizer_records_learning_rate():
 
 def test_mini_evaluation_writes_outputs(tmp_path):
     result = evaluation.evaluate(
-        ["adam", "sgd"], ["quadratic", "logreg_wine"], seeds=(0, 1), num_steps=30, eval_every=15, progress=False
+        ["adam", "sgd"],
+        ["quadratic", "logreg_wine"],
+        seeds=(0, 1),
+        num_steps=30,
+        eval_every=15,
+        progress=False,
     )
     assert result.runs["adam"]["quadratic"].losses.shape == (2, 30)
     assert result.runs["sgd"]["logreg_wine"].eval_steps == (15, 30)
@@ -184,11 +211,21 @@ def test_mini_evaluation_writes_outputs(tmp_path):
     assert result.cost["sgd"]["time_vs_adam"] > 0
 
     paths = result.save(tmp_path)
-    for name in ("results.json", "results.md", "loss_curves.png", "relative_performance.png"):
+    for name in (
+        "results.json",
+        "results.md",
+        "loss_curves.png",
+        "relative_performance.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     md = paths["markdown"].read_text()
     assert "| quadratic |" in md and "**" in md and "sgd vs adam" in md
     loaded = EvaluationResult.load(paths["json"])
     assert loaded.to_markdown() == md
-    assert json.loads(paths["json"].read_text())["stats"]["sgd"]["logreg_wine"]["num_seeds"] == 2
+    assert (
+        json.loads(paths["json"].read_text())["stats"]["sgd"]["logreg_wine"][
+            "num_seeds"
+        ]
+        == 2
+    )

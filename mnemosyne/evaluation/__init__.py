@@ -45,7 +45,9 @@ from ._stats import (
 )
 
 
-def compare(result: EvaluationResult, reference: str = "adam", candidate: str = "mnemosyne") -> Comparison:
+def compare(
+    result: EvaluationResult, reference: str = "adam", candidate: str = "mnemosyne"
+) -> Comparison:
     """Count the tasks where `candidate`'s mean final loss beats `reference`'s.
 
     Returns:

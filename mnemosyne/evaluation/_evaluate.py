@@ -1,4 +1,4 @@
-"""`evaluate`: train every optimizer on every task over seeds, with one compile per pair.
+"""`evaluate`: train every optimizer on every task over seeds, one compile per pair.
 
 Note: this module has its own training loop rather than reusing the one in
 `mnemosyne.baselines._tuned`, because that loop returns only the training
@@ -10,7 +10,7 @@ schedule (`init_key, data_key = split(key)`; one batch key per step).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -30,7 +30,10 @@ from ._optimizers import (
 )
 from ._result import EvaluationResult, Run
 
-OptimizerSpec = optax.GradientTransformation | Callable[[AbstractTask], optax.GradientTransformation]
+OptimizerSpec = (
+    optax.GradientTransformation
+    | Callable[[AbstractTask], optax.GradientTransformation]
+)
 
 
 def _held_out(task, params):
@@ -41,7 +44,7 @@ def _held_out(task, params):
 
 
 def _train(tx, task, keys, num_steps: int, eval_every: int):
-    """Train one run per key: `(losses (seeds, steps), (test_loss, accuracy) (seeds, evals))`.
+    """One run per key: `losses (seeds, steps), (test_loss, accuracy) (seeds, evals)`.
 
     `losses[s, t]` is the minibatch loss at the iterate after `t` updates; the
     held-out batch is evaluated after every `eval_every` updates.
@@ -54,7 +57,9 @@ def _train(tx, task, keys, num_steps: int, eval_every: int):
 
         def step(carry, batch_key):
             params, state = carry
-            loss, grads = jax.value_and_grad(task.loss)(params, task.sample_batch(batch_key))
+            loss, grads = jax.value_and_grad(task.loss)(
+                params, task.sample_batch(batch_key)
+            )
             updates, state = tx.update(grads, state, params)
             return (optax.apply_updates(params, updates), state), loss
 
@@ -62,14 +67,23 @@ def _train(tx, task, keys, num_steps: int, eval_every: int):
             carry, losses = jax.lax.scan(step, carry, block_keys)
             return carry, (losses, _held_out(task, carry[0]))
 
-        _, (losses, held_out) = jax.lax.scan(block, (params, tx.init(params)), batch_keys)
+        _, (losses, held_out) = jax.lax.scan(
+            block, (params, tx.init(params)), batch_keys
+        )
         return losses.reshape(-1), held_out
 
     return jax.vmap(one)(keys)
 
 
-def train(tx: optax.GradientTransformation, task: AbstractTask, seeds: Sequence[int], *, num_steps: int, eval_every: int | None = None) -> Run:
-    """Train `tx` on `task` once per seed (jitted `lax.scan`, seeds vmapped: one compile).
+def train(
+    tx: optax.GradientTransformation,
+    task: AbstractTask,
+    seeds: Sequence[int],
+    *,
+    num_steps: int,
+    eval_every: int | None = None,
+) -> Run:
+    """Train `tx` on `task` once per seed (a jitted `lax.scan`, seeds vmapped).
 
     A diverging run is not an error: its losses simply become large or NaN.
 
@@ -87,11 +101,15 @@ def train(tx: optax.GradientTransformation, task: AbstractTask, seeds: Sequence[
     """
     eval_every = num_steps if eval_every is None else int(eval_every)
     if num_steps < 1 or eval_every < 1 or num_steps % eval_every:
-        raise ValueError(f"eval_every={eval_every} must divide num_steps={num_steps} (both >= 1)")
+        raise ValueError(
+            f"eval_every={eval_every} must divide num_steps={num_steps} (both >= 1)"
+        )
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     # optax's own optimizers are not strict-promotion clean; trace with standard rules.
     with jax.numpy_dtype_promotion("standard"):
-        losses, (test, acc) = eqx.filter_jit(_train)(tx, task, keys, num_steps, eval_every)
+        losses, (test, acc) = eqx.filter_jit(_train)(
+            tx, task, keys, num_steps, eval_every
+        )
     as_np = lambda x: None if x is None else np.asarray(x, np.float64)
     return Run(
         losses=np.asarray(losses, np.float64),
@@ -101,13 +119,17 @@ def train(tx: optax.GradientTransformation, task: AbstractTask, seeds: Sequence[
     )
 
 
-def _specs(optimizers, num_steps: int) -> dict[str, Callable[[AbstractTask], tuple[Any, float | None]]]:
+def _specs(
+    optimizers, num_steps: int
+) -> dict[str, Callable[[AbstractTask], tuple[Any, float | None]]]:
     """name -> (task -> (transformation, tuned learning rate or None))."""
     if not isinstance(optimizers, Mapping):
         resolved = {}
         for name in optimizers:
             if name.endswith("_tuned"):
-                resolved[name] = lambda task, n=name: tune(n[: -len("_tuned")], task, num_steps=num_steps)
+                resolved[name] = lambda task, n=name: tune(
+                    n[: -len("_tuned")], task, num_steps=num_steps
+                )
             else:
                 tx = resolve_optimizer(name)  # fail early (e.g. missing weights)
                 resolved[name] = lambda task, tx=tx: (tx, None)
@@ -119,7 +141,10 @@ def _specs(optimizers, num_steps: int) -> dict[str, Callable[[AbstractTask], tup
         elif callable(spec):
             out[name] = lambda task, f=spec: (f(task), None)
         else:
-            raise TypeError(f"optimizer {name!r}: expected an optax transformation or task -> transformation")
+            raise TypeError(
+                f"optimizer {name!r}: expected an optax transformation "
+                "or a callable task -> transformation"
+            )
     return out
 
 
@@ -144,9 +169,10 @@ def evaluate(
     diverged (final loss `inf`), not raised.
 
     Args:
-        optimizers: names for [`resolve_optimizer`][mnemosyne.evaluation.resolve_optimizer]
-            (`"*_tuned"` ones are grid-tuned per task for `num_steps` steps), or a
-            mapping name -> optax transformation, or name -> callable
+        optimizers: names for
+            [`resolve_optimizer`][mnemosyne.evaluation.resolve_optimizer]
+            (`"*_tuned"` ones are grid-tuned per task for `num_steps` steps),
+            or a mapping name -> optax transformation, or name -> callable
             `task -> transformation`.
         tasks: task names (see `mnemosyne.tasks.list_tasks()`) or task objects.
         seeds: integer seeds.
@@ -175,7 +201,9 @@ def evaluate(
     specs = _specs(optimizers, num_steps)
     runs: dict[str, dict[str, Run]] = {name: {} for name in specs}
     txs: dict[tuple[str, str], Any] = {}
-    bar = tqdm(total=len(specs) * len(tasks), disable=not progress, desc="evaluate", unit="run")
+    bar = tqdm(
+        total=len(specs) * len(tasks), disable=not progress, desc="evaluate", unit="run"
+    )
     with bar:
         for task in tasks:
             for name, spec in specs.items():
@@ -188,7 +216,9 @@ def evaluate(
 
     cost, cost_task = {}, None
     if measure_cost and tasks:
-        sizes = {t.name: num_params(jax.eval_shape(t.init, jax.random.key(0))) for t in tasks}
+        sizes = {
+            t.name: num_params(jax.eval_shape(t.init, jax.random.key(0))) for t in tasks
+        }
         cost_task = max(sizes, key=sizes.get)
         task = tasks[names.index(cost_task)]
         params = task.init(jax.random.key(0))

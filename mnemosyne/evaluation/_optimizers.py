@@ -29,14 +29,18 @@ def _learned(name: str) -> optax.GradientTransformation:
     try:
         if name == "mnemosyne":
             return mnemosyne()
-        return baselines.lstm(variant="multiscale" if name == "lstm_multiscale" else "gradient")
+        return baselines.lstm(
+            variant="multiscale" if name == "lstm_multiscale" else "gradient"
+        )
     except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"optimizer {name!r} needs pretrained meta-weights that are not available: {err}"
+            f"optimizer {name!r} needs pretrained meta-weights, not available: {err}"
         ) from err
 
 
-def tune(name: str, task, *, num_steps: int, seed: int = 1000) -> tuple[optax.GradientTransformation, float]:
+def tune(
+    name: str, task, *, num_steps: int, seed: int = 1000
+) -> tuple[optax.GradientTransformation, float]:
     """Grid-tune the learning rate of a reference optimizer on `task`.
 
     Uses [`mnemosyne.baselines.tuned`][] with its default grid (1e-4 ... 1),
@@ -47,11 +51,15 @@ def tune(name: str, task, *, num_steps: int, seed: int = 1000) -> tuple[optax.Gr
         `(transformation, learning_rate)`.
     """
     factory = baselines.reference_optimizers()[name]
-    result = baselines.tuned(factory, None, task, num_steps=num_steps, key=jax.random.key(seed))
+    result = baselines.tuned(
+        factory, None, task, num_steps=num_steps, key=jax.random.key(seed)
+    )
     return factory(result.learning_rate), result.learning_rate
 
 
-def resolve_optimizer(name: str, task=None, *, num_steps: int = 300) -> optax.GradientTransformation:
+def resolve_optimizer(
+    name: str, task=None, *, num_steps: int = 300
+) -> optax.GradientTransformation:
     """An optax transformation from its name.
 
     - `"mnemosyne"`: `mnemosyne.mnemosyne()` (pretrained);
@@ -95,12 +103,16 @@ def floats_per_parameter(tx: optax.GradientTransformation, params) -> float:
     """
     state = jax.eval_shape(tx.init, params)
     floats = sum(
-        int(np.prod(x.shape)) for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)
+        int(np.prod(x.shape))
+        for x in jax.tree.leaves(state)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
     )
     return floats / num_params(params)
 
 
-def time_per_step(tx: optax.GradientTransformation, params, *, repeats: int = 7, inner: int = 10) -> float:
+def time_per_step(
+    tx: optax.GradientTransformation, params, *, repeats: int = 7, inner: int = 10
+) -> float:
     """Median seconds of one jitted `tx.update` + `optax.apply_updates`.
 
     The gradient is a fixed array (`0.01` everywhere), so only the optimizer's

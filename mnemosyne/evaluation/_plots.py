@@ -30,14 +30,20 @@ def plot_loss_curves(result, ncols: int = 3) -> Figure:
             stats = result.stats(opt, task)
             losses = result.runs[opt][task].losses
             ok = np.array([math.isfinite(x) for x in stats.final_losses])
-            label = opt if not stats.num_diverged else f"{opt} ({stats.num_diverged} diverged)"
+            label = (
+                opt
+                if not stats.num_diverged
+                else f"{opt} ({stats.num_diverged} diverged)"
+            )
             if not ok.any():
                 ax.plot([], [], label=label)
                 continue
             good = losses[ok]
             steps = np.arange(good.shape[1])
             (line,) = ax.plot(steps, good.mean(0), label=label, lw=1.3)
-            ax.fill_between(steps, good.min(0), good.max(0), color=line.get_color(), alpha=0.2, lw=0)
+            ax.fill_between(
+                steps, good.min(0), good.max(0), color=line.get_color(), alpha=0.2, lw=0
+            )
             tops.append(good[:, 0].max())
             positive &= bool((good > 0).all())
         ax.set_yscale("log" if positive else "symlog")
@@ -69,7 +75,9 @@ def plot_relative(result, reference: str | None = None) -> Figure:
         else:
             base = min(finals[o][t] for o in result.optimizers)
         for o in result.optimizers:
-            ratios[o, t] = finals[o][t] / base if math.isfinite(base) and base > 0 else math.nan
+            ratios[o, t] = (
+                finals[o][t] / base if math.isfinite(base) and base > 0 else math.nan
+            )
     finite = [r for r in ratios.values() if math.isfinite(r) and r > 0]
     top = 2 * max(finite + [1.0])
     bottom = 0.5 * min(finite + [1.0])
@@ -79,7 +87,9 @@ def plot_relative(result, reference: str | None = None) -> Figure:
         vals = np.array([ratios[o, t] for t in result.tasks])
         div = np.array([math.isinf(finals[o][t]) for t in result.tasks])
         shown = np.where(div, top, np.where(vals > 0, vals, np.nan))
-        bars = ax.bar(x + (i - (len(result.optimizers) - 1) / 2) * width, shown, width, label=o)
+        bars = ax.bar(
+            x + (i - (len(result.optimizers) - 1) / 2) * width, shown, width, label=o
+        )
         for bar, d in zip(bars, div, strict=True):
             if d:
                 bar.set_hatch("//")

@@ -10,7 +10,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._stats import Comparison, RunStats, compare_final_losses, default_target, summarize
+from ._stats import (
+    Comparison,
+    RunStats,
+    compare_final_losses,
+    default_target,
+    summarize,
+)
 
 
 class Run(NamedTuple):
@@ -98,7 +104,9 @@ class EvaluationResult:
             return float(self.user_targets[task])
         if self.reference not in self.runs:
             return None
-        return default_target(summarize(self.runs[self.reference][task].losses).final_loss_mean)
+        return default_target(
+            summarize(self.runs[self.reference][task].losses).final_loss_mean
+        )
 
     def stats(self, optimizer: str, task: str) -> RunStats:
         """[`RunStats`][mnemosyne.evaluation.RunStats] of one pair."""
@@ -115,7 +123,9 @@ class EvaluationResult:
         """task -> mean final loss of `optimizer` (`inf` if any seed diverged)."""
         return {t: self.stats(optimizer, t).final_loss_mean for t in self.tasks}
 
-    def compare(self, reference: str | None = None, candidate: str = "mnemosyne") -> Comparison:
+    def compare(
+        self, reference: str | None = None, candidate: str = "mnemosyne"
+    ) -> Comparison:
         """Head-to-head final losses; see [`compare`][mnemosyne.evaluation.compare]."""
         reference = reference or self.reference
         return compare_final_losses(
@@ -147,7 +157,7 @@ class EvaluationResult:
             stats = {o: self.stats(o, task) for o in self.optimizers}
             best = min(s.final_loss_mean for s in stats.values())
             cells = []
-            for o, s in stats.items():
+            for s in stats.values():
                 if s.num_diverged:
                     cells.append(f"diverged ({s.num_diverged}/{n})")
                     continue
@@ -158,20 +168,27 @@ class EvaluationResult:
                 accs = [_fmt(s.accuracy_mean, s.accuracy_std) for s in stats.values()]
                 acc_rows.append(f"| {task} | " + " | ".join(accs) + " |")
         if acc_rows:
-            lines += ["", "### Held-out accuracy at the end", "", header, rule, *acc_rows]
+            lines += [
+                "",
+                "### Held-out accuracy at the end",
+                "",
+                header,
+                rule,
+                *acc_rows,
+            ]
         if self.cost:
             lines += [
                 "",
-                f"### Cost (on `{self.cost_task}`; floats per parameter count every "
-                "floating state leaf, scalars included, integer step counters excluded)",
+                f"### Cost (on `{self.cost_task}`; state floats per parameter count "
+                "every floating state leaf, scalars included, integer step counters "
+                "excluded)",
                 "",
-                "| optimizer | state floats / parameter | update time vs `optax.adam` |",
+                "| optimizer | state floats / parameter | update time / `optax.adam` |",
                 "|---|---|---|",
             ]
             for o, c in self.cost.items():
-                lines.append(
-                    f"| {o} | {c['floats_per_parameter']:.3g} | {c['time_vs_adam']:.2f}× |"
-                )
+                floats, ratio = c["floats_per_parameter"], c["time_vs_adam"]
+                lines.append(f"| {o} | {floats:.3g} | {ratio:.2f}× |")
         if reference in self.runs:
             lines += [""] + [
                 f"- {self.compare(reference, o).summary()}"
@@ -183,7 +200,8 @@ class EvaluationResult:
     def to_dict(self) -> dict:
         """A JSON-ready dict: settings, statistics per pair, costs and raw curves."""
         stats = {
-            o: {t: self.stats(o, t)._asdict() for t in self.tasks} for o in self.optimizers
+            o: {t: self.stats(o, t)._asdict() for t in self.tasks}
+            for o in self.optimizers
         }
         runs = {
             o: {t: {k: v for k, v in r._asdict().items()} for t, r in rs.items()}
@@ -206,7 +224,7 @@ class EvaluationResult:
 
     @classmethod
     def load(cls, path) -> EvaluationResult:
-        """Read a `results.json` written by `save` (non-finite values come back as NaN)."""
+        """Read a `results.json` written by `save` (non-finite values read as NaN)."""
         d = json.loads(pathlib.Path(path).read_text())
         runs = {
             o: {

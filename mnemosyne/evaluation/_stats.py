@@ -60,7 +60,7 @@ class RunStats(NamedTuple):
 
 
 def window_size(num_steps: int, final_fraction: float = 0.05) -> int:
-    """Steps averaged for a "final" loss: `max(1, round(final_fraction * num_steps))`."""
+    """Steps averaged for a final loss: `max(1, round(final_fraction * num_steps))`."""
     return max(1, int(round(final_fraction * num_steps)))
 
 
@@ -125,7 +125,8 @@ def summarize(
 
     final = smooth[:, -1]
     loss_at = {
-        float(f): _mean_std(smooth[:, max(1, int(round(f * num_steps))) - 1]) for f in fractions
+        float(f): _mean_std(smooth[:, max(1, int(round(f * num_steps))) - 1])
+        for f in fractions
     }
     steps: list[int | None] = []
     for s in range(num_seeds):
@@ -145,7 +146,9 @@ def summarize(
         loss_at=loss_at,
         target=target,
         steps_to_target=tuple(steps),
-        steps_to_target_mean=float(np.mean(steps)) if reached and target is not None else None,
+        steps_to_target_mean=float(np.mean(steps))
+        if reached and target is not None
+        else None,
         test_loss_mean=test_mean,
         test_loss_std=test_std,
         accuracy_mean=acc_mean,
@@ -204,7 +207,10 @@ def compare_final_losses(
     candidate: str = "candidate",
     reference: str = "reference",
 ) -> Comparison:
-    """Compare mean final losses task by task (see [`Comparison`][mnemosyne.evaluation.Comparison])."""
+    """Compare mean final losses task by task.
+
+    See [`Comparison`][mnemosyne.evaluation.Comparison] for the counting rules.
+    """
     tasks = [t for t in candidate_losses if t in reference_losses]
     wins = within = c_div = r_div = 0
     ratios = {}
@@ -217,4 +223,6 @@ def compare_final_losses(
         within += c_ok and (not r_ok or c <= r + 0.1 * abs(r))
         ratios[t] = math.inf if not c_ok else (c / r if r_ok and r != 0 else math.nan)
     n = len(tasks)
-    return Comparison(candidate, reference, n, wins, within, n - wins, c_div, r_div, ratios)
+    return Comparison(
+        candidate, reference, n, wins, within, n - wins, c_div, r_div, ratios
+    )
