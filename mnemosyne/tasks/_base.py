@@ -1,11 +1,10 @@
 """The task contract: what a (learned) optimizer trains, and families of tasks."""
 
-from __future__ import annotations
-
 import abc
 from typing import Any
 
 import equinox as eqx
+from equinox import AbstractVar
 import jax
 
 from .._types import Params, PRNGKeyArray
@@ -32,8 +31,16 @@ class AbstractTask(eqx.Module):
     Data arrays are fields of the task and therefore pytree leaves.
     """
 
-    name: eqx.AbstractVar[str]
-    kind: eqx.AbstractVar[str]
+    name: AbstractVar[str]
+    kind: AbstractVar[str]
+
+    # Identity hashing (as for ordinary Python objects), so that bound methods
+    # holding data arrays can be jitted directly: `jax.jit(task.loss)`.
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other) -> bool:
+        return self is other
 
     @abc.abstractmethod
     def init(self, key: PRNGKeyArray) -> Params:
@@ -67,14 +74,13 @@ class ScaledTask(AbstractTask):
     task: AbstractTask
     init_scale: float = eqx.field(static=True)
     loss_scale: float = eqx.field(static=True)
+    name: str = eqx.field(static=True)
+    kind: str = eqx.field(static=True)
 
-    @property
-    def name(self) -> str:
-        return f"{self.task.name}_x{self.init_scale:.2g}_l{self.loss_scale:.2g}"
-
-    @property
-    def kind(self) -> str:
-        return self.task.kind
+    def __init__(self, task: AbstractTask, init_scale: float = 1.0, loss_scale: float = 1.0):
+        self.task, self.init_scale, self.loss_scale = task, float(init_scale), float(loss_scale)
+        self.name = f"{task.name}_x{self.init_scale:.2g}_l{self.loss_scale:.2g}"
+        self.kind = task.kind
 
     def init(self, key):
         return jax.tree.map(lambda p: p * self.init_scale, self.task.init(key))
@@ -100,8 +106,8 @@ class AbstractTaskFamily(eqx.Module):
     example Transformers and CNNs) can be left out deliberately.
     """
 
-    name: eqx.AbstractVar[str]
-    kinds: eqx.AbstractVar[frozenset[str]]
+    name: AbstractVar[str]
+    kinds: AbstractVar[frozenset[str]]
 
     @abc.abstractmethod
     def sample(self, key: PRNGKeyArray) -> AbstractTask:

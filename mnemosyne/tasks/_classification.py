@@ -1,10 +1,9 @@
 """Classification on scikit-learn's bundled datasets: logreg, MLP, CNN, ViT."""
 
-from __future__ import annotations
-
 import abc
 
 import equinox as eqx
+from equinox import AbstractVar
 import jax
 import jax.numpy as jnp
 import optax
@@ -17,8 +16,8 @@ from ._layers import conv, conv_init, dense, dense_init, layer_norm, mlp, mlp_in
 class AbstractClassificationTask(AbstractTask):
     """Softmax cross-entropy on minibatches drawn from `data`; subclasses give logits."""
 
-    data: eqx.AbstractVar[ClassificationData]
-    batch_size: eqx.AbstractVar[int]
+    data: AbstractVar[ClassificationData]
+    batch_size: AbstractVar[int]
 
     @abc.abstractmethod
     def logits(self, params, x: jax.Array) -> jax.Array:

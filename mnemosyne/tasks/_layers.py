@@ -116,7 +116,7 @@ def sequence_model_init(key, vocab: int, seq_len: int, d: int, num_layers: int) 
 
 def sequence_model(p: dict, tokens: jax.Array, num_heads: int, causal: bool, prefix=None) -> jax.Array:
     """Logits `(len(prefix) + len(tokens), vocab)`; `prefix` are soft embeddings."""
-    x = p["embed"][tokens] + p["pos"][: tokens.shape[0]]
+    x = jax.nn.one_hot(tokens, p["embed"].shape[0], dtype=jnp.float32) @ p["embed"] + p["pos"][: tokens.shape[0]]
     if prefix is not None:
         x = jnp.concatenate([prefix, x])
     return dense(p["head"], transformer(p["body"], x, num_heads, causal))

@@ -1,0 +1,157 @@
+"""Tests for the task suite `mnemosyne.tasks`."""
+
+import functools
+import socket
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mnemosyne import tasks
+from mnemosyne.tasks import _data
+
+SYNTHETIC = {"quadratic", "rosenbrock"}
+TRANSFORMER_KINDS = {"vit", "lm", "mlm", "prompt"}
+
+
+def _jit(fn, cheap=True):
+    """`jax.jit`, by default with cheap XLA compilation: these tests check behaviour,
+    not speed (convolutions run too slowly unoptimised, hence `cheap=False`)."""
+    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0} if cheap else None)
+
+
+def _train(task, params, key, steps=60):
+    """Jitted Adam on `task`; returns the losses and the eval accuracy at the end."""
+    tx = optax.adam(3e-3 if task.kind in TRANSFORMER_KINDS else 1e-2)
+
+    @functools.partial(_jit, cheap=task.kind != "cnn")
+    def run(params, key):
+        def step(carry, k):
+            p, s = carry
+            loss, grads = jax.value_and_grad(task.loss)(p, task.sample_batch(k))
+            updates, s = tx.update(grads, s, p)
+            return (optax.apply_updates(p, updates), s), loss
+
+        (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(key, steps))
+        eval_batch = task.eval_batch()
+        return losses, None if eval_batch is None else task.accuracy(params, eval_batch)
+
+    return run(params, key)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("network access attempted")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    _data._load_numpy.cache_clear()  # really read the bundled files again
+    yield
+
+
+@pytest.mark.parametrize("name", tasks.list_tasks())
+def test_task_trains_offline(name, no_network):
+    task = tasks.get_task(name)
+    assert isinstance(task, tasks.AbstractTask) and task.name == name
+    params = task.init(jax.random.key(0))
+    assert isinstance(params, dict)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+    losses, accuracy = _train(task, params, jax.random.key(1))
+    assert losses.dtype == jnp.float32 and losses.shape == (60,)
+    assert np.isfinite(losses).all()
+    assert float(losses[-10:].mean()) < 0.9 * float(losses[0])
+    if name in SYNTHETIC:
+        assert accuracy is None and task.eval_batch() is None
+    else:
+        assert 0.0 <= float(accuracy) <= 1.0
+
+
+@pytest.mark.parametrize("name", tasks.list_tasks())
+def test_sample_batch_deterministic(name):
+    task = tasks.get_task(name)
+    sample = _jit(task.sample_batch)  # traced keys, as inside a training scan
+    a, b, c = sample(jax.random.key(3)), sample(jax.random.key(3)), sample(jax.random.key(4))
+    assert jax.tree.structure(a) == jax.tree.structure(c)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    leaves = list(zip(jax.tree.leaves(a), jax.tree.leaves(c)))
+    if leaves:  # Rosenbrock's batch is empty
+        assert any(not np.array_equal(x, y) for x, y in leaves)
+        assert all(x.shape == y.shape for x, y in leaves)
+
+
+def test_loss_vmaps_over_params():
+    task = tasks.get_task("mlp_iris")
+    params = _jit(jax.vmap(task.init))(jax.random.split(jax.random.key(0), 3))
+    losses = _jit(jax.vmap(task.loss, (0, None)))(params, task.sample_batch(jax.random.key(1)))
+    assert losses.shape == (3,) and np.isfinite(losses).all()
+
+
+def test_prompt_tuning_trains_only_the_prompt():
+    task = tasks.get_task("prompt_tuning")
+    params = task.init(jax.random.key(0))
+    assert set(params) == {"prompt"} and params["prompt"].shape == task.teacher_prompt.shape
+    frozen = jax.tree.leaves(task.frozen)
+    assert sum(x.size for x in frozen) > 100 * params["prompt"].size
+    assert not any(p is f for p in jax.tree.leaves(params) for f in frozen)
+    # The frozen weights come from a fixed seed, and the objective is achievable.
+    again = tasks.get_task("prompt_tuning")
+    for x, y in zip(frozen, jax.tree.leaves(again.frozen)):
+        np.testing.assert_array_equal(x, y)
+    batch = task.sample_batch(jax.random.key(1))
+    assert float(task.loss({"prompt": task.teacher_prompt}, batch)) < 1e-5
+    assert float(task.loss(params, batch)) > 1e-3
+
+
+def test_data_standardised_and_split_deterministic():
+    data = tasks.load_dataset("wine")
+    np.testing.assert_allclose(data.x_train.mean(0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(data.x_train.std(0), 1.0, atol=1e-3)
+    assert data.x_train.dtype == jnp.float32 and data.num_classes == 3
+    _data._load_numpy.cache_clear()
+    np.testing.assert_array_equal(data.x_test, tasks.load_dataset("wine").x_test)
+    with pytest.raises(ValueError):
+        tasks.load_dataset("mnist")
+
+
+def test_scaled_task():
+    task = tasks.get_task("logreg_wine")
+    scaled = tasks.ScaledTask(task, init_scale=2.0, loss_scale=0.5)
+    key, batch = jax.random.key(0), task.sample_batch(jax.random.key(1))
+    np.testing.assert_allclose(scaled.init(key)["layer_0"]["w"], 2.0 * task.init(key)["layer_0"]["w"])
+    params = task.init(key)
+    np.testing.assert_allclose(scaled.loss(params, batch), 0.5 * task.loss(params, batch), rtol=1e-6)
+    assert scaled.kind == task.kind
+
+
+@pytest.mark.parametrize("name", tasks.list_families())
+def test_family_samples_valid_tasks(name):
+    family = tasks.get_family(name)
+    assert family.name == name and family.kinds
+    for seed in range(2):
+        task = family.sample(jax.random.key(seed))
+        assert isinstance(task, tasks.AbstractTask) and task.kind in family.kinds
+        assert family.sample(jax.random.key(seed)).name == task.name
+        params = task.init(jax.random.key(seed))
+        loss = _jit(task.loss)(params, task.sample_batch(jax.random.key(seed)))
+        assert loss.shape == () and np.isfinite(loss)
+
+
+def test_held_out_kinds():
+    assert not tasks.get_family("mixed_family").kinds & tasks.HELD_OUT_KINDS
+    full = tasks.get_family("full_family")
+    assert tasks.HELD_OUT_KINDS <= full.kinds
+    assert not full.without(tasks.HELD_OUT_KINDS).kinds & tasks.HELD_OUT_KINDS
+    mlp = tasks.get_family("mlp_family")
+    kinds = {mlp.sample(jax.random.key(s)).kind for s in range(4)}
+    assert kinds == {"mlp"}
+
+
+def test_unknown_names_raise():
+    with pytest.raises(ValueError):
+        tasks.get_task("nope")
+    with pytest.raises(ValueError):
+        tasks.get_family("nope")
