@@ -28,6 +28,7 @@ from ._optimizers import (
     optimizer_names,
     resolve_optimizer,
     time_per_step,
+    time_steps,
     tune,
 )
 from ._plots import plot_loss_curves, plot_relative
@@ -80,6 +81,7 @@ __all__ = [
     "resolve_optimizer",
     "summarize",
     "time_per_step",
+    "time_steps",
     "train",
     "tune",
     "window_size",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,30 +110,43 @@ def floats_per_parameter(tx: optax.GradientTransformation, params) -> float:
     return floats / num_params(params)
 
 
-def time_per_step(
-    tx: optax.GradientTransformation, params, *, repeats: int = 7, inner: int = 10
-) -> float:
-    """Median seconds of one jitted `tx.update` + `optax.apply_updates`.
+def time_steps(
+    txs: Mapping[str, optax.GradientTransformation],
+    params,
+    *,
+    repeats: int = 21,
+    inner: int = 10,
+) -> dict[str, float]:
+    """Median seconds of one jitted `tx.update` + `optax.apply_updates`, per optimizer.
 
     The gradient is a fixed array (`0.01` everywhere), so only the optimizer's
-    own work is timed. Compilation is excluded; each of `repeats` samples
-    averages `inner` calls.
+    own work is timed; the transformation is closed over (its arrays are
+    compile-time constants, as inside a user's jitted train step). Compilation
+    is excluded. The optimizers are timed in turn, `repeats` rounds of `inner`
+    calls each, so that load on a shared machine affects all of them alike.
     """
-
-    @eqx.filter_jit
-    def step(tx, grads, state, params):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
+    steps, states = {}, {}
     with jax.numpy_dtype_promotion("standard"):
-        grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
-        state = tx.init(params)
-        jax.block_until_ready(step(tx, grads, state, params))
-        samples = []
-        for _ in range(repeats):
+        for name, tx in txs.items():
+
+            def step(grads, state, params, tx=tx):
+                updates, state = tx.update(grads, state, params)
+                return optax.apply_updates(params, updates), state
+
+            steps[name], states[name] = jax.jit(step), tx.init(params)
+            jax.block_until_ready(steps[name](grads, states[name], params))
+    samples: dict[str, list[float]] = {name: [] for name in txs}
+    for _ in range(repeats):
+        for name, step in steps.items():
             start = time.perf_counter()
             for _ in range(inner):
-                out = step(tx, grads, state, params)
+                out = step(grads, states[name], params)
             jax.block_until_ready(out)
-            samples.append((time.perf_counter() - start) / inner)
-    return float(np.median(samples))
+            samples[name].append((time.perf_counter() - start) / inner)
+    return {name: float(np.median(s)) for name, s in samples.items()}
+
+
+def time_per_step(tx: optax.GradientTransformation, params, **kwargs) -> float:
+    """[`time_steps`][mnemosyne.evaluation.time_steps] of a single optimizer."""
+    return time_steps({"tx": tx}, params, **kwargs)["tx"]
