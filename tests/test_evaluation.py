@@ -194,17 +194,17 @@ def test_tuned_optimizer_records_learning_rate():
 def test_mini_evaluation_writes_outputs(tmp_path):
     result = evaluation.evaluate(
         ["adam", "sgd"],
-        ["quadratic", "logreg_wine"],
+        [Bowl(), "logreg_wine"],  # a task object (cheap to compile) and a name
         seeds=(0, 1),
         num_steps=30,
         eval_every=15,
         progress=False,
     )
-    assert result.runs["adam"]["quadratic"].losses.shape == (2, 30)
+    assert result.runs["adam"]["bowl"].losses.shape == (2, 30)
     assert result.runs["sgd"]["logreg_wine"].eval_steps == (15, 30)
     wine = result.stats("sgd", "logreg_wine")
     assert 0.0 <= wine.accuracy_mean <= 1.0 and wine.test_loss_mean > 0
-    assert result.stats("adam", "quadratic").accuracy_mean is None
+    assert result.stats("adam", "bowl").accuracy_mean is None
     assert result.cost_task == "logreg_wine"
     assert result.cost["adam"]["floats_per_parameter"] == 2.0
     assert result.cost["sgd"]["floats_per_parameter"] == 1.0  # momentum 0.9
@@ -220,7 +220,7 @@ def test_mini_evaluation_writes_outputs(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
     md = paths["markdown"].read_text()
-    assert "| quadratic |" in md and "**" in md and "sgd vs adam" in md
+    assert "| bowl |" in md and "**" in md and "sgd vs adam" in md
     loaded = EvaluationResult.load(paths["json"])
     assert loaded.to_markdown() == md
     assert (
