@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from .._lopt_base import AbstractLearnedOptimizer
+from .._serialisation import freeze_config, load, register_serialisable
 from .._types import OptState, Params, PRNGKeyArray, Updates
 from ..backends import get_backend
 
@@ -138,6 +139,7 @@ def _check_leaf(leaf):
         )
 
 
+@register_serialisable
 class LSTMOptimizer(AbstractLearnedOptimizer):
     """Coordinate-wise two-layer LSTM optimizer (Andrychowicz et al., 2016).
 
@@ -230,6 +232,7 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
     output_scale: float = eqx.field(static=True)
     betas: tuple[float, ...] = eqx.field(static=True)
     second_moment_decay: float = eqx.field(static=True)
+    config: tuple = eqx.field(static=True)
 
     def __init__(
         self,
@@ -242,6 +245,7 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
         second_moment_decay: float = 0.999,
         key: PRNGKeyArray,
     ):
+        self.config = freeze_config(locals())
         if features not in _FEATURES:
             raise ValueError(f"features must be one of {_FEATURES}, got {features!r}")
         if hidden_size < 1 or num_layers < 1:
@@ -444,7 +448,7 @@ _WEIGHT_FILES = {"gradient": "lstm.eqx", "multiscale": "lstm_multiscale.eqx"}
 def _load_pretrained(variant: str) -> LSTMOptimizer:
     """Load the shipped meta-trained LSTM optimizer for `variant`.
 
-    Kept small and isolated so it can be switched to `mnemosyne._serialisation`.
+    The file is self-describing (written by `mnemosyne.save`).
     """
     if variant not in _WEIGHT_FILES:
         raise ValueError(
@@ -462,8 +466,10 @@ def _load_pretrained(variant: str) -> LSTMOptimizer:
             f"`mnemosyne meta-train --preset {preset}`, or pass an explicit "
             "`lopt=LSTMOptimizer(..., key=key)`."
         )
-    skeleton = LSTMOptimizer(features=variant, key=jax.random.key(0))
-    return eqx.tree_deserialise_leaves(path, skeleton)
+    lopt = load(path)
+    if not isinstance(lopt, LSTMOptimizer) or lopt.features != variant:
+        raise ValueError(f"{path} does not hold an LSTMOptimizer with features={variant!r}")
+    return lopt
 
 
 def lstm(

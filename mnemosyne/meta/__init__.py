@@ -28,6 +28,7 @@ from ._meta_loss import (
     mean_log_loss,
     mean_loss,
 )
+from ._presets import PRESETS, Preset, PresetFamily, list_presets, train_preset
 from ._trainer import MetaTrainer, plot_history, task_config_key
 from ._unroll import (
     AbstractTruncationSchedule,
@@ -51,6 +52,9 @@ __all__ = [
     "IncompatibleCheckpointError",
     "MetaLoss",
     "MetaTrainer",
+    "PRESETS",
+    "Preset",
+    "PresetFamily",
     "TruncatedBPTT",
     "TruncationState",
     "UniformTruncationSchedule",
@@ -61,12 +65,14 @@ __all__ = [
     "init_truncation_state",
     "is_diverged",
     "last_loss",
+    "list_presets",
     "load_checkpoint",
     "mean_log_loss",
     "mean_loss",
     "plot_history",
     "read_checkpoint_header",
     "save_checkpoint",
+    "train_preset",
     "task_config_key",
     "trajectory_keys",
     "truncated_unroll",
