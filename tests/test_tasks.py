@@ -19,7 +19,9 @@ TRANSFORMER_KINDS = {"vit", "lm", "mlm", "prompt"}
 def _jit(fn, cheap=True):
     """`jax.jit`, by default with cheap XLA compilation: these tests check behaviour,
     not speed (convolutions run too slowly unoptimised, hence `cheap=False`)."""
-    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0} if cheap else None)
+    return jax.jit(
+        fn, compiler_options={"xla_backend_optimization_level": 0} if cheap else None
+    )
 
 
 def _train(task, params, key, steps=60):
@@ -34,7 +36,9 @@ def _train(task, params, key, steps=60):
             updates, s = tx.update(grads, s, p)
             return (optax.apply_updates(p, updates), s), loss
 
-        (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(key, steps))
+        (params, _), losses = jax.lax.scan(
+            step, (params, tx.init(params)), jax.random.split(key, steps)
+        )
         eval_batch = task.eval_batch()
         return losses, None if eval_batch is None else task.accuracy(params, eval_batch)
 
@@ -73,11 +77,15 @@ def test_task_trains_offline(name, no_network):
 def test_sample_batch_deterministic(name):
     task = tasks.get_task(name)
     sample = _jit(task.sample_batch)  # traced keys, as inside a training scan
-    a, b, c = sample(jax.random.key(3)), sample(jax.random.key(3)), sample(jax.random.key(4))
+    a, b, c = (
+        sample(jax.random.key(3)),
+        sample(jax.random.key(3)),
+        sample(jax.random.key(4)),
+    )
     assert jax.tree.structure(a) == jax.tree.structure(c)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
-    leaves = list(zip(jax.tree.leaves(a), jax.tree.leaves(c)))
+    leaves = list(zip(jax.tree.leaves(a), jax.tree.leaves(c), strict=True))
     if leaves:  # Rosenbrock's batch is empty
         assert any(not np.array_equal(x, y) for x, y in leaves)
         assert all(x.shape == y.shape for x, y in leaves)
@@ -86,24 +94,29 @@ def test_sample_batch_deterministic(name):
 def test_loss_vmaps_over_params():
     task = tasks.get_task("mlp_iris")
     params = _jit(jax.vmap(task.init))(jax.random.split(jax.random.key(0), 3))
-    losses = _jit(jax.vmap(task.loss, (0, None)))(params, task.sample_batch(jax.random.key(1)))
+    losses = _jit(jax.vmap(task.loss, (0, None)))(
+        params, task.sample_batch(jax.random.key(1))
+    )
     assert losses.shape == (3,) and np.isfinite(losses).all()
 
 
 def test_prompt_tuning_trains_only_the_prompt():
     task = tasks.get_task("prompt_tuning")
     params = task.init(jax.random.key(0))
-    assert set(params) == {"prompt"} and params["prompt"].shape == task.teacher_prompt.shape
+    assert (
+        set(params) == {"prompt"}
+        and params["prompt"].shape == task.teacher_prompt.shape
+    )
     frozen = jax.tree.leaves(task.frozen)
     assert sum(x.size for x in frozen) > 100 * params["prompt"].size
     assert not any(p is f for p in jax.tree.leaves(params) for f in frozen)
     # The frozen weights come from a fixed seed, and the objective is achievable.
     again = tasks.get_task("prompt_tuning")
-    for x, y in zip(frozen, jax.tree.leaves(again.frozen)):
+    for x, y in zip(frozen, jax.tree.leaves(again.frozen), strict=True):
         np.testing.assert_array_equal(x, y)
-    batch = task.sample_batch(jax.random.key(1))
-    assert float(task.loss({"prompt": task.teacher_prompt}, batch)) < 1e-5
-    assert float(task.loss(params, batch)) > 1e-3
+    batch, loss = task.sample_batch(jax.random.key(1)), _jit(task.loss)
+    assert float(loss({"prompt": task.teacher_prompt}, batch)) < 1e-5
+    assert float(loss(params, batch)) > 1e-3
 
 
 def test_data_standardised_and_split_deterministic():
@@ -121,9 +134,13 @@ def test_scaled_task():
     task = tasks.get_task("logreg_wine")
     scaled = tasks.ScaledTask(task, init_scale=2.0, loss_scale=0.5)
     key, batch = jax.random.key(0), task.sample_batch(jax.random.key(1))
-    np.testing.assert_allclose(scaled.init(key)["layer_0"]["w"], 2.0 * task.init(key)["layer_0"]["w"])
+    np.testing.assert_allclose(
+        scaled.init(key)["layer_0"]["w"], 2.0 * task.init(key)["layer_0"]["w"]
+    )
     params = task.init(key)
-    np.testing.assert_allclose(scaled.loss(params, batch), 0.5 * task.loss(params, batch), rtol=1e-6)
+    np.testing.assert_allclose(
+        scaled.loss(params, batch), 0.5 * task.loss(params, batch), rtol=1e-6
+    )
     assert scaled.kind == task.kind
 
 

@@ -12,9 +12,21 @@ cancer, wine, iris); everything else is generated. Nothing is downloaded.
 """
 
 from ._base import AbstractTask, AbstractTaskFamily, Batch, ScaledTask
-from ._classification import AbstractClassificationTask, CNNClassifier, MLPClassifier, ViTClassifier
+from ._classification import (
+    AbstractClassificationTask,
+    CNNClassifier,
+    MLPClassifier,
+    ViTClassifier,
+)
 from ._data import DATASETS, ClassificationData, load_dataset
-from ._families import FixedTasksFamily, MixedFamily, MLPFamily, QuadraticFamily, RosenbrockFamily, logreg_family
+from ._families import (
+    FixedTasksFamily,
+    MixedFamily,
+    MLPFamily,
+    QuadraticFamily,
+    RosenbrockFamily,
+    logreg_family,
+)
 from ._registry import HELD_OUT_KINDS, get_family, get_task, list_families, list_tasks
 from ._sequence import MaskedLM, PromptTuning, SequenceLM
 from ._synthetic import Quadratic, Rosenbrock

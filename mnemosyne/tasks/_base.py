@@ -4,8 +4,8 @@ import abc
 from typing import Any
 
 import equinox as eqx
-from equinox import AbstractVar
 import jax
+from equinox import AbstractVar
 
 from .._types import Params, PRNGKeyArray
 
@@ -77,8 +77,14 @@ class ScaledTask(AbstractTask):
     name: str = eqx.field(static=True)
     kind: str = eqx.field(static=True)
 
-    def __init__(self, task: AbstractTask, init_scale: float = 1.0, loss_scale: float = 1.0):
-        self.task, self.init_scale, self.loss_scale = task, float(init_scale), float(loss_scale)
+    def __init__(
+        self, task: AbstractTask, init_scale: float = 1.0, loss_scale: float = 1.0
+    ):
+        self.task, self.init_scale, self.loss_scale = (
+            task,
+            float(init_scale),
+            float(loss_scale),
+        )
         self.name = f"{task.name}_x{self.init_scale:.2g}_l{self.loss_scale:.2g}"
         self.kind = task.kind
 

@@ -3,18 +3,27 @@
 import abc
 
 import equinox as eqx
-from equinox import AbstractVar
 import jax
 import jax.numpy as jnp
 import optax
+from equinox import AbstractVar
 
 from ._base import AbstractTask
 from ._data import ClassificationData
-from ._layers import conv, conv_init, dense, dense_init, layer_norm, mlp, mlp_init, transformer, transformer_init
+from ._layers import (
+    conv,
+    conv_init,
+    dense,
+    dense_init,
+    mlp,
+    mlp_init,
+    transformer,
+    transformer_init,
+)
 
 
 class AbstractClassificationTask(AbstractTask):
-    """Softmax cross-entropy on minibatches drawn from `data`; subclasses give logits."""
+    """Softmax cross-entropy on minibatches from `data`; subclasses give logits."""
 
     data: AbstractVar[ClassificationData]
     batch_size: AbstractVar[int]
@@ -25,7 +34,9 @@ class AbstractClassificationTask(AbstractTask):
 
     def loss(self, params, batch):
         logits = self.logits(params, batch["x"])
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits, batch["y"]
+        ).mean()
 
     def sample_batch(self, key):
         return self.data.sample(key, self.batch_size)
@@ -34,7 +45,10 @@ class AbstractClassificationTask(AbstractTask):
         return self.data.test()
 
     def accuracy(self, params, batch):
-        return jnp.mean(jnp.argmax(self.logits(params, batch["x"]), -1) == batch["y"], dtype=jnp.float32)
+        return jnp.mean(
+            jnp.argmax(self.logits(params, batch["x"]), -1) == batch["y"],
+            dtype=jnp.float32,
+        )
 
 
 class MLPClassifier(AbstractClassificationTask):
@@ -52,7 +66,9 @@ class MLPClassifier(AbstractClassificationTask):
     kind: str = eqx.field(static=True, kw_only=True)
 
     def init(self, key):
-        return mlp_init(key, (self.data.num_features, *self.hidden, self.data.num_classes))
+        return mlp_init(
+            key, (self.data.num_features, *self.hidden, self.data.num_classes)
+        )
 
     def logits(self, params, x):
         return mlp(params, x, self.activation)
@@ -73,7 +89,11 @@ class CNNClassifier(AbstractClassificationTask):
     def init(self, key):
         k1, k2, k3 = jax.random.split(key, 3)
         c1, c2 = self.channels
-        return {"conv_0": conv_init(k1, 1, c1), "conv_1": conv_init(k2, c1, c2), "head": dense_init(k3, c2 * 16, self.data.num_classes)}
+        return {
+            "conv_0": conv_init(k1, 1, c1),
+            "conv_1": conv_init(k2, c1, c2),
+            "head": dense_init(k3, c2 * 16, self.data.num_classes),
+        }
 
     def logits(self, params, x):
         def one(image):
@@ -110,7 +130,8 @@ class ViTClassifier(AbstractClassificationTask):
         k_emb, k_pos, k_body, k_head = jax.random.split(key, 4)
         return {
             "patch_embed": dense_init(k_emb, self.patch**2, self.d_model),
-            "pos": 0.1 * jax.random.normal(k_pos, (self.num_patches, self.d_model), jnp.float32),
+            "pos": 0.1
+            * jax.random.normal(k_pos, (self.num_patches, self.d_model), jnp.float32),
             "body": transformer_init(k_body, self.num_layers, self.d_model),
             "head": dense_init(k_head, self.d_model, self.data.num_classes),
         }

@@ -21,7 +21,7 @@ DATASETS = tuple(_LOADERS)
 _SPLIT_SEED = 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_numpy(name: str) -> tuple[np.ndarray, ...]:
     """Deterministic stratified 75/25 split, standardised with training statistics."""
     x, y = _LOADERS[name](return_X_y=True)
@@ -31,7 +31,12 @@ def _load_numpy(name: str) -> tuple[np.ndarray, ...]:
     mean, std = x_tr.mean(0), x_tr.std(0)
     std = np.where(std > 0, std, 1.0)
     standardise = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
-    return standardise(x_tr), y_tr.astype(np.int32), standardise(x_te), y_te.astype(np.int32)
+    return (
+        standardise(x_tr),
+        y_tr.astype(np.int32),
+        standardise(x_te),
+        y_te.astype(np.int32),
+    )
 
 
 class ClassificationData(eqx.Module):
@@ -60,7 +65,11 @@ class ClassificationData(eqx.Module):
         keep = np.random.default_rng(seed).permutation(n)[: max(1, round(fraction * n))]
         keep = np.sort(keep)
         return ClassificationData(
-            self.x_train[keep], self.y_train[keep], self.x_test, self.y_test, self.num_classes
+            self.x_train[keep],
+            self.y_train[keep],
+            self.x_test,
+            self.y_test,
+            self.num_classes,
         )
 
 
@@ -71,5 +80,9 @@ def load_dataset(name: str) -> ClassificationData:
     x_tr, y_tr, x_te, y_te = _load_numpy(name)
     num_classes = int(max(y_tr.max(), y_te.max())) + 1
     return ClassificationData(
-        jnp.asarray(x_tr), jnp.asarray(y_tr), jnp.asarray(x_te), jnp.asarray(y_te), num_classes
+        jnp.asarray(x_tr),
+        jnp.asarray(y_tr),
+        jnp.asarray(x_te),
+        jnp.asarray(y_te),
+        num_classes,
     )

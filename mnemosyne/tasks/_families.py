@@ -31,12 +31,19 @@ def _seed(key) -> int:
     return int(jax.random.randint(key, (), 0, 2**31 - 1))
 
 
-def _augment(key, task: AbstractTask, init_scale: tuple[float, float], loss_scale: tuple[float, float]) -> AbstractTask:
-    """Parameter-scale augmentation with log-uniform factors (skipped if both ranges are (1, 1))."""
+def _augment(
+    key,
+    task: AbstractTask,
+    init_scale: tuple[float, float],
+    loss_scale: tuple[float, float],
+) -> AbstractTask:
+    """Parameter-scale augmentation, log-uniform factors (none if both are (1, 1))."""
     if init_scale == (1.0, 1.0) and loss_scale == (1.0, 1.0):
         return task
     k_init, k_loss = jax.random.split(key)
-    return ScaledTask(task, _log_uniform(k_init, *init_scale), _log_uniform(k_loss, *loss_scale))
+    return ScaledTask(
+        task, _log_uniform(k_init, *init_scale), _log_uniform(k_loss, *loss_scale)
+    )
 
 
 class MLPFamily(AbstractTaskFamily):
@@ -48,7 +55,9 @@ class MLPFamily(AbstractTaskFamily):
     datasets: tuple[str, ...] = eqx.field(static=True, default=DATASETS)
     widths: tuple[int, ...] = eqx.field(static=True, default=(16, 32, 64))
     depths: tuple[int, ...] = eqx.field(static=True, default=(1, 2))
-    activations: tuple[str, ...] = eqx.field(static=True, default=("relu", "tanh", "gelu"))
+    activations: tuple[str, ...] = eqx.field(
+        static=True, default=("relu", "tanh", "gelu")
+    )
     subset: tuple[float, float] = eqx.field(static=True, default=(0.5, 1.0))
     init_scale: tuple[float, float] = eqx.field(static=True, default=(0.5, 2.0))
     loss_scale: tuple[float, float] = eqx.field(static=True, default=(0.1, 10.0))
@@ -59,22 +68,33 @@ class MLPFamily(AbstractTaskFamily):
         return frozenset("logreg" if d == 0 else "mlp" for d in self.depths)
 
     def sample(self, key) -> AbstractTask:
-        k_data, k_depth, k_width, k_act, k_frac, k_seed, k_aug = jax.random.split(key, 7)
+        k_data, k_depth, k_width, k_act, k_frac, k_seed, k_aug = jax.random.split(
+            key, 7
+        )
         dataset = _choice(k_data, self.datasets)
         depth = _choice(k_depth, self.depths)
-        hidden = tuple(_choice(k, self.widths) for k in jax.random.split(k_width, depth))
+        hidden = tuple(
+            _choice(k, self.widths) for k in jax.random.split(k_width, depth)
+        )
         activation = _choice(k_act, self.activations)
         fraction = _uniform(k_frac, *self.subset)
         data = load_dataset(dataset).subset(fraction, _seed(k_seed))
         kind = "mlp" if depth else "logreg"
         shape = "x".join(map(str, hidden)) or "linear"
         name = f"{kind}_{dataset}_{shape}_{activation}_sub{fraction:.2f}"
-        task = MLPClassifier(data, hidden=hidden, activation=activation, batch_size=self.batch_size, name=name, kind=kind)
+        task = MLPClassifier(
+            data,
+            hidden=hidden,
+            activation=activation,
+            batch_size=self.batch_size,
+            name=name,
+            kind=kind,
+        )
         return _augment(k_aug, task, self.init_scale, self.loss_scale)
 
 
 def logreg_family() -> MLPFamily:
-    """Logistic regression on the bundled datasets, with subsets and scale augmentation."""
+    """Logistic regression on the bundled datasets (subsets, scale augmentation)."""
     return MLPFamily(name="logreg_family", depths=(0,))
 
 
@@ -96,7 +116,7 @@ class QuadraticFamily(AbstractTaskFamily):
 
 
 class RosenbrockFamily(AbstractTaskFamily):
-    """Chained Rosenbrock functions of a few dimensions, with loss-scale augmentation."""
+    """Chained Rosenbrock functions of a few dimensions, loss-scale augmented."""
 
     name: str = eqx.field(static=True, default="rosenbrock_family", kw_only=True)
     dims: tuple[int, ...] = eqx.field(static=True, default=(2, 3, 4, 5))
@@ -129,15 +149,21 @@ class FixedTasksFamily(AbstractTaskFamily):
 
 
 class MixedFamily(AbstractTaskFamily):
-    """A weighted mixture of families; `without(kinds)` drops families producing them."""
+    """A weighted mixture of families; `without(kinds)` drops those producing them."""
 
     families: tuple[AbstractTaskFamily, ...]
     weights: tuple[float, ...] = eqx.field(static=True)
     name: str = eqx.field(static=True, default="mixed_family", kw_only=True)
 
     def __check_init__(self):
-        if len(self.families) != len(self.weights) or not self.families or min(self.weights) <= 0:
-            raise ValueError("MixedFamily needs one positive weight per family, and at least one family")
+        if (
+            len(self.families) != len(self.weights)
+            or not self.families
+            or min(self.weights) <= 0
+        ):
+            raise ValueError(
+                "MixedFamily needs a family and one positive weight per family"
+            )
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -151,6 +177,14 @@ class MixedFamily(AbstractTaskFamily):
 
     def without(self, kinds) -> MixedFamily:
         """The mixture restricted to families that produce none of `kinds`."""
-        keep = [(f, w) for f, w in zip(self.families, self.weights) if not f.kinds & set(kinds)]
-        families, weights = zip(*keep) if keep else ((), ())
-        return MixedFamily(tuple(families), tuple(weights), name=f"{self.name}_without_{'_'.join(sorted(kinds))}")
+        keep = [
+            (f, w)
+            for f, w in zip(self.families, self.weights, strict=True)
+            if not f.kinds & set(kinds)
+        ]
+        families, weights = zip(*keep, strict=True) if keep else ((), ())
+        return MixedFamily(
+            tuple(families),
+            tuple(weights),
+            name=f"{self.name}_without_{'_'.join(sorted(kinds))}",
+        )

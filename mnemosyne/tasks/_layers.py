@@ -27,7 +27,10 @@ def dense(p: dict, x: jax.Array) -> jax.Array:
 def mlp_init(key, sizes: tuple[int, ...]) -> dict:
     """Layers `layer_0 ... layer_{k-1}` mapping `sizes[i] -> sizes[i+1]`."""
     keys = jax.random.split(key, len(sizes) - 1)
-    return {f"layer_{i}": dense_init(k, a, b) for i, (k, a, b) in enumerate(zip(keys, sizes, sizes[1:]))}
+    return {
+        f"layer_{i}": dense_init(k, a, b)
+        for i, (k, a, b) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True))
+    }
 
 
 def mlp(p: dict, x: jax.Array, activation: str) -> jax.Array:
@@ -42,13 +45,20 @@ def mlp(p: dict, x: jax.Array, activation: str) -> jax.Array:
 def conv_init(key, c_in: int, c_out: int, size: int = 3) -> dict:
     """An OIHW kernel (LeCun-normal) and a zero bias."""
     w = jax.random.normal(key, (c_out, c_in, size, size), jnp.float32)
-    return {"w": w / jnp.sqrt(c_in * size * size), "b": jnp.zeros((c_out,), jnp.float32)}
+    return {
+        "w": w / jnp.sqrt(c_in * size * size),
+        "b": jnp.zeros((c_out,), jnp.float32),
+    }
 
 
 def conv(p: dict, x: jax.Array, stride: int = 1) -> jax.Array:
     """'SAME' 2-D convolution of a CHW image."""
     y = jax.lax.conv_general_dilated(
-        x[None], p["w"], (stride, stride), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW")
+        x[None],
+        p["w"],
+        (stride, stride),
+        "SAME",
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
     )
     return y[0] + p["b"][:, None, None]
 
@@ -66,7 +76,10 @@ def layer_norm(p: dict, x: jax.Array, eps: float = 1e-5) -> jax.Array:
 def attention(p: dict, x: jax.Array, num_heads: int, causal: bool) -> jax.Array:
     """Multi-head softmax self-attention over a `(seq, d)` sequence."""
     seq, d = x.shape
-    q, k, v = (t.reshape(seq, num_heads, d // num_heads) for t in jnp.split(dense(p["qkv"], x), 3, -1))
+    q, k, v = (
+        t.reshape(seq, num_heads, d // num_heads)
+        for t in jnp.split(dense(p["qkv"], x), 3, -1)
+    )
     scores = jnp.einsum("qhd,khd->hqk", q, k) / jnp.sqrt(d // num_heads)
     if causal:
         scores = jnp.where(jnp.tril(jnp.ones((seq, seq), bool)), scores, -1e9)
@@ -114,9 +127,14 @@ def sequence_model_init(key, vocab: int, seq_len: int, d: int, num_layers: int) 
     }
 
 
-def sequence_model(p: dict, tokens: jax.Array, num_heads: int, causal: bool, prefix=None) -> jax.Array:
+def sequence_model(
+    p: dict, tokens: jax.Array, num_heads: int, causal: bool, prefix=None
+) -> jax.Array:
     """Logits `(len(prefix) + len(tokens), vocab)`; `prefix` are soft embeddings."""
-    x = jax.nn.one_hot(tokens, p["embed"].shape[0], dtype=jnp.float32) @ p["embed"] + p["pos"][: tokens.shape[0]]
+    x = (
+        jax.nn.one_hot(tokens, p["embed"].shape[0], dtype=jnp.float32) @ p["embed"]
+        + p["pos"][: tokens.shape[0]]
+    )
     if prefix is not None:
         x = jnp.concatenate([prefix, x])
     return dense(p["head"], transformer(p["body"], x, num_heads, causal))

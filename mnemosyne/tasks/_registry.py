@@ -9,17 +9,33 @@ import jax
 from ._base import AbstractTask, AbstractTaskFamily
 from ._classification import CNNClassifier, MLPClassifier, ViTClassifier
 from ._data import load_dataset
-from ._families import FixedTasksFamily, MixedFamily, MLPFamily, QuadraticFamily, RosenbrockFamily, logreg_family
+from ._families import (
+    FixedTasksFamily,
+    MixedFamily,
+    MLPFamily,
+    QuadraticFamily,
+    RosenbrockFamily,
+    logreg_family,
+)
 from ._sequence import MaskedLM, PromptTuning, SequenceLM
 from ._synthetic import Quadratic, Rosenbrock
 
 _SEED = 0  # every registered task is built from fixed seeds
 
 
-def _mlp(dataset: str, hidden=(32,), activation="relu", name=None, batch_size=64) -> MLPClassifier:
+def _mlp(
+    dataset: str, hidden=(32,), activation="relu", name=None, batch_size=64
+) -> MLPClassifier:
     kind = "mlp" if hidden else "logreg"
     name = name or f"{kind}_{dataset}"
-    return MLPClassifier(load_dataset(dataset), hidden=tuple(hidden), activation=activation, batch_size=batch_size, name=name, kind=kind)
+    return MLPClassifier(
+        load_dataset(dataset),
+        hidden=tuple(hidden),
+        activation=activation,
+        batch_size=batch_size,
+        name=name,
+        kind=kind,
+    )
 
 
 def _lm(problem: str, **kwargs) -> SequenceLM:
@@ -27,7 +43,9 @@ def _lm(problem: str, **kwargs) -> SequenceLM:
 
 
 _TASKS: dict[str, Callable[[], AbstractTask]] = {
-    "quadratic": lambda: Quadratic.random(jax.random.key(_SEED), dim=20, log10_cond=3.0),
+    "quadratic": lambda: Quadratic.random(
+        jax.random.key(_SEED), dim=20, log10_cond=3.0
+    ),
     "rosenbrock": lambda: Rosenbrock(dim=2),
     "logreg_breast_cancer": lambda: _mlp("breast_cancer", ()),
     "logreg_wine": lambda: _mlp("wine", ()),
@@ -35,7 +53,9 @@ _TASKS: dict[str, Callable[[], AbstractTask]] = {
     "mlp_wine": lambda: _mlp("wine", (32,)),
     "mlp_breast_cancer": lambda: _mlp("breast_cancer", (32,)),
     "mlp_digits": lambda: _mlp("digits", (32,), batch_size=128),
-    "mlp_digits_deep": lambda: _mlp("digits", (64, 32, 32), "tanh", "mlp_digits_deep", 128),
+    "mlp_digits_deep": lambda: _mlp(
+        "digits", (64, 32, 32), "tanh", "mlp_digits_deep", 128
+    ),
     "cnn_digits": lambda: CNNClassifier(load_dataset("digits")),
     "vit_digits": lambda: ViTClassifier(load_dataset("digits")),
     "lm_copy": lambda: _lm("copy"),
@@ -65,7 +85,15 @@ HELD_OUT_KINDS = frozenset({"cnn", "vit", "lm", "mlm", "prompt"})
 """Architectures kept out of the default meta-training mixture (the paper
 meta-trains on MLPs and evaluates on Transformers)."""
 
-_TRANSFORMER_TASKS = ("vit_digits", "lm_copy", "lm_reverse", "lm_sort", "lm_recall", "mlm_synthetic", "prompt_tuning")
+_TRANSFORMER_TASKS = (
+    "vit_digits",
+    "lm_copy",
+    "lm_reverse",
+    "lm_sort",
+    "lm_recall",
+    "mlm_synthetic",
+    "prompt_tuning",
+)
 
 
 def _mixed() -> MixedFamily:
@@ -84,7 +112,9 @@ _FAMILIES: dict[str, Callable[[], AbstractTaskFamily]] = {
     "quadratic_family": QuadraticFamily,
     "rosenbrock_family": RosenbrockFamily,
     "cnn_family": lambda: FixedTasksFamily(("cnn_digits",), name="cnn_family"),
-    "transformer_family": lambda: FixedTasksFamily(_TRANSFORMER_TASKS, name="transformer_family"),
+    "transformer_family": lambda: FixedTasksFamily(
+        _TRANSFORMER_TASKS, name="transformer_family"
+    ),
     "mixed_family": _mixed,
     "full_family": _full,
 }

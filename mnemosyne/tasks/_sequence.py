@@ -1,4 +1,4 @@
-"""Tiny Transformers on generated token sequences: causal LM, masked LM, prompt tuning."""
+"""Tiny Transformers on generated sequences: causal LM, masked LM, prompt tuning."""
 
 from __future__ import annotations
 
@@ -71,13 +71,17 @@ class SequenceLM(AbstractTask):
     kind: str = eqx.field(static=True, default="lm", kw_only=True)
 
     def _generate(self, key, size):
-        prompt, answer = jax.vmap(lambda k: PROBLEMS[self.problem](k, self.n, self.vocab))(jax.random.split(key, size))
+        prompt, answer = jax.vmap(
+            lambda k: PROBLEMS[self.problem](k, self.n, self.vocab)
+        )(jax.random.split(key, size))
         sep = jnp.full((size, 1), self.vocab, prompt.dtype)
         return {"tokens": jnp.concatenate([prompt, sep, answer], 1).astype(jnp.int32)}
 
     @property
     def prompt_len(self) -> int:
-        prompt, _ = jax.eval_shape(lambda: PROBLEMS[self.problem](jax.random.key(0), self.n, self.vocab))
+        prompt, _ = jax.eval_shape(
+            lambda: PROBLEMS[self.problem](jax.random.key(0), self.n, self.vocab)
+        )
         return prompt.shape[0]
 
     def _answer_weights(self, tokens):
@@ -85,15 +89,23 @@ class SequenceLM(AbstractTask):
         return (np.arange(tokens.shape[1] - 1) >= self.prompt_len).astype(np.float32)
 
     def init(self, key):
-        seq_len = jax.eval_shape(lambda: self._generate(jax.random.key(0), 1))["tokens"].shape[1]
-        return sequence_model_init(key, self.vocab + 1, seq_len, self.d_model, self.num_layers)
+        seq_len = jax.eval_shape(lambda: self._generate(jax.random.key(0), 1))[
+            "tokens"
+        ].shape[1]
+        return sequence_model_init(
+            key, self.vocab + 1, seq_len, self.d_model, self.num_layers
+        )
 
     def _logits(self, params, tokens):
-        return jax.vmap(lambda t: sequence_model(params, t, self.num_heads, causal=True))(tokens[:, :-1])
+        return jax.vmap(
+            lambda t: sequence_model(params, t, self.num_heads, causal=True)
+        )(tokens[:, :-1])
 
     def loss(self, params, batch):
         tokens = batch["tokens"]
-        ce = optax.softmax_cross_entropy_with_integer_labels(self._logits(params, tokens), tokens[:, 1:])
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            self._logits(params, tokens), tokens[:, 1:]
+        )
         return _weighted_mean(ce, self._answer_weights(tokens))
 
     def accuracy(self, params, batch):
@@ -113,7 +125,9 @@ def _markov_chain(seed: int, vocab: int, successors: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     probs = np.full((vocab, vocab), 1e-3)
     for row in probs:
-        row[rng.choice(vocab, successors, replace=False)] += rng.dirichlet(np.ones(successors))
+        row[rng.choice(vocab, successors, replace=False)] += rng.dirichlet(
+            np.ones(successors)
+        )
     return np.log(probs / probs.sum(1, keepdims=True)).astype(np.float32)
 
 
@@ -163,14 +177,20 @@ class MaskedLM(AbstractTask):
         return {"tokens": tokens, "mask": mask.astype(jnp.float32)}
 
     def init(self, key):
-        return sequence_model_init(key, self.vocab + 1, self.length, self.d_model, self.num_layers)
+        return sequence_model_init(
+            key, self.vocab + 1, self.length, self.d_model, self.num_layers
+        )
 
     def _logits(self, params, batch):
         inputs = jnp.where(batch["mask"] > 0, self.vocab, batch["tokens"])
-        return jax.vmap(lambda t: sequence_model(params, t, self.num_heads, causal=False))(inputs)
+        return jax.vmap(
+            lambda t: sequence_model(params, t, self.num_heads, causal=False)
+        )(inputs)
 
     def loss(self, params, batch):
-        ce = optax.softmax_cross_entropy_with_integer_labels(self._logits(params, batch), batch["tokens"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            self._logits(params, batch), batch["tokens"]
+        )
         return _weighted_mean(ce, batch["mask"])
 
     def accuracy(self, params, batch):
@@ -206,7 +226,15 @@ class PromptTuning(AbstractTask):
     kind: str = eqx.field(static=True, default="prompt", kw_only=True)
 
     @classmethod
-    def random(cls, seed: int = 0, vocab: int = 16, d_model: int = 32, num_layers: int = 2, num_prompts: int = 4, **kwargs):
+    def random(
+        cls,
+        seed: int = 0,
+        vocab: int = 16,
+        d_model: int = 32,
+        num_layers: int = 2,
+        num_prompts: int = 4,
+        **kwargs,
+    ):
         k_model, k_prompt = jax.random.split(jax.random.key(seed))
         length = kwargs.get("length", 8)
         frozen = sequence_model_init(k_model, vocab, length, d_model, num_layers)
@@ -218,11 +246,15 @@ class PromptTuning(AbstractTask):
         return self.frozen["embed"].shape[0]
 
     def init(self, key):
-        return {"prompt": jax.random.normal(key, self.teacher_prompt.shape, jnp.float32)}
+        return {
+            "prompt": jax.random.normal(key, self.teacher_prompt.shape, jnp.float32)
+        }
 
     def _log_probs(self, prompt, tokens):
         frozen = jax.lax.stop_gradient(self.frozen)
-        last = lambda t: sequence_model(frozen, t, self.num_heads, causal=True, prefix=prompt)[-1]  # noqa: E731
+        last = lambda t: sequence_model(
+            frozen, t, self.num_heads, causal=True, prefix=prompt
+        )[-1]  # noqa: E731
         return jax.nn.log_softmax(jax.vmap(last)(tokens))
 
     def _teacher(self, tokens):
@@ -235,11 +267,17 @@ class PromptTuning(AbstractTask):
 
     def accuracy(self, params, batch):
         """Agreement of the student's top next token with the teacher's."""
-        agree = jnp.argmax(self._log_probs(params["prompt"], batch["tokens"]), -1) == jnp.argmax(self._teacher(batch["tokens"]), -1)
+        agree = jnp.argmax(
+            self._log_probs(params["prompt"], batch["tokens"]), -1
+        ) == jnp.argmax(self._teacher(batch["tokens"]), -1)
         return jnp.mean(agree, dtype=jnp.float32)
 
     def sample_batch(self, key):
-        return {"tokens": jax.random.randint(key, (self.batch_size, self.length), 0, self.vocab, jnp.int32)}
+        return {
+            "tokens": jax.random.randint(
+                key, (self.batch_size, self.length), 0, self.vocab, jnp.int32
+            )
+        }
 
     def eval_batch(self):
         return self.sample_batch(jax.random.key(_EVAL_KEY))

@@ -26,11 +26,20 @@ class Quadratic(AbstractTask):
     kind: str = eqx.field(static=True, default="quadratic", kw_only=True)
 
     @classmethod
-    def random(cls, key, dim: int = 20, log10_cond: float = 3.0, noise: float = 0.0, name: str = "quadratic"):
+    def random(
+        cls,
+        key,
+        dim: int = 20,
+        log10_cond: float = 3.0,
+        noise: float = 0.0,
+        name: str = "quadratic",
+    ):
         k_rot, k_eig, k_opt = jax.random.split(key, 3)
         rotation, _ = jnp.linalg.qr(jax.random.normal(k_rot, (dim, dim), jnp.float32))
         eig = 10.0 ** -jax.random.uniform(k_eig, (dim,), jnp.float32, 0.0, log10_cond)
-        eig = eig.at[0].set(1.0).at[1].set(10.0**-log10_cond)  # pin the condition number
+        eig = (
+            eig.at[0].set(1.0).at[1].set(10.0**-log10_cond)
+        )  # pin the condition number
         matrix = (rotation * eig) @ rotation.T
         optimum = jax.random.normal(k_opt, (dim,), jnp.float32)
         return cls(matrix, optimum, noise, name=name)
@@ -40,7 +49,9 @@ class Quadratic(AbstractTask):
 
     def loss(self, params, batch):
         delta = params["x"] - self.optimum
-        return 0.5 * delta @ self.matrix @ delta + self.noise * batch["xi"] @ params["x"]
+        return (
+            0.5 * delta @ self.matrix @ delta + self.noise * batch["xi"] @ params["x"]
+        )
 
     def sample_batch(self, key):
         return {"xi": jax.random.normal(key, self.optimum.shape, jnp.float32)}
@@ -59,7 +70,9 @@ class Rosenbrock(AbstractTask):
     kind: str = eqx.field(static=True, default="rosenbrock", kw_only=True)
 
     def init(self, key):
-        start = jnp.tile(jnp.array([-1.2, 1.0], jnp.float32), (self.dim + 1) // 2)[: self.dim]
+        start = jnp.tile(jnp.array([-1.2, 1.0], jnp.float32), (self.dim + 1) // 2)[
+            : self.dim
+        ]
         return {"x": start + 0.1 * jax.random.normal(key, (self.dim,), jnp.float32)}
 
     def loss(self, params, batch):
