@@ -108,7 +108,18 @@ def random_like(tree, seed: int, scale: float = 1.0):
     )
 
 
-@eqx.filter_jit
+# LLVM at -O0 for the test jits: the whole-step graphs are large (kernels are
+# unrolled per feature row) and XLA's backend optimisation dominates their
+# compile time (measured ~2x faster compiles); results stay IEEE-exact.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def fast_jit(fun):
+    """`eqx.filter_jit` with `FAST_COMPILE`."""
+    return eqx.filter_jit(fun, compiler_options=FAST_COMPILE)
+
+
+@fast_jit
 def jit_tx_update(tx, grads, state, params):
     """`tx.update(grads, state, params)` under jit; `tx` is a pytree (its θ traced)."""
     return tx.update(grads, state, params)

@@ -249,14 +249,7 @@ def test_tensor_rms_nonfinite_reference(bad):
     [
         np.inf,
         -np.inf,
-        pytest.param(
-            np.nan,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="jax_backend._scaled_rms: scale = max|x| is NaN, `scale > 0` is "
-                "False, so it returns 0.0 for tensors containing NaN",
-            ),
-        ),
+        np.nan,
     ],
 )
 def test_tensor_rms_nonfinite_jax(bad):

@@ -20,7 +20,7 @@ import optax
 import pytest
 
 import mnemosyne
-from helpers import OPTIMIZERS, ranked_params, random_like
+from helpers import OPTIMIZERS, fast_jit, ranked_params, random_like
 
 NAMES = sorted(OPTIMIZERS)
 LEARNED = [n for n in NAMES if OPTIMIZERS[n].lopt is not None]
@@ -41,7 +41,7 @@ def _tx(name: str, wrapper: str = "plain"):
     raise ValueError(wrapper)
 
 
-@eqx.filter_jit
+@fast_jit
 def _step(tx, key, grads, state, params):
     TRACES[key] += 1  # runs only while tracing
     return tx.update(grads, state, params)

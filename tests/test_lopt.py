@@ -1,0 +1,206 @@
+"""Learned-optimizer behaviour: meta-gradients, input errors, non-finite skips, state size."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mnemosyne
+from helpers import LOPTS, assert_tree_equal, fast_jit, jit_tx_update, random_like, ranked_params
+
+NAMES = sorted(LOPTS)
+
+
+# ----------------------------------------------------------------------------
+# Meta-gradients reach θ (and only the trainable part of it)
+# ----------------------------------------------------------------------------
+
+UNROLL = 3
+
+
+def _unroll_loss(lopt, p0, target, curvature):
+    """Sum of the quadratic loss along a short unroll driven by `lopt.update`."""
+
+    def body(carry, _):
+        p, state = carry
+        grads = {"w": curvature * (p - target)}
+        updates, state = lopt.update(grads, state, {"w": p})
+        p = p + updates["w"]
+        return (p, state), 0.5 * jnp.sum(curvature * (p - target) ** 2)
+
+    state = lopt.init({"w": p0})
+    _, losses = jax.lax.scan(body, (p0, state), None, length=UNROLL)
+    return jnp.sum(losses)
+
+
+@fast_jit
+def _meta_grad(lopt, p0, target, curvature):
+    return eqx.filter_grad(_unroll_loss)(lopt, p0, target, curvature)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_meta_gradients_reach_theta(name):
+    lopt = LOPTS[name]()
+    rng = np.random.default_rng(0)
+    # 20 coordinates: > chunk_len^1 so every encoder level attends over >= 2 tokens
+    p0 = jnp.asarray(rng.standard_normal((4, 5)), jnp.float32)
+    target = jnp.asarray(rng.standard_normal((4, 5)), jnp.float32)
+    curvature = jnp.asarray(np.geomspace(0.1, 10.0, 20).reshape(4, 5), jnp.float32)
+    grads = _meta_grad(lopt, p0, target, curvature)
+
+    spec = mnemosyne.trainable_filter(lopt)
+    lopt_leaves = jax.tree_util.tree_flatten_with_path(lopt)[0]
+    spec_leaves = jax.tree.leaves(spec)
+    grad_leaves = jax.tree.leaves(grads, is_leaf=lambda x: x is None)
+    assert len(lopt_leaves) == len(spec_leaves) == len(grad_leaves)
+    num_trainable = num_frozen = 0
+    for (path, _), trainable, grad in zip(lopt_leaves, spec_leaves, grad_leaves):
+        where = jax.tree_util.keystr(path)
+        if trainable:
+            num_trainable += 1
+            assert grad is not None, where
+            grad = np.asarray(grad)
+            assert np.all(np.isfinite(grad)), where
+            assert np.any(grad != 0), f"no meta-gradient reaches {where}"
+        else:
+            num_frozen += 1
+            assert ".omega" in where, where  # only the random projections are frozen
+            assert grad is None or np.all(np.asarray(grad) == 0), where
+    assert num_trainable > 5 and num_frozen >= 1
+
+
+def test_trainable_filter_marks_frozen(getkey):
+    lopt = LOPTS["tensorwise"]()
+    spec = mnemosyne.trainable_filter(lopt)
+    assert spec.memory.features.omega.value is False
+    assert all(block.features.omega.value is False for block in spec.encoder.levels)
+    assert spec.memory.query is True and spec.head.w1 is True
+    frozen = mnemosyne.Frozen(jnp.ones(3))
+    assert jax.grad(lambda f: jnp.sum(f.get() ** 2))(frozen).value.tolist() == [0.0] * 3
+
+
+# ----------------------------------------------------------------------------
+# Input errors
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_input_errors(name):
+    lopt = LOPTS[name]()
+    params = {"a": jnp.ones(3), "b": {"c": jnp.ones((2, 2))}}
+    state = lopt.init(params)
+    good = jax.tree.map(jnp.ones_like, params)
+
+    with pytest.raises(TypeError, match=r"\['b'\]\['c'\].*int32"):
+        lopt.update({"a": good["a"], "b": {"c": jnp.ones((2, 2), jnp.int32)}}, state, params)
+    with pytest.raises(TypeError, match=r"\['a'\].*bool"):
+        lopt.update({"a": jnp.ones(3, bool), "b": good["b"]}, state, params)
+    with pytest.raises(TypeError, match=r"\['a'\] is complex"):
+        lopt.update({"a": jnp.ones(3, jnp.complex64), "b": good["b"]}, state, params)
+    with pytest.raises(ValueError, match=r"\['b'\]\['d'\]"):
+        lopt.update(good, state, {"a": params["a"], "b": {"d": params["b"]["c"]}})
+    with pytest.raises(ValueError, match=r"shape mismatch at \['b'\]\['c'\]"):
+        lopt.update(good, state, {"a": params["a"], "b": {"c": jnp.ones((2, 3))}})
+    with pytest.raises(ValueError, match="reads the parameters"):
+        lopt.update(good, state, None)
+    with pytest.raises(ValueError, match="state does not match"):
+        lopt.update({"x": jnp.ones(3)}, state, {"x": jnp.ones(3)})
+
+
+# ----------------------------------------------------------------------------
+# Non-finite gradients: the step is skipped, training continues
+# ----------------------------------------------------------------------------
+
+
+def _grads(seed):
+    g = random_like({k: v for k, v in ranked_params().items() if v is not None}, seed)
+    g["none"] = None
+    return g
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param([("matrix", np.nan)], id="nan"),
+        pytest.param([("scalar", np.inf), ("tensor3", -np.inf)], id="inf"),
+        pytest.param([("vector", np.nan), ("matrix", np.inf)], id="nan+inf"),
+    ],
+)
+@pytest.mark.parametrize("name", NAMES)
+def test_nonfinite_gradient_skips_step(name, bad):
+    tx = mnemosyne.scale_by_mnemosyne(LOPTS[name]())
+    params = ranked_params(jnp.float32, seed=7)  # the template of test_backends: same compile
+    state0 = tx.init(params)
+    _, state1 = jit_tx_update(tx, _grads(0), state0, params)
+    expected_next, expected_state2 = jit_tx_update(tx, _grads(1), state1, params)
+
+    grads = _grads(2)
+    for leaf, value in bad:
+        grads[leaf] = grads[leaf].at[(0,) * grads[leaf].ndim].set(value)
+    updates, skipped = jit_tx_update(tx, grads, state1, params)
+    for u in jax.tree.leaves(updates):
+        assert np.all(np.asarray(u) == 0), bad
+    assert int(skipped.step) == int(state1.step) == 1
+    assert int(skipped.skipped) == int(state1.skipped) + 1 == 1
+    assert_tree_equal(skipped.memory, state1.memory)
+    # training continues exactly as if the bad step had not happened
+    following, state2 = jit_tx_update(tx, _grads(1), skipped, params)
+    assert_tree_equal(following, expected_next)
+    assert_tree_equal(state2.memory, expected_state2.memory)
+    assert int(state2.step) == 2 and int(state2.skipped) == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nonfinite_gradient_skips_step_reference(name):
+    """The NumPy reference backend skips NaN and Inf steps alike."""
+    lopt = LOPTS[name]()
+    params = {"a": jnp.ones(3), "b": jnp.ones((2, 2))}
+    state = lopt.init(params)
+    for value in (np.nan, np.inf):
+        grads = {"a": jnp.asarray([1.0, value, 2.0]), "b": jnp.ones((2, 2))}
+        with np.errstate(invalid="ignore"):
+            updates, new = lopt.update(grads, state, params, backend="numpy")
+        assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
+        assert int(new.step) == 0 and int(new.skipped) == 1
+        assert_tree_equal(jax.tree.map(np.asarray, new.memory), jax.tree.map(np.asarray, state.memory))
+
+
+# ----------------------------------------------------------------------------
+# State size
+# ----------------------------------------------------------------------------
+
+
+REALISTIC = {
+    "conv": {"kernel": jax.ShapeDtypeStruct((3, 3, 16, 32), jnp.float32), "bias": jax.ShapeDtypeStruct((32,), jnp.float32)},
+    "dense": [jax.ShapeDtypeStruct((512, 128), jnp.bfloat16), jax.ShapeDtypeStruct((128,), jnp.float32)],
+    "norm_scale": jax.ShapeDtypeStruct((), jnp.float32),
+    "frozen": None,
+}
+
+
+def _measured_floats_per_parameter(lopt, params):
+    state = jax.eval_shape(lopt.init, params)
+    floats = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.memory))
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    return floats / n
+
+
+def test_default_state_is_four_floats_per_parameter():
+    lopt = mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(1))
+    assert lopt.state_floats_per_parameter(REALISTIC) == 4.0
+    assert _measured_floats_per_parameter(lopt, REALISTIC) == 4.0
+    state = jax.eval_shape(lopt.init, REALISTIC)
+    assert state.memory["frozen"] is None
+    assert state.memory["dense"][0].numerator.dtype == jnp.float32  # bf16 params: f32 state
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_floats_per_parameter_matches_measured(name):
+    lopt = LOPTS[name]()
+    expected = _measured_floats_per_parameter(lopt, REALISTIC)
+    assert lopt.state_floats_per_parameter(REALISTIC) == pytest.approx(expected, rel=1e-12)
+    if name == "tensorwise":
+        assert expected < 1.0  # memory per meta-token, not per coordinate
