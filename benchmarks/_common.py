@@ -33,8 +33,10 @@ NUM_BLOCKS = 4
 # --------------------------------------------------------------------------- #
 
 
-def block_width(num_params: int, num_blocks: int = NUM_BLOCKS) -> int:
-    """Width `d` (a multiple of 8) such that `num_blocks` blocks have ~`num_params`."""
+def block_width(num_params: int, num_blocks: int | None = None) -> int:
+    """Width `d` (a multiple of 8) such that `num_blocks` blocks (default
+    `NUM_BLOCKS`) have about `num_params` parameters."""
+    num_blocks = NUM_BLOCKS if num_blocks is None else num_blocks
     # per block: 12 d^2 weights + 13 d biases/norm parameters
     d = (-13 + math.sqrt(169 + 48 * num_params / num_blocks)) / 24
     return max(8, int(round(d / 8)) * 8)

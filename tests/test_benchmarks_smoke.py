@@ -1,0 +1,105 @@
+"""The benchmarks never rot: every asv benchmark method runs once, at the smallest
+size (one transformer block, 1e4 parameters, mlp_digits, tiny meta-trainer), and
+the standalone table script runs. No timing assertions."""
+
+import importlib
+import inspect
+import itertools
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "benchmarks"
+MODULES = sorted(p.stem for p in BENCH_DIR.glob("bench_*.py"))
+PREFIXES = ("time_", "track_", "peakmem_", "mem_", "timeraw_")
+# smallest values for the size-like parameters; others run every value
+SMALL = {"num_params": [10**4], "task": ["mlp_digits"], "dtype": ["float32"]}
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def small(monkeypatch, tmp_path):
+    """Shrink the shared helpers and share compiled programs between benchmarks."""
+    common = importlib.import_module("benchmarks._common")
+    monkeypatch.setattr(common, "NUM_BLOCKS", 1)
+    monkeypatch.setitem(sys.modules, "_common", common)  # what timeraw code imports
+    orig_ratio = common.update_ratio
+    orig_train = common.train_step_ratio
+    monkeypatch.setattr(common, "update_ratio", lambda *a, **k: orig_ratio(*a, **{**k, "repeats": 1}))
+    monkeypatch.setattr(common, "train_step_ratio", lambda *a, **k: orig_train(*a, **{**k, "repeats": 1}))
+    monkeypatch.setattr(common, "auto_number", lambda fn, target_s=0.0: 1)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax-cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield common
+    jax.config.update("jax_compilation_cache_dir", None)
+
+
+def _cases():
+    for mod_name in MODULES:
+        module = importlib.import_module(f"benchmarks.{mod_name}")
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__:
+                continue
+            methods = [m for m in dir(cls) if m.startswith(PREFIXES)]
+            if methods:
+                yield pytest.param(mod_name, cls_name, id=f"{mod_name}.{cls_name}")
+
+
+def _param_combos(cls):
+    names = list(getattr(cls, "param_names", []))
+    values = getattr(cls, "params", [])
+    if names and values and not isinstance(values[0], list):
+        values = [values]
+    lists = [SMALL.get(n, v) for n, v in zip(names, values, strict=True)]
+    return list(itertools.product(*lists)) if names else [()]
+
+
+@pytest.mark.parametrize("mod_name,cls_name", list(_cases()))
+def test_benchmark_runs(small, monkeypatch, mod_name, cls_name):
+    module = importlib.import_module(f"benchmarks.{mod_name}")
+    cls = getattr(module, cls_name)
+    for attr, value in {"small": True, "stream_size": 10**5, "num_params": 10**4, "num_steps": 2}.items():
+        if hasattr(cls, attr):
+            monkeypatch.setattr(cls, attr, value)
+    ran = 0
+    for combo in _param_combos(cls):
+        bench = cls()
+        try:
+            if hasattr(bench, "setup"):
+                bench.setup(*combo)
+        except NotImplementedError:
+            continue  # asv's skip
+        for name in (m for m in dir(cls) if m.startswith(PREFIXES)):
+            out = getattr(bench, name)(*combo)
+            if name.startswith("track_"):
+                assert isinstance(out, (int, float))
+            if name.startswith("timeraw_"):
+                stmt, setup = out
+                namespace: dict = {}
+                exec(setup, namespace)
+                exec(stmt, namespace)
+            ran += 1
+    assert ran or mod_name == "bench_quality"
+
+
+def test_update_ratio_script(small):
+    module = importlib.import_module("benchmarks.update_ratio")
+    assert module.main(["--sizes", "1e4", "--repeats", "1", "--stream-size", "1e5", "--no-train"]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("asv") is None and
+                    importlib.util.find_spec("asv") is None, reason="asv not installed")
+def test_asv_check():
+    asv = [sys.executable, "-m", "asv"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    subprocess.run([*asv, "machine", "--yes"], cwd=ROOT, check=True, env=env)
+    subprocess.run([*asv, "check", "--python=same"], cwd=ROOT, check=True, env=env)
