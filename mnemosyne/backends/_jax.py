@@ -71,9 +71,10 @@ def _scaled_rms(x, axis_names):
     """Two passes: scale by the largest magnitude first, so nothing overflows."""
     count = _psum(jnp.asarray(x.size, x.dtype), axis_names)
     scale = _pmax(jnp.max(jnp.abs(x), initial=0.0), axis_names)
-    safe = jnp.where(scale > 0, scale, 1.0)
+    # scale == 0: an all-zero tensor; a NaN scale must propagate (bad gradient)
+    safe = jnp.where(scale == 0, 1.0, scale)
     sq = _psum(jnp.sum(jnp.square(x / safe)), axis_names)
-    return jnp.where(scale > 0, safe * jnp.sqrt(sq / jnp.maximum(count, 1)), 0.0)
+    return jnp.where(scale == 0, 0.0, safe * jnp.sqrt(sq / jnp.maximum(count, 1)))
 
 
 def tensor_rms(x, axis_names=None):
