@@ -1,0 +1,162 @@
+"""Saving and loading θ: round trips, refusals with clear errors, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mnemosyne
+from helpers import LOPTS, assert_tree_equal, ranked_params, random_like
+from mnemosyne import _serialisation
+
+NAMES = sorted(LOPTS)
+MAGIC = b"MNEMOSYNE-WEIGHTS\n"
+
+
+def _perturbed(name):
+    """The optimizer with every θ leaf moved off its initial value (so a load that
+    silently rebuilt the initial module from the config would be caught)."""
+    lopt = LOPTS[name]()
+    leaves, treedef = jax.tree.flatten(lopt)
+    rng = np.random.default_rng(0)
+    leaves = [x + jnp.asarray(0.01 * rng.standard_normal(x.shape), x.dtype) for x in leaves]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def _split(data: bytes):
+    assert data.startswith(MAGIC)
+    header, _, payload = data[len(MAGIC):].partition(b"\n")
+    return json.loads(header), payload
+
+
+def _join(header: dict, payload: bytes) -> bytes:
+    return MAGIC + json.dumps(header).encode() + b"\n" + payload
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_round_trip(name, tmp_path):
+    lopt = _perturbed(name)
+    path = tmp_path / "weights.eqx"
+    mnemosyne.save(path, lopt)
+    loaded = mnemosyne.load(path)
+    assert type(loaded) is type(lopt)
+    assert loaded.config == lopt.config
+    assert jax.tree.structure(loaded) == jax.tree.structure(lopt)
+    assert_tree_equal(jax.tree.leaves(loaded), jax.tree.leaves(lopt))
+    # identical updates (NumPy reference backend: no compile needed)
+    params = ranked_params(jnp.float32, seed=3)
+    grads = random_like({k: v for k, v in params.items() if v is not None}, seed=4)
+    grads["none"] = None
+    outputs = []
+    for opt in (lopt, loaded):
+        u, s = opt.update(grads, opt.init(params), params, backend="numpy")
+        outputs.append((u, s.memory))
+    assert_tree_equal(outputs[0], outputs[1])
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "weights.eqx"
+    mnemosyne.save(path, LOPTS["coordinatewise"]())
+    return path
+
+
+def test_truncated_file(saved):
+    data = saved.read_bytes()
+    saved.write_bytes(data[:-10])
+    with pytest.raises(mnemosyne.WeightsFileError, match="truncated"):
+        mnemosyne.load(saved)
+    saved.write_bytes(data[: len(MAGIC) + 5])  # cut inside the header
+    with pytest.raises(mnemosyne.WeightsFileError, match="header is truncated"):
+        mnemosyne.load(saved)
+
+
+def test_not_a_weights_file(tmp_path):
+    path = tmp_path / "model.npz"
+    np.savez(path, a=np.ones(3))
+    with pytest.raises(mnemosyne.WeightsFileError, match="not a Mnemosyne weights file"):
+        mnemosyne.load(path)
+    empty = tmp_path / "empty.eqx"
+    empty.write_bytes(b"")
+    with pytest.raises(mnemosyne.WeightsFileError, match="not a Mnemosyne weights file"):
+        mnemosyne.load(empty)
+    with pytest.raises(FileNotFoundError):
+        mnemosyne.load(tmp_path / "missing.eqx")
+
+
+def test_future_format_version(saved):
+    header, payload = _split(saved.read_bytes())
+    header["format_version"] = _serialisation.FORMAT_VERSION + 1
+    saved.write_bytes(_join(header, payload))
+    with pytest.raises(mnemosyne.WeightsFileError, match=r"format version 2.*upgrade"):
+        mnemosyne.load(saved)
+
+
+def test_corrupted_payload(saved):
+    data = bytearray(saved.read_bytes())
+    data[-7] ^= 0x01  # flip one bit of the payload
+    saved.write_bytes(bytes(data))
+    with pytest.raises(mnemosyne.WeightsFileError, match="checksum"):
+        mnemosyne.load(saved)
+
+
+def test_payload_does_not_match_config(saved):
+    header, payload = _split(saved.read_bytes())
+    header["config"]["d_model"] = 2 * header["config"]["d_model"]  # checksum still valid
+    saved.write_bytes(_join(header, payload))
+    with pytest.raises(mnemosyne.WeightsFileError, match="do not match the configuration"):
+        mnemosyne.load(saved)
+
+
+def test_unknown_class(saved):
+    header, payload = _split(saved.read_bytes())
+    header["class"] = "SomethingElse"
+    saved.write_bytes(_join(header, payload))
+    with pytest.raises(mnemosyne.WeightsFileError, match="unknown optimizer class"):
+        mnemosyne.load(saved)
+
+
+def test_unregistered_module_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="not a registered"):
+        mnemosyne.save(tmp_path / "x.eqx", mnemosyne.Frozen(jnp.ones(2)))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_save_is_atomic(tmp_path, monkeypatch, existing):
+    """A failure at the final rename leaves no file (or the old file, untouched)
+    at the destination and no temporary files behind."""
+    path = tmp_path / "weights.eqx"
+    if existing:
+        path.write_bytes(b"old contents")
+
+    def failing_replace(src, dst):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated"):
+        mnemosyne.save(path, LOPTS["coordinatewise"]())
+    monkeypatch.undo()
+    if existing:
+        assert path.read_bytes() == b"old contents"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.eqx"]
+    else:
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_save_overwrites_and_creates_folders(tmp_path):
+    path = tmp_path / "nested" / "dir" / "weights.eqx"
+    mnemosyne.save(path, LOPTS["coordinatewise"]())
+    first = path.read_bytes()
+    mnemosyne.save(path, _perturbed("coordinatewise"))
+    assert path.read_bytes() != first
+    assert sorted(p.name for p in path.parent.iterdir()) == ["weights.eqx"]
+
+
+def test_pretrained_missing_name():
+    with pytest.raises(FileNotFoundError, match="no pretrained weights named"):
+        mnemosyne.pretrained("definitely-not-shipped")
