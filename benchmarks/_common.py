@@ -179,7 +179,12 @@ def state_floats_per_param(name: str, num_params: int = 10**6) -> float:
         state = optax.adam(1e-3).init(params)
         floats = sum(x.size for x in jax.tree.leaves(state) if x.ndim > 0)
         return floats / count_params(params)
-    return float(make_lopt(name).state_floats_per_parameter(params))
+    lopt = make_lopt(name)
+    if hasattr(lopt, "state_floats_per_parameter"):
+        return float(lopt.state_floats_per_parameter(params))
+    state = lopt.init(params)  # e.g. the LSTM optimizer: count the state's floats
+    floats = sum(x.size for x in jax.tree.leaves(state) if hasattr(x, "ndim") and x.ndim > 0)
+    return floats / count_params(params)
 
 
 # --------------------------------------------------------------------------- #
