@@ -96,6 +96,18 @@ def tensor_rms(x, axis_names=None):
     return jax.lax.cond(trusted, lambda: fast, lambda: _scaled_rms(x, None))
 
 
+def segment_rms(x, segment_ids, num_segments):
+    """`tensor_rms` per segment of a packed vector; see the NumPy reference."""
+    count = np.bincount(np.asarray(segment_ids), minlength=num_segments)
+    segment_ids = jnp.asarray(segment_ids)
+    seg_sum = lambda v: jax.ops.segment_sum(v, segment_ids, num_segments)
+    scale = jnp.maximum(jax.ops.segment_max(jnp.abs(x), segment_ids, num_segments), 0.0)
+    safe = jnp.where(scale == 0, 1.0, scale)
+    sq = seg_sum(jnp.square(x / safe[segment_ids]))
+    poison = seg_sum(x * 0.0)  # NaN where a segment is not finite
+    return jnp.where(scale == 0, 0.0, safe * jnp.sqrt(sq / np.maximum(count, 1))) + poison
+
+
 def step_embedding(step, timescales, dtype=jnp.float32):
     """Eq. (F), shared block; see the NumPy reference."""
     return jnp.tanh(jnp.asarray(step, dtype) / jnp.asarray(timescales, dtype))

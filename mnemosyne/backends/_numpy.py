@@ -82,6 +82,22 @@ def tensor_rms(x: np.ndarray, axis_names=None) -> np.ndarray:
     return scale * np.sqrt(np.mean((x / scale) ** 2))
 
 
+def segment_rms(x, segment_ids, num_segments):
+    """`tensor_rms` of several tensors packed into one vector: entry `s` is the
+    RMS of `x[segment_ids == s]` (overflow-safe; NaN if the segment has a NaN
+    or infinite entry)."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        scale = np.zeros(num_segments)
+        np.maximum.at(scale, segment_ids, np.abs(x))
+        safe = np.where(scale == 0, 1.0, scale)
+        sq = np.zeros(num_segments)
+        np.add.at(sq, segment_ids, (x / safe[segment_ids]) ** 2)
+        count = np.bincount(segment_ids, minlength=num_segments)
+        poison = np.zeros(num_segments)
+        np.add.at(poison, segment_ids, x * 0.0)  # NaN where a segment is not finite
+        return np.where(scale == 0, 0.0, safe * np.sqrt(sq / np.maximum(count, 1))) + poison
+
 def step_embedding(step, timescales, dtype=np.float64) -> np.ndarray:
     """Eq. (F), shared block: $e_j(t) = \\tanh(t / T_j)$ for each timescale $T_j$.
     The same for every coordinate of every tensor."""
@@ -219,7 +235,7 @@ def cam_read(numerator, normaliser, phi_q, eps):
     num = np.einsum("hr...,hrv...->hv...", phi_q, numerator)
     den = np.einsum("hr...,hr...->h...", phi_q, normaliser)
     out = num / (den[:, None] + eps)
-    return out.reshape((-1,) + out.shape[2:])  # heads * d_v rows, head-major
+    return out.reshape((out.shape[0] * out.shape[1],) + out.shape[2:])  # H*d_v rows, head-major
 
 
 def memory_arrays(numerator, normaliser):
