@@ -1,0 +1,80 @@
+"""Meta-training presets and the shipped pretrained weights."""
+
+import json
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import mnemosyne
+from mnemosyne.meta import PRESETS, list_presets, train_preset
+from mnemosyne.tasks import HELD_OUT_KINDS, get_task, list_tasks
+
+
+def _losses(task, tx, steps, seed=0):
+    k_init, k_data = jax.random.split(jax.random.key(seed))
+    params = task.init(k_init)
+
+    def step(carry, key):
+        p, s = carry
+        loss, g = jax.value_and_grad(task.loss)(p, task.sample_batch(key))
+        u, s = tx.update(g, s, p)
+        return (optax.apply_updates(p, u), s), loss
+
+    run = jax.jit(lambda p, s: jax.lax.scan(step, (p, s), jax.random.split(k_data, steps))[1])
+    return np.asarray(run(params, tx.init(params)))
+
+
+def test_presets_listed_and_hold_out_kinds():
+    assert {"default", "lstm", "lstm_multiscale", "quick"} <= set(list_presets())
+    default = PRESETS["default"]
+    assert default.held_out_kinds == HELD_OUT_KINDS
+    assert not default.family.kinds & HELD_OUT_KINDS
+    for name in ("lstm", "lstm_multiscale"):  # same meta-training budget
+        p = PRESETS[name]
+        assert p.family == default.family and p.estimator == default.estimator
+        assert p.trainer == default.trainer and p.num_outer_steps == default.num_outer_steps
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown preset"):
+        train_preset("nope")
+
+
+def test_quick_preset_end_to_end(tmp_path):
+    out = tmp_path / "quick.eqx"
+    lopt, history = train_preset("quick", output=out, checkpoint_dir=tmp_path / "ck", progress=False)
+    assert len(history["meta_loss"]) == PRESETS["quick"].num_outer_steps
+    loaded = mnemosyne.load(out)
+    assert type(loaded) is type(lopt)
+    record = json.loads((tmp_path / "quick.eqx.json").read_text())
+    assert record["preset"] == "quick"
+    assert record["num_outer_steps"] == PRESETS["quick"].num_outer_steps
+    assert set(record["held_out_kinds"]) == set(HELD_OUT_KINDS)
+    assert record["machine"]["cpu_count"] == __import__("os").cpu_count()
+    assert (tmp_path / "quick.eqx.png").is_file()
+    # resuming a finished run is a no-op that returns the same θ
+    again, _ = train_preset("quick", checkpoint_dir=tmp_path / "ck", progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(lopt), jax.tree.leaves(again)))
+
+
+def test_shipped_default_weights_reduce_every_suite_loss():
+    mnemosyne.pretrained("default")
+    tx = mnemosyne.mnemosyne()
+    for name in list_tasks():
+        losses = _losses(get_task(name), tx, 100)
+        assert np.all(np.isfinite(losses)), name
+        assert losses[-10:].mean() < losses[0], (name, losses[0], losses[-10:].mean())
+
+
+@pytest.mark.parametrize("variant", ["gradient", "multiscale"])
+def test_shipped_lstm_weights_reduce_loss(variant):
+    from mnemosyne._serialisation import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / ("lstm.eqx" if variant == "gradient" else "lstm_multiscale.eqx")).is_file():
+        pytest.skip(f"no shipped weights for the {variant} LSTM yet")
+    tx = mnemosyne.baselines.lstm(variant=variant)
+    for name in ("quadratic", "mlp_iris"):
+        losses = _losses(get_task(name), tx, 100)
+        assert losses[-10:].mean() < losses[0], (variant, name)
