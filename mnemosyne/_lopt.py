@@ -219,7 +219,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         for i, (g, p, m, a) in enumerate(zip(g_leaves, p_leaves, m_leaves, a_leaves)):
             if g is None:
                 continue
-            if self.packs_small_leaves and a is None and g.size <= PACK_MAX_SIZE:
+            packable = a is None and g.size <= PACK_MAX_SIZE and not _is_split(g)
+            if self.packs_small_leaves and packable:
                 groups.setdefault((np.dtype(g.dtype), m.numerator.dtype), []).append(i)
             else:
                 outputs[i] = self._leaf_step_cast(g, p, m, step, B, a)
@@ -490,6 +491,14 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         if B.xp is jnp and spec is not None:
             update = jax.reshard(update, spec)
         return update, memory, g_rms
+
+
+def _is_split(x) -> bool:
+    """Whether `x` is split across devices of an Explicit-axes mesh."""
+    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None) if isinstance(
+        x, jax.Array
+    ) else None
+    return spec is not None and any(s is not None for s in spec)
 
 
 def _replicate_explicit(*arrays):
