@@ -255,7 +255,9 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             piece = lambda a, lead: a[..., start:start + n].reshape(a.shape[:lead] + grad.shape)
             outputs.append((
                 piece(update, 0).astype(grad.dtype),
-                MemoryState(piece(memory.numerator, 3), piece(memory.normaliser, 2)),
+                _as_dtype(
+                    MemoryState(piece(memory.numerator, 3), piece(memory.normaliser, 2)), dtype, B
+                ),
                 g_rms[i],
             ))
             start += n
@@ -268,7 +270,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         update, memory, grad_rms = self._leaf_step(
             B.asarray(grad, dtype), B.asarray(param, dtype), memory, step, B, axis_names
         )
-        return update.astype(out_dtype), memory, grad_rms
+        return update.astype(out_dtype), _as_dtype(memory, dtype, B), grad_rms
 
 
 def _follow_sharding(state: MemoryState, param, per_coordinate: bool) -> MemoryState:
@@ -491,6 +493,12 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         if B.xp is jnp and spec is not None:
             update = jax.reshard(update, spec)
         return update, memory, g_rms
+
+
+def _as_dtype(memory: MemoryState, dtype, B) -> MemoryState:
+    """The memory in the state's dtype (the float64 NumPy reference computes in
+    float64 but keeps the state's dtype stable across steps, as JAX does)."""
+    return MemoryState(*(B.asarray(a, dtype) for a in memory))
 
 
 def _is_split(x) -> bool:

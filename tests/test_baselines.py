@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+import mnemosyne
 from mnemosyne import trainable_filter
 from mnemosyne.baselines import (
     DEFAULT_GRID,
@@ -287,7 +288,7 @@ def test_pretrained_loading(tmp_path, monkeypatch):
             lstm(variant=variant)
         (tmp_path / "weights").mkdir(exist_ok=True)
         saved = LSTMOptimizer(features=variant, key=jax.random.key(7))
-        eqx.tree_serialise_leaves(tmp_path / "weights" / filename, saved)
+        mnemosyne.save(tmp_path / "weights" / filename, saved)
         loaded = lstm_module._load_pretrained(variant)
         for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(loaded), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
