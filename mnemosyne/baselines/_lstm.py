@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .._checks import check_float_leaves
 from .._lopt_base import AbstractLearnedOptimizer
 from .._serialisation import freeze_config, load, register_serialisable
 from .._types import OptState, Params, PRNGKeyArray, Updates
@@ -124,19 +125,6 @@ def _lstm_forward(xp, weights, x, cells):
         inputs = h
     out = _matmul(xp, weight_out, inputs) + bias_out
     return out, xp.stack(new_cells)
-
-
-def _check_leaf(leaf):
-    dtype = jnp.dtype(leaf.dtype)
-    if jnp.issubdtype(dtype, jnp.complexfloating):
-        raise TypeError(
-            f"LSTMOptimizer: complex parameters are not supported (got {dtype}); "
-            "split them into real and imaginary parts."
-        )
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"LSTMOptimizer: parameters must be floating point, got {dtype}"
-        )
 
 
 @register_serialisable
@@ -323,9 +311,7 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
 
     def init(self, params: Params) -> LSTMOptimizerState:
         """Zero cells (and EMAs) for every leaf; accepts `jax.ShapeDtypeStruct`s."""
-        leaves = jax.tree.leaves(params)
-        for leaf in leaves:
-            _check_leaf(leaf)
+        check_float_leaves(params, "params")
         lead = (self.num_layers, 2, self.hidden_size)
         cells = jax.tree.map(
             lambda p: jnp.zeros(lead + tuple(p.shape), jnp.float32), params
