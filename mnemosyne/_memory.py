@@ -32,8 +32,10 @@ class CompactAssociativeMemory(eqx.Module):
     Per head $h$, with token $\\xi_t$:
 
     $$q = W_Q \\xi_t,\\ k = W_K \\xi_t,\\ v = W_V \\xi_t \\qquad (2)$$
+
     $$N_t = e^{-\\tau_h} N_{t-1} + \\phi(k) v^\\top,\\quad
       \\Psi_t = e^{-\\tau_h} \\Psi_{t-1} + \\phi(k) \\qquad (4)$$
+
     $$o_t = \\frac{N_t^\\top \\phi(q)}{\\phi(q)^\\top \\Psi_t + \\varepsilon} \\qquad (5)$$
 
     i.e. causal linear (Performer) attention over the optimisation history with

@@ -16,14 +16,14 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 BOXES = {
     # name: (x, y, w, h, title, subtitle, colour)
-    "grad": (0.2, 3.2, 2.0, 0.9, "gradient g, params x", "one tensor, step t", "#eeeeee"),
+    "grad": (0.2, 3.2, 2.1, 0.9, "gradient g, params x", "one tensor, step t", "#eeeeee"),
     "feat": (2.8, 3.2, 2.4, 0.9, "features (F)", "g/rms(g), log/sign (L),\nx/rms(x), tanh(t/T)", "#dbe9f6"),
-    "tok": (5.8, 3.2, 2.0, 0.9, "tokens ξ = W_in f + b", "one per coordinate", "#dbe9f6"),
-    "hpe": (5.8, 1.6, 2.0, 1.0, "HPE (tensor-wise only)", "chunk → bidirectional\nPerformer → mean-pool, ×L", "#fde2c8"),
-    "cam": (8.4, 2.4, 2.6, 1.7, "CAM, per slot, H heads", "q,k,v = W ξ   (2)\nN ← e^(−τ)·N + φ(k)vᵀ   (4)\nΨ ← e^(−τ)·Ψ + φ(k)\no = Nᵀφ(q) / φ(q)ᵀΨ   (5)", "#d9f0d3"),
-    "head": (11.6, 3.2, 2.3, 0.9, "head (H)", "MLP + skip on [f, o] → d, s", "#e8dcf2"),
-    "out": (11.6, 1.6, 2.3, 0.9, "step (O)", "−α·d·exp(β·c·tanh(s/c))·lr", "#e8dcf2"),
-    "phi": (8.4, 0.6, 2.6, 0.9, "φ: hyperbolic random features", "(A.1), frozen orthogonal ω", "#d9f0d3"),
+    "tok": (5.7, 3.2, 2.6, 0.9, "tokens ξ = W_in f + b", "one per coordinate", "#dbe9f6"),
+    "hpe": (5.7, 1.6, 2.6, 1.0, "HPE (tensor-wise only)", "chunk → bidirectional\nPerformer → mean-pool, ×L", "#fde2c8"),
+    "cam": (8.9, 2.4, 3.0, 1.7, "CAM, per slot, H heads", "q,k,v = W ξ   (2)\nN ← e^(−τ)·N + φ(k)vᵀ   (4)\nΨ ← e^(−τ)·Ψ + φ(k)\no = Nᵀφ(q) / φ(q)ᵀΨ   (5)", "#d9f0d3"),
+    "head": (12.5, 3.2, 2.4, 0.9, "head (H)", "MLP + skip on [f, o] → d, s", "#e8dcf2"),
+    "out": (12.5, 1.6, 2.4, 0.9, "step (O)", "−α·d·exp(β·c·tanh(s/c))·lr", "#e8dcf2"),
+    "phi": (8.9, 0.6, 3.0, 0.9, "φ: hyperbolic random features", "(A.1), frozen orthogonal ω", "#d9f0d3"),
 }
 
 ARROWS = [
@@ -46,8 +46,8 @@ SIDES = {
 
 
 def draw(path: pathlib.Path) -> None:
-    fig, ax = plt.subplots(figsize=(12, 4.6))
-    ax.set_xlim(0, 14.1)
+    fig, ax = plt.subplots(figsize=(13, 4.6))
+    ax.set_xlim(0, 15.1)
     ax.set_ylim(0.3, 5.0)
     ax.axis("off")
     for name, (x, y, w, h, title, sub, colour) in BOXES.items():
@@ -62,7 +62,7 @@ def draw(path: pathlib.Path) -> None:
             kw["connectionstyle"] = "arc3,rad=-0.12"
         ax.add_patch(FancyArrowPatch(centre(a, sa), centre(b, sb), arrowstyle="-|>",
                                      mutation_scale=12, color="#333333", lw=1, **kw))
-    ax.text(9.7, 2.55, "memory state N, Ψ: r(d_v+1)H floats per slot\n"
+    ax.text(10.4, 2.55, "memory state N, Ψ: r(d_v+1)H floats per slot\n"
             "(slot = coordinate, or meta-token)", ha="center", va="bottom", fontsize=7, style="italic")
     ax.text(0.2, 0.55, "Equation labels as in docs/paper-to-code.md: (2),(4),(5),(A.1) from the paper's\n"
             "CAM as reconstructed; (F),(L),(H),(O) this library's choices.", fontsize=7.5, color="#555555")
