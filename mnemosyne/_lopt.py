@@ -143,12 +143,25 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         shared = B.step_embedding(step, self.step_timescales, grad.dtype)
         return coordinate, shared, g_rms
 
-    def init(self, params: Params) -> MnemosyneState:
+    def init(self, params: Params, *, memory_dtype: Any = None) -> MnemosyneState:
+        """Empty memory for `params`.
+
+        Args:
+            params: the parameters (arrays or `jax.ShapeDtypeStruct`s).
+            memory_dtype: dtype to *store* the memory in, e.g. `jnp.bfloat16`
+                to halve its footprint and traffic (like `mu_dtype` in
+                `optax.adam`); the step is still computed in float32 (float64
+                for float64 parameters). Default: that compute dtype.
+        """
+        if memory_dtype is not None and not jnp.issubdtype(memory_dtype, jnp.floating):
+            raise TypeError(f"memory_dtype must be a floating dtype, got {memory_dtype!r}")
+
         def leaf_state(p):
             if p is None:
                 return None
             shape, dtype = leaf_shape_dtype(p)
-            state = self.memory.init_state(self._memory_slots(shape), compute_dtype(dtype))
+            store = compute_dtype(dtype) if memory_dtype is None else np.dtype(memory_dtype)
+            state = self.memory.init_state(self._memory_slots(shape), store)
             return _follow_sharding(state, p, self._memory_slots(shape) == shape)
 
         memory = jax.tree.map(leaf_state, params, is_leaf=lambda x: x is None)
@@ -235,7 +248,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
 
     def _packed_step(self, grads, params, memories, step, B):
         """Update several small tensors as one vector (see `_step_leaves`)."""
-        dtype = memories[0].numerator.dtype
+        store = memories[0].numerator.dtype
+        dtype = _step_dtype(grads[0].dtype, store)
         sizes = [int(np.prod(g.shape)) for g in grads]
         segments = np.repeat(np.arange(len(sizes)), sizes)
         pack = lambda xs, lead: B.xp.concatenate(
@@ -256,7 +270,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             outputs.append((
                 piece(update, 0).astype(grad.dtype),
                 _as_dtype(
-                    MemoryState(piece(memory.numerator, 3), piece(memory.normaliser, 2)), dtype, B
+                    MemoryState(piece(memory.numerator, 3), piece(memory.normaliser, 2)), store, B
                 ),
                 g_rms[i],
             ))
@@ -266,11 +280,13 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     def _leaf_step_cast(self, grad, param, memory, step, backend, axis_names):
         B = backend
         out_dtype = grad.dtype
-        dtype = memory.numerator.dtype
+        store = memory.numerator.dtype
+        dtype = _step_dtype(grad.dtype, store)
         update, memory, grad_rms = self._leaf_step(
-            B.asarray(grad, dtype), B.asarray(param, dtype), memory, step, B, axis_names
+            B.asarray(grad, dtype), B.asarray(param, dtype), _as_dtype(memory, dtype, B), step, B,
+            axis_names,
         )
-        return update.astype(out_dtype), _as_dtype(memory, dtype, B), grad_rms
+        return update.astype(out_dtype), _as_dtype(memory, store, B), grad_rms
 
 
 def _follow_sharding(state: MemoryState, param, per_coordinate: bool) -> MemoryState:
@@ -493,6 +509,12 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         if B.xp is jnp and spec is not None:
             update = jax.reshard(update, spec)
         return update, memory, g_rms
+
+
+def _step_dtype(grad_dtype, memory_dtype):
+    """The dtype a step is computed in: at least float32, and at least the
+    precision of the stored memory."""
+    return np.dtype(jnp.promote_types(compute_dtype(grad_dtype), memory_dtype))
 
 
 def _as_dtype(memory: MemoryState, dtype, B) -> MemoryState:
