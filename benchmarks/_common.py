@@ -23,7 +23,9 @@ import mnemosyne.baselines
 import mnemosyne.meta
 import mnemosyne.tasks
 
-OPTIMIZERS = ("mnemosyne", "mnemosyne_tensorwise", "lstm", "adam")
+OPTIMIZERS = ("mnemosyne", "mnemosyne_bf16", "mnemosyne_tensorwise", "lstm", "adam")
+# optimizer name -> dtype its memory is stored in (default: the compute dtype)
+MEMORY_DTYPES = {"mnemosyne_bf16": jnp.bfloat16}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 NUM_BLOCKS = 4
 
@@ -105,7 +107,7 @@ def tree_bytes(tree) -> int:
 def make_lopt(name: str, *, seed: int = 0):
     """The learned optimizer module behind `name` (None for Adam)."""
     key = jax.random.key(seed)
-    if name == "mnemosyne":
+    if name in ("mnemosyne", "mnemosyne_bf16"):
         return mnemosyne.CoordinatewiseMnemosyne(key=key)
     if name == "mnemosyne_tensorwise":
         return mnemosyne.TensorwiseMnemosyne(key=key)
@@ -122,7 +124,7 @@ def make_optimizer(name: str, *, seed: int = 0) -> optax.GradientTransformation:
         return optax.adam(1e-3)
     lopt = make_lopt(name, seed=seed)
     if name.startswith("mnemosyne"):
-        return mnemosyne.scale_by_mnemosyne(lopt)
+        return mnemosyne.scale_by_mnemosyne(lopt, memory_dtype=MEMORY_DTYPES.get(name))
     return mnemosyne.as_gradient_transformation(lopt)
 
 
@@ -322,25 +324,29 @@ def pretrained_or_skip(name: str = "default"):
 
 
 def make_meta_trainer(small: bool = False):
-    """The default preset's MetaTrainer if `mnemosyne.meta.PRESETS` exists; otherwise
-    (or with `small=True`, for smoke tests) a small MetaTrainer built directly."""
-    from mnemosyne import meta
-
-    presets = getattr(meta, "PRESETS", None)
-    if presets is not None and not small and hasattr(meta, "make_trainer"):
-        return meta.make_trainer("default")  # pragma: no cover - depends on presets API
+    """A `MetaTrainer` for timing outer steps: the `default` preset's (its
+    optimizer, task family, estimator and settings), or a tiny one on
+    `mlp_digits` for smoke tests."""
+    meta = mnemosyne.meta
     lopt = mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0))
-    task = mnemosyne.tasks.get_task("mlp_digits")
     if small:
+        task = mnemosyne.tasks.get_task("mlp_digits")
         return meta.MetaTrainer(lopt, task, num_tasks=1, unroll_length=2, horizon=4, key=jax.random.key(0))
-    return meta.MetaTrainer(lopt, task, num_tasks=8, unroll_length=20, horizon=100, key=jax.random.key(0))
+    preset = meta.PRESETS["default"]
+    k_lopt, k_train = jax.random.split(jax.random.key(preset.seed))
+    return meta.MetaTrainer(
+        preset.make_lopt(k_lopt), preset.family, preset.estimator, key=k_train, **preset.trainer
+    )
 
 
-def run_quality(task_name: str, lopt, num_steps: int, *, seed: int = 0) -> float:
+def run_quality(task_name: str, lopt, num_steps: int, *, seed: int = 0, memory_dtype=None) -> float:
     """Final training loss of `task_name` after `num_steps` steps with `lopt`
     (a learned optimizer module, or None for Adam at lr 1e-3), fixed seed."""
     task = mnemosyne.tasks.get_task(task_name)
-    tx = optax.adam(1e-3) if lopt is None else mnemosyne.mnemosyne(lopt=lopt)
+    if lopt is None:
+        tx = optax.adam(1e-3)
+    else:
+        tx = mnemosyne.mnemosyne(lopt=lopt, memory_dtype=memory_dtype)
     params = task.init(jax.random.key(seed))
     state = tx.init(params)
 

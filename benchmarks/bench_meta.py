@@ -7,8 +7,7 @@ from ._common import make_meta_trainer
 
 class OuterStep:
     """Wall time of one meta-training outer step (compile excluded: `setup`
-    takes the first step). Uses `mnemosyne.meta` presets when they exist,
-    otherwise a MetaTrainer on mlp_digits (8 tasks, unroll 20, horizon 100)."""
+    takes the first step) of the `default` meta-training preset."""
 
     timeout = 1200
     number = 1
