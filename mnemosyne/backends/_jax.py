@@ -193,6 +193,12 @@ def hyperbolic_features(z, omega):
 def hyperbolic_query_features(z, omega):
     """Eq. (A.1) scaled so the largest entry is 1; see the NumPy reference."""
     proj = _project(z, omega)
+    if len(proj) == 1:
+        # one projection (r = 2, the default): the largest of p and -p is |p|,
+        # so the features are 1 and exp(-2|p|): one exp instead of two, same values
+        (p,) = proj
+        small = jnp.exp(-2.0 * jnp.abs(p))
+        return [jnp.where(p >= 0, 1.0, small), jnp.where(p >= 0, small, 1.0)]
     both = proj + [-p for p in proj]
     largest = both[0]
     for b in both[1:]:
