@@ -93,15 +93,24 @@ def cam_errors(keys, values, queries, beta, tau, omega, snapshots):
     return out
 
 
-def run(quick: bool, out_dir: pathlib.Path):
-    seeds = (0, 1) if quick else (0, 1, 2)
-    Ls = [1, 2, 4, 8, 16, 32, 64, 128, 256] if quick else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
-    dims = (16, 32) if quick else (16, 32, 64)
-    rs = (16, 64, 256) if quick else (16, 64, 256, 1024)
-    betas = (1.0, 4.0) if quick else (1.0, 2.0, 4.0, 8.0, 16.0)
-    taus = (0.0, 0.01, 0.1)
-    noises = (0.0, 0.3) if quick else (0.0, 0.1, 0.3, 0.5)
-    base_d, base_beta = 32, 4.0
+FULL = dict(
+    seeds=(0, 1, 2), Ls=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), dims=(16, 32, 64),
+    rs=(16, 64, 256, 1024), betas=(1.0, 2.0, 4.0, 8.0, 16.0), taus=(0.0, 0.01, 0.1),
+    noises=(0.0, 0.1, 0.3, 0.5), base_d=32, base_beta=4.0,
+)
+QUICK = dict(
+    FULL, seeds=(0, 1), Ls=(1, 2, 4, 8, 16, 32, 64, 128, 256), dims=(16, 32),
+    rs=(16, 64, 256), betas=(1.0, 4.0), noises=(0.0, 0.3),
+)
+
+
+def run(grid: dict = FULL):
+    """Measure every configuration of `grid` (see `FULL`); `base_d` and
+    `base_beta` must be among its `dims` and `betas`."""
+    seeds, dims, rs, betas = grid["seeds"], grid["dims"], grid["rs"], grid["betas"]
+    Ls, taus, noises = list(grid["Ls"]), grid["taus"], grid["noises"]
+    base_d, base_beta = grid["base_d"], grid["base_beta"]
+    quick = grid == QUICK
     snapshots = set(Ls)
     Lmax = max(Ls)
     records = []
@@ -240,7 +249,7 @@ def plot(result, out_dir: pathlib.Path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller grid (under a minute)")
+    parser.add_argument("--quick", action="store_true", help="smaller grid (about a minute)")
     parser.add_argument("--out", default="docs/images", help="folder for the PNGs")
     parser.add_argument("--json", default=None, help="where to write the numbers "
                         "(default: <out>/cam_capacity.json)")
@@ -248,7 +257,7 @@ def main(argv=None):
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    result = run(args.quick, out_dir)
+    result = run(QUICK if args.quick else FULL)
     result["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
     json_path = pathlib.Path(args.json) if args.json else out_dir / "cam_capacity.json"
     json_path.write_text(json.dumps(result, indent=1))

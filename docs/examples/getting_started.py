@@ -67,8 +67,21 @@ for step in range(STEPS):
 # --8<-- [end:loop]
 
 # --8<-- [start:state]
-mnemosyne_state = opt_state[1][0]  # chain -> mnemosyne's own chain -> scale_by_mnemosyne
-print("steps taken:", int(mnemosyne_state.step), " skipped (non-finite grads):",
-      int(mnemosyne_state.skipped))
+# optax.tree_utils.tree_get finds a named field anywhere in a (chained) state.
+steps = optax.tree_utils.tree_get(opt_state, "step")
+skipped = optax.tree_utils.tree_get(opt_state, "skipped")
+print("steps taken:", int(steps), " skipped (non-finite gradients):", int(skipped))
 # --8<-- [end:state]
 assert jnp.isfinite(loss)
+assert int(steps) == STEPS and int(skipped) == 0
+
+# --8<-- [start:nan]
+bad_x = x.at[0, 0].set(jnp.nan)  # a batch whose gradients are NaN
+_, nan_state, nan_loss = train_step(model, opt_state, bad_x, y)
+print("loss", float(nan_loss), "-> skipped:",
+      int(optax.tree_utils.tree_get(nan_state, "skipped")),
+      " step still", int(optax.tree_utils.tree_get(nan_state, "step")))
+# --8<-- [end:nan]
+assert int(optax.tree_utils.tree_get(nan_state, "skipped")) == 1
+assert int(optax.tree_utils.tree_get(nan_state, "step")) == STEPS
+assert int(optax.tree_utils.tree_get(nan_state, "count")) == STEPS + 1  # the schedule's
