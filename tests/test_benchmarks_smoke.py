@@ -103,3 +103,13 @@ def test_asv_check():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     subprocess.run([*asv, "machine", "--yes"], cwd=ROOT, check=True, env=env)
     subprocess.run([*asv, "check", "--python=same"], cwd=ROOT, check=True, env=env)
+
+
+def test_update_anatomy_script(small, capsys):
+    module = importlib.import_module("benchmarks.update_anatomy")
+    assert module.main(["--size", "1e4", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    # bytes moved per parameter come from the compiled HLO: Adam reads and
+    # writes at least params, grads and its two moments (4 bytes each)
+    adam_bytes = float(next(l for l in out.splitlines() if l.startswith("| adam")).split("|")[3])
+    assert adam_bytes >= 5 * 4
