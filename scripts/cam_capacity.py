@@ -83,7 +83,11 @@ def cam_errors(keys, values, queries, beta, tau, omega, snapshots):
     out = {}
     for i in range(n):
         numerator, normaliser = cam_write(
-            numerator, normaliser, phi_k[None, :, i : i + 1], values[None, :, i : i + 1], decay
+            numerator,
+            normaliser,
+            phi_k[None, :, i : i + 1],
+            values[None, :, i : i + 1],
+            decay,
         )
         L = i + 1
         if L in snapshots:
@@ -94,13 +98,24 @@ def cam_errors(keys, values, queries, beta, tau, omega, snapshots):
 
 
 FULL = dict(
-    seeds=(0, 1, 2), Ls=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), dims=(16, 32, 64),
-    rs=(16, 64, 256, 1024), betas=(1.0, 2.0, 4.0, 8.0, 16.0), taus=(0.0, 0.01, 0.1),
-    noises=(0.0, 0.1, 0.3, 0.5), base_d=32, base_beta=4.0,
+    seeds=(0, 1, 2),
+    Ls=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+    dims=(16, 32, 64),
+    rs=(16, 64, 256, 1024),
+    betas=(1.0, 2.0, 4.0, 8.0, 16.0),
+    taus=(0.0, 0.01, 0.1),
+    noises=(0.0, 0.1, 0.3, 0.5),
+    base_d=32,
+    base_beta=4.0,
 )
 QUICK = dict(
-    FULL, seeds=(0, 1), Ls=(1, 2, 4, 8, 16, 32, 64, 128, 256), dims=(16, 32),
-    rs=(16, 64, 256), betas=(1.0, 4.0), noises=(0.0, 0.3),
+    FULL,
+    seeds=(0, 1),
+    Ls=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    dims=(16, 32),
+    rs=(16, 64, 256),
+    betas=(1.0, 4.0),
+    noises=(0.0, 0.3),
 )
 
 
@@ -119,9 +134,18 @@ def run(grid: dict = FULL):
         for L in Ls:
             e = np.concatenate([errs[L] for errs in errs_by_seed])
             records.append(
-                dict(memory=memory, d=d, r=r, beta=beta, tau=tau, noise=noise, L=L,
-                     rel_error=float(e.mean()), rel_error_median=float(np.median(e)),
-                     frac_within_0_5=float(np.mean(e < 0.5)))
+                dict(
+                    memory=memory,
+                    d=d,
+                    r=r,
+                    beta=beta,
+                    tau=tau,
+                    noise=noise,
+                    L=L,
+                    rel_error=float(e.mean()),
+                    rel_error_median=float(np.median(e)),
+                    frac_within_0_5=float(np.mean(e < 0.5)),
+                )
             )
 
     # Which configurations: the full r x d x beta grid at tau=0, noise=0; tau and
@@ -147,22 +171,43 @@ def run(grid: dict = FULL):
                 ex[L] = rel_error(o, values[:, :L])
             exact_by_seed.append(ex)
             for r in rs:
-                omega = orthogonal_gaussian_matrix(np.random.default_rng(1000 + seed), r // 2, d)
-                cam_by_seed[r].append(cam_errors(keys, values, queries, beta, tau, omega, snapshots))
+                omega = orthogonal_gaussian_matrix(
+                    np.random.default_rng(1000 + seed), r // 2, d
+                )
+                cam_by_seed[r].append(
+                    cam_errors(keys, values, queries, beta, tau, omega, snapshots)
+                )
         record("exact", d, None, beta, tau, noise, exact_by_seed)
         for r in rs:
             record("cam", d, r, beta, tau, noise, cam_by_seed[r])
         if d == base_d and beta == base_beta and noise == 0.0:
             # error as a function of a pattern's age (L - i), at L = Lmax
             age_profile[str(tau)] = {
-                "exact": np.mean([e[Lmax] for e in exact_by_seed], axis=0)[::-1].tolist(),
-                **{f"cam_r{r}": np.mean([e[Lmax] for e in cam_by_seed[r]], axis=0)[::-1].tolist() for r in rs},
+                "exact": np.mean([e[Lmax] for e in exact_by_seed], axis=0)[
+                    ::-1
+                ].tolist(),
+                **{
+                    f"cam_r{r}": np.mean([e[Lmax] for e in cam_by_seed[r]], axis=0)[
+                        ::-1
+                    ].tolist()
+                    for r in rs
+                },
             }
         print(f"d={d} beta={beta} tau={tau} noise={noise}: done", flush=True)
-    meta = dict(seeds=list(seeds), Ls=Ls, dims=list(dims), rs=list(rs), betas=list(betas),
-                taus=list(taus), noises=list(noises), base_d=base_d, base_beta=base_beta,
-                quick=quick, key_scale="keys: unit vectors times sqrt(beta); kernel exp(beta cos)",
-                metric="relative L2 error ||o - v|| / ||v||, mean over stored patterns and seeds")
+    meta = dict(
+        seeds=list(seeds),
+        Ls=Ls,
+        dims=list(dims),
+        rs=list(rs),
+        betas=list(betas),
+        taus=list(taus),
+        noises=list(noises),
+        base_d=base_d,
+        base_beta=base_beta,
+        quick=quick,
+        key_scale="keys: unit vectors times sqrt(beta); kernel exp(beta cos)",
+        metric="relative L2 error ||o - v|| / ||v||, mean over stored patterns and seeds",
+    )
     return dict(meta=meta, records=records, age_profile=age_profile)
 
 
@@ -181,32 +226,63 @@ def plot(result, out_dir: pathlib.Path):
     colors = plt.cm.viridis(np.linspace(0, 0.85, len(m["rs"])))
 
     # 1. error vs L, one panel per beta, at d = base_d
-    fig, axes = plt.subplots(1, len(m["betas"]), figsize=(3.6 * len(m["betas"]), 3.4), sharey=True)
-    for ax, beta in zip(np.atleast_1d(axes), m["betas"]):
+    fig, axes = plt.subplots(
+        1, len(m["betas"]), figsize=(3.6 * len(m["betas"]), 3.4), sharey=True
+    )
+    for ax, beta in zip(np.atleast_1d(axes), m["betas"], strict=True):
         ex = select(recs, memory="exact", d=d0, beta=beta, tau=0.0, noise=0.0)
-        ax.plot([r["L"] for r in ex], [r["rel_error"] for r in ex], "k-o", ms=3, label="exact softmax")
-        for c, rr in zip(colors, m["rs"]):
+        ax.plot(
+            [r["L"] for r in ex],
+            [r["rel_error"] for r in ex],
+            "k-o",
+            ms=3,
+            label="exact softmax",
+        )
+        for c, rr in zip(colors, m["rs"], strict=True):
             cm = select(recs, memory="cam", d=d0, r=rr, beta=beta, tau=0.0, noise=0.0)
-            ax.plot([r["L"] for r in cm], [r["rel_error"] for r in cm], "-o", ms=3, color=c, label=f"CAM r={rr}")
+            ax.plot(
+                [r["L"] for r in cm],
+                [r["rel_error"] for r in cm],
+                "-o",
+                ms=3,
+                color=c,
+                label=f"CAM r={rr}",
+            )
         ax.set_xscale("log", base=2)
         ax.set_title(f"d={d0}, β={beta:g}")
         ax.set_xlabel("stored patterns L")
         ax.axhline(1.0, color="grey", lw=0.5, ls=":")
     np.atleast_1d(axes)[0].set_ylabel("relative retrieval error")
     np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.suptitle("Retrieval error vs number of stored patterns (τ=0, exact keys)", fontsize=10)
+    fig.suptitle(
+        "Retrieval error vs number of stored patterns (τ=0, exact keys)", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(out_dir / "cam_capacity_vs_L.png", dpi=110)
     plt.close(fig)
 
     # 2. error vs r at a few L, one panel per d, beta = base
     Lsel = [L for L in (16, 64, 256) if L in m["Ls"]]
-    fig, axes = plt.subplots(1, len(m["dims"]), figsize=(3.6 * len(m["dims"]), 3.4), sharey=True)
+    fig, axes = plt.subplots(
+        1, len(m["dims"]), figsize=(3.6 * len(m["dims"]), 3.4), sharey=True
+    )
     lc = plt.cm.plasma(np.linspace(0, 0.8, len(Lsel)))
-    for ax, d in zip(np.atleast_1d(axes), m["dims"]):
-        for c, L in zip(lc, Lsel):
-            cm = [select(recs, memory="cam", d=d, r=rr, beta=b0, tau=0.0, noise=0.0, L=L)[0] for rr in m["rs"]]
-            ax.plot(m["rs"], [r["rel_error"] for r in cm], "-o", ms=3, color=c, label=f"CAM, L={L}")
+    for ax, d in zip(np.atleast_1d(axes), m["dims"], strict=True):
+        for c, L in zip(lc, Lsel, strict=True):
+            cm = [
+                select(recs, memory="cam", d=d, r=rr, beta=b0, tau=0.0, noise=0.0, L=L)[
+                    0
+                ]
+                for rr in m["rs"]
+            ]
+            ax.plot(
+                m["rs"],
+                [r["rel_error"] for r in cm],
+                "-o",
+                ms=3,
+                color=c,
+                label=f"CAM, L={L}",
+            )
             ex = select(recs, memory="exact", d=d, beta=b0, tau=0.0, noise=0.0, L=L)[0]
             ax.axhline(ex["rel_error"], color=c, ls="--", lw=0.8)
         ax.set_xscale("log", base=2)
@@ -222,7 +298,7 @@ def plot(result, out_dir: pathlib.Path):
     rbig = m["rs"][-1]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
     tc = plt.cm.cividis(np.linspace(0, 0.85, len(m["taus"])))
-    for c, tau in zip(tc, m["taus"]):
+    for c, tau in zip(tc, m["taus"], strict=True):
         prof = result["age_profile"][str(tau)]
         ages = np.arange(1, len(prof["exact"]) + 1)
         a1.plot(ages, prof["exact"], "--", color=c, lw=0.8)
@@ -230,17 +306,31 @@ def plot(result, out_dir: pathlib.Path):
     a1.set_xscale("log", base=2)
     a1.set_xlabel("age of the pattern (steps since written)")
     a1.set_ylabel("relative retrieval error")
-    a1.set_title(f"Discounting: L={max(m['Ls'])}, d={d0}, β={b0:g}\nsolid CAM r={rbig}, dashed exact", fontsize=9)
+    a1.set_title(
+        f"Discounting: L={max(m['Ls'])}, d={d0}, β={b0:g}\nsolid CAM r={rbig}, dashed exact",
+        fontsize=9,
+    )
     a1.legend(fontsize=7)
     nc = plt.cm.magma(np.linspace(0, 0.8, len(m["noises"])))
-    for c, noise in zip(nc, m["noises"]):
+    for c, noise in zip(nc, m["noises"], strict=True):
         cm = select(recs, memory="cam", d=d0, r=rbig, beta=b0, tau=0.0, noise=noise)
         ex = select(recs, memory="exact", d=d0, beta=b0, tau=0.0, noise=noise)
-        a2.plot([r["L"] for r in cm], [r["rel_error"] for r in cm], "-", color=c, label=f"noise σ={noise:g}")
-        a2.plot([r["L"] for r in ex], [r["rel_error"] for r in ex], "--", color=c, lw=0.8)
+        a2.plot(
+            [r["L"] for r in cm],
+            [r["rel_error"] for r in cm],
+            "-",
+            color=c,
+            label=f"noise σ={noise:g}",
+        )
+        a2.plot(
+            [r["L"] for r in ex], [r["rel_error"] for r in ex], "--", color=c, lw=0.8
+        )
     a2.set_xscale("log", base=2)
     a2.set_xlabel("stored patterns L")
-    a2.set_title(f"Noisy queries: d={d0}, β={b0:g}, τ=0\nsolid CAM r={rbig}, dashed exact", fontsize=9)
+    a2.set_title(
+        f"Noisy queries: d={d0}, β={b0:g}, τ=0\nsolid CAM r={rbig}, dashed exact",
+        fontsize=9,
+    )
     a2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_dir / "cam_capacity_discount_noise.png", dpi=110)
@@ -249,10 +339,15 @@ def plot(result, out_dir: pathlib.Path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller grid (about a minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller grid (about a minute)"
+    )
     parser.add_argument("--out", default="docs/images", help="folder for the PNGs")
-    parser.add_argument("--json", default=None, help="where to write the numbers "
-                        "(default: <out>/cam_capacity.json)")
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="where to write the numbers (default: <out>/cam_capacity.json)",
+    )
     args = parser.parse_args(argv)
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +357,9 @@ def main(argv=None):
     json_path = pathlib.Path(args.json) if args.json else out_dir / "cam_capacity.json"
     json_path.write_text(json.dumps(result, indent=1))
     plot(result, out_dir)
-    print(f"wrote {json_path} and {out_dir}/cam_capacity_*.png in {result['meta']['seconds']} s")
+    print(
+        f"wrote {json_path} and {out_dir}/cam_capacity_*.png in {result['meta']['seconds']} s"
+    )
 
 
 if __name__ == "__main__":

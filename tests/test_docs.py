@@ -30,7 +30,12 @@ EXAMPLES = sorted((DOCS / "examples").glob("*.py"))
 SUBPACKAGES = ("meta", "tasks", "baselines", "backends", "evaluation")
 # Pages owned by the evaluation / benchmark / reliability work: their numbers and
 # commands are theirs, and are not held to the code-block policy below.
-NOT_POLICED = {"results.md", "performance.md", "reliability.md", "results_suite/results.md"}
+NOT_POLICED = {
+    "results.md",
+    "performance.md",
+    "reliability.md",
+    "results_suite/results.md",
+}
 POLICED_PAGES = sorted(
     p for p in DOCS.rglob("*.md") if p.relative_to(DOCS).as_posix() not in NOT_POLICED
 )
@@ -40,7 +45,10 @@ POLICED_PAGES = sorted(
 SLOW_EXAMPLES = {"meta_train.py", "sharded.py"}
 FAST_STEPS = "5"
 
-_FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S)
+_FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```",
+    re.M | re.S,
+)
 _INCLUDE = re.compile(r'^\s*--8<-- "(?P<path>[^":]+)(?::(?P<section>[^"]+))?"\s*$')
 
 
@@ -98,10 +106,16 @@ def test_every_example_is_on_a_page():
 
 
 def _readme_commands() -> set[str]:
-    return {body.strip() for lang, body in _code_blocks(ROOT / "README.md") if lang in ("bash", "sh")}
+    return {
+        body.strip()
+        for lang, body in _code_blocks(ROOT / "README.md")
+        if lang in ("bash", "sh")
+    }
 
 
-@pytest.mark.parametrize("page", POLICED_PAGES, ids=lambda p: p.relative_to(DOCS).as_posix())
+@pytest.mark.parametrize(
+    "page", POLICED_PAGES, ids=lambda p: p.relative_to(DOCS).as_posix()
+)
 def test_code_blocks_are_executed(page):
     """Every code block is an include of an executed script, a doctest, a README
     command, or a BibTeX entry (the FAQ's citation)."""
@@ -114,7 +128,9 @@ def test_code_blocks_are_executed(page):
                 continue  # a doctest: test_page_doctests runs it
             for line in lines:
                 m = _INCLUDE.match(line)
-                assert m, f"{where}: python code that is neither an include nor a doctest"
+                assert m, (
+                    f"{where}: python code that is neither an include nor a doctest"
+                )
                 path = m["path"]
                 assert path.startswith("docs/examples/") and path.endswith(".py"), (
                     f"{where}: includes {path}, which no test runs"
@@ -127,7 +143,9 @@ def test_code_blocks_are_executed(page):
         elif lang == "bibtex":
             assert "2302.01128" in body, where
         else:
-            raise AssertionError(f"{where}: code block of language {lang!r} is not executed")
+            raise AssertionError(
+                f"{where}: code block of language {lang!r} is not executed"
+            )
 
 
 def test_snippet_sections_exist():
@@ -143,13 +161,17 @@ def test_snippet_sections_exist():
 _DOCTEST_PAGES = [p for p in POLICED_PAGES if ">>>" in p.read_text()]
 
 
-@pytest.mark.parametrize("page", _DOCTEST_PAGES, ids=lambda p: p.relative_to(DOCS).as_posix())
+@pytest.mark.parametrize(
+    "page", _DOCTEST_PAGES, ids=lambda p: p.relative_to(DOCS).as_posix()
+)
 def test_page_doctests(page):
     """The doctests on the pages pass (and none is skipped wholesale)."""
     text = page.read_text()
     assert "+SKIP" not in text, f"{page.name}: a skipped doctest is not executed"
     test = doctest.DocTestParser().get_doctest(text, {}, page.name, str(page), 0)
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner = doctest.DocTestRunner(
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    )
     runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.attempted > 0
@@ -161,7 +183,9 @@ def test_readme_commands_on_the_pages():
     commands = _readme_commands()
     assert len(commands) >= 2
     for name in ("index.md", "getting-started.md"):
-        shown = {body.strip() for lang, body in _code_blocks(DOCS / name) if lang == "bash"}
+        shown = {
+            body.strip() for lang, body in _code_blocks(DOCS / name) if lang == "bash"
+        }
         assert shown and shown <= commands, name
     assert any(c.endswith("mnemosyne demo") for c in commands)
 
@@ -216,7 +240,9 @@ def test_api_reference_covers_public_api():
 
     documented = _documented()
     unresolved = sorted(n for n in documented if _resolve(n) is None)
-    assert not unresolved, f"docs/api/*.md documents names that do not exist: {unresolved}"
+    assert not unresolved, (
+        f"docs/api/*.md documents names that do not exist: {unresolved}"
+    )
     wanted = {f"mnemosyne.{n}" for n in mnemosyne.__all__}
     for sub in SUBPACKAGES:
         module = importlib.import_module(f"mnemosyne.{sub}")
@@ -225,7 +251,11 @@ def test_api_reference_covers_public_api():
     # a re-export (e.g. mnemosyne.backends.sharded_update is
     # mnemosyne.sharded_update) is covered by documenting the object once
     documented_objects = {id(_resolve(n)) for n in documented}
-    missing = {n for n in wanted if n not in documented and id(_resolve(n)) not in documented_objects}
+    missing = {
+        n
+        for n in wanted
+        if n not in documented and id(_resolve(n)) not in documented_objects
+    }
     assert not missing, f"not in docs/api/*.md: {sorted(missing)}"
 
 
@@ -254,12 +284,22 @@ def test_paper_to_code_symbols_exist():
                 continue
             file_part, symbols = group.split("·", 1)
             (path,) = re.findall(r"`([^`]+)`", file_part)
-            module = "mnemosyne." + path.removesuffix(".py").rstrip("/").replace("/", ".")
+            module = "mnemosyne." + path.removesuffix(".py").rstrip("/").replace(
+                "/", "."
+            )
             assert (ROOT / "mnemosyne" / path).exists(), f"{path} does not exist"
             for symbol in re.findall(r"`([^`]+)`", symbols):
                 assert _resolve(f"{module}.{symbol}") is not None, f"{path} · {symbol}"
                 checked += 1
     assert checked >= 25
+    # every other identifier in backticks is defined somewhere in the package
+    source = "\n".join(p.read_text() for p in (ROOT / "mnemosyne").rglob("*.py"))
+    for name in re.findall(r"`([A-Za-z_]\w*(?:\.\w+)*)`", text):
+        if name in ("lax.scan", "learning_rate", "mnemosyne") or name.endswith(".py"):
+            continue
+        last = name.rsplit(".", 1)[-1]
+        defined = rf"\b(?:def|class) {last}\b|\b{last}\s*[:=]|[\"']{last}[\"']"  # or registered
+        assert re.search(defined, source), name
     for path in re.findall(r"`((?:mnemosyne|tests|scripts|docs)/[\w/.]+\.\w+)`", text):
         assert (ROOT / path).exists(), path
 
@@ -278,8 +318,18 @@ def test_cam_capacity_measurements():
     softmax kernel); the error grows with L; discounting makes recent patterns
     easier to retrieve than old ones."""
     cam = _load_script("cam_capacity")
-    grid = dict(cam.FULL, seeds=(0,), Ls=(1, 4, 16), dims=(8,), rs=(16, 2048),
-                betas=(1.0,), taus=(0.0, 0.3), noises=(0.0,), base_d=8, base_beta=1.0)
+    grid = dict(
+        cam.FULL,
+        seeds=(0,),
+        Ls=(1, 4, 16),
+        dims=(8,),
+        rs=(16, 2048),
+        betas=(1.0,),
+        taus=(0.0, 0.3),
+        noises=(0.0,),
+        base_d=8,
+        base_beta=1.0,
+    )
     result = cam.run(grid)
 
     def err(**kw):
@@ -290,16 +340,24 @@ def test_cam_capacity_measurements():
     assert err(memory="exact", L=1, **base) < 1e-9
     assert err(memory="cam", r=16, L=1, **base) < 1e-9
     for L in (4, 16):
-        assert abs(err(memory="cam", r=2048, L=L, **base) - err(memory="exact", L=L, **base)) < 0.05
-    assert err(memory="exact", L=1, **base) < err(memory="exact", L=4, **base) < err(
-        memory="exact", L=16, **base
+        assert (
+            abs(
+                err(memory="cam", r=2048, L=L, **base)
+                - err(memory="exact", L=L, **base)
+            )
+            < 0.05
+        )
+    assert (
+        err(memory="exact", L=1, **base)
+        < err(memory="exact", L=4, **base)
+        < err(memory="exact", L=16, **base)
     )
     ages = result["age_profile"]["0.3"]["exact"]  # by age 1..16, at L = 16
     assert ages[0] < 0.5 * ages[-1]
 
 
 def _theory_table_rows(text: str, header_start: str) -> list[list[str]]:
-    block = text[text.index(header_start):]
+    block = text[text.index(header_start) :]
     rows = []
     for line in block.splitlines()[2:]:
         if not line.startswith("|"):
@@ -326,14 +384,18 @@ def test_theory_page_numbers_match_the_measurements():
             kw["memory"] = "exact"
         else:
             kw.update(memory="cam", r=int(memory.split("=")[1]))
-        for L, shown in zip((16, 64, 256, 1024), values):
+        for L, shown in zip((16, 64, 256, 1024), values, strict=True):
             assert f"{err(L=L, **kw):.2f}" == shown, (beta, memory, L)
     rows = _theory_table_rows(text, "| τ | memory | age 1")
     assert len(rows) == 6
     for tau, memory, *values in rows:
         profile = data["age_profile"][str(float(tau))]
-        series = profile["exact"] if memory == "exact" else profile[f"cam_r{memory.split('=')[1].strip()}"]
-        for age, shown in zip((1, 10, 100, 1000), values):
+        series = (
+            profile["exact"]
+            if memory == "exact"
+            else profile[f"cam_r{memory.split('=')[1].strip()}"]
+        )
+        for age, shown in zip((1, 10, 100, 1000), values, strict=True):
             assert f"{series[age - 1]:.2f}" == shown, (tau, memory, age)
 
 
@@ -342,7 +404,7 @@ def test_home_headline_numbers_are_quoted():
     bullet cites (Results or Performance), so the summary cannot drift from
     the numbers their owners keep."""
     text = (DOCS / "index.md").read_text()
-    section = text[text.index("## Headline results"):text.index("## Install and run")]
+    section = text[text.index("## Headline results") : text.index("## Install and run")]
     bullets = [b for b in section.split("\n- ")[1:]]
     assert len(bullets) >= 3
     for bullet in bullets:
@@ -362,7 +424,9 @@ def test_home_headline_numbers_are_quoted():
 def test_mkdocs_build_strict(tmp_path):
     """`mkdocs build --strict` succeeds offline, renders the math to MathML, and
     the built pages load nothing from other hosts."""
-    mkdocs = shutil.which("mkdocs") or shutil.which("mkdocs", path=os.path.dirname(sys.executable))
+    mkdocs = shutil.which("mkdocs") or shutil.which(
+        "mkdocs", path=os.path.dirname(sys.executable)
+    )
     if mkdocs is None:
         pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
     pytest.importorskip("mkdocstrings")
@@ -377,13 +441,28 @@ def test_mkdocs_build_strict(tmp_path):
         text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    pages = {p.relative_to(site).as_posix(): p.read_text() for p in site.rglob("*.html")}
-    for name in ("index.html", "theory/index.html", "paper-to-code/index.html",
-                 "api/optimizers/index.html", "getting-started/index.html"):
+    pages = {
+        p.relative_to(site).as_posix(): p.read_text() for p in site.rglob("*.html")
+    }
+    for name in (
+        "index.html",
+        "theory/index.html",
+        "paper-to-code/index.html",
+        "api/optimizers/index.html",
+        "getting-started/index.html",
+    ):
         assert name in pages, name
-    assert "<math" in pages["theory/index.html"] and "<math" in pages["paper-to-code/index.html"]
+    assert (
+        "<math" in pages["theory/index.html"]
+        and "<math" in pages["paper-to-code/index.html"]
+    )
     for name, html in pages.items():
-        remote = re.findall(r'<(?:script|link|img)\b[^>]*(?:src|href)="(https?:)?//', html)
+        # MathML Core (what Chromium renders) ignores these: the hook writes letters
+        variants = set(re.findall(r'mathvariant="([\w-]+)"', html)) - {"normal"}
+        assert not variants, f"{name}: mathvariant {variants} would not render"
+        remote = re.findall(
+            r'<(?:script|link|img)\b[^>]*(?:src|href)="(https?:)?//', html
+        )
         assert not remote, f"{name} loads a resource from another host"
         # every local image a page shows was built
         for src in re.findall(r'<img[^>]*src="([^"]+)"', html):
