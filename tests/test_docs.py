@@ -13,6 +13,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import pathlib
@@ -259,6 +260,36 @@ def test_api_reference_covers_public_api():
     assert not missing, f"not in docs/api/*.md: {sorted(missing)}"
 
 
+def _api_doctests() -> list[doctest.DocTest]:
+    """The doctests in the docstrings the API reference renders (once each)."""
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    package = str(ROOT / "mnemosyne")
+    found = {}
+    for name in sorted(_documented()):
+        obj = _resolve(name)
+        module = obj if inspect.ismodule(obj) else inspect.getmodule(obj)
+        globs = dict(vars(module)) if module is not None else {}
+        for test in finder.find(obj, name, module=module, globs=globs):
+            if test.examples and (test.filename or "").startswith(package):
+                found.setdefault((test.filename, test.lineno), test)
+    return list(found.values())
+
+
+@pytest.mark.slow
+def test_api_docstring_examples():
+    """The `Examples:` of every docstring in the API reference pass (about
+    20 s of CPU: slow, run by the docs' slow job)."""
+    tests = _api_doctests()
+    assert len(tests) >= 5
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    failures = []
+    for test in tests:
+        runner = doctest.DocTestRunner(optionflags=flags)
+        if runner.run(test).failed:
+            failures.append(test.name)
+    assert not failures, f"failing docstring examples: {failures}"
+
+
 def test_api_pages_are_in_the_nav():
     nav = (ROOT / "mkdocs.yml").read_text()
     for page in (DOCS / "api").glob("*.md"):
@@ -467,6 +498,10 @@ def test_mkdocs_build_strict(tmp_path):
         # every local image a page shows was built
         for src in re.findall(r'<img[^>]*src="([^"]+)"', html):
             assert (site / name).parent.joinpath(src).resolve().exists(), (name, src)
+    # docstring examples render as code, not as `>>>` block quotes
+    for name, html in pages.items():
+        if name.startswith("api/"):
+            assert "<blockquote>" not in html, f"{name}: an example rendered as a quote"
     # the snippets were included, not left as markers
     assert "--8&lt;--" not in pages["getting-started/index.html"]
     assert "train_step" in pages["getting-started/index.html"]

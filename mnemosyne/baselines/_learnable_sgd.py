@@ -49,7 +49,7 @@ class LearnableSGD(AbstractLearnedOptimizer):
         >>> params = {"w": jnp.ones(3)}
         >>> state = lopt.init(params)
         >>> updates, state = lopt.update({"w": jnp.ones(3)}, state, params)
-        >>> updates["w"]
+        >>> updates["w"].round(6)  # -exp(log 0.1) * 1, in float32
         Array([-0.1, -0.1, -0.1], dtype=float32)
     """
 
