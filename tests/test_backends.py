@@ -325,3 +325,20 @@ def test_get_backend():
     assert get_backend("numpy") is nb and get_backend("jax") is jb
     with pytest.raises(ValueError, match="unknown backend"):
         get_backend("torch")
+
+
+def test_jax_bfloat16_conversion_matches_astype():
+    """The JAX backend converts float32 <-> bfloat16 with integer operations
+    (vectorisable on CPU); it must round exactly as `astype` does (nearest
+    even), keep NaN and infinities, and widen exactly."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(20000).astype(np.float32) * np.float32(1e3)
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 3.3895314e38, 1e-40, 1.00390625, 1.01171875]
+    x = jnp.asarray(np.concatenate([x, np.asarray(special, np.float32)]))
+    ours, ref = jb.asarray(x, jnp.bfloat16), x.astype(jnp.bfloat16)
+    assert ours.dtype == jnp.bfloat16
+    same = (ours == ref) | (jnp.isnan(ours) & jnp.isnan(ref))
+    assert bool(jnp.all(same))
+    wide = jb.asarray(ref, jnp.float32)
+    assert wide.dtype == jnp.float32
+    assert bool(jnp.all((wide == ref.astype(jnp.float32)) | jnp.isnan(ref)))
