@@ -1,4 +1,4 @@
-"""Command line: `mnemosyne demo | meta-train | evaluate` (also `python -m mnemosyne`).
+"""Command line: `mnemosyne demo | meta-train | evaluate | ablation` (also `python -m mnemosyne`).
 
 Errors a user can fix (unknown names, missing files, bad values) exit with
 status 2 and a one-line message, never a traceback.
@@ -102,27 +102,49 @@ def cmd_meta_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """Run optimizers on tasks over seeds; write Markdown, JSON and PNG plots."""
-    from .evaluation import evaluate, resolve_optimizer
+    from .evaluation import evaluate, optimizer_names, resolve_optimizer
     from .tasks import list_tasks
 
     if args.list:
         print("tasks:", ", ".join(list_tasks()))
         return 0
     tasks = _check_tasks(_csv(args.tasks))
-    optimizers = {}
-    for name in _csv(args.optimizers):
+    names = _csv(args.optimizers)
+    for name in names:
+        if name.endswith("_tuned") and name in optimizer_names():
+            continue  # tuned per task inside `evaluate`
         try:
-            optimizers[name] = resolve_optimizer(name)
+            resolve_optimizer(name)
         except FileNotFoundError as err:
             raise UsageError(str(err)) from None
         except (KeyError, ValueError) as err:
             raise UsageError(f"unknown optimizer {name!r} ({err})") from None
-    result = evaluate(optimizers, tasks, seeds=args.seeds, num_steps=args.steps)
+    start = time.perf_counter()
+    result = evaluate(names, tasks, seeds=args.seeds, num_steps=args.steps)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result.save(out)
     print(result.to_markdown())
-    print(f"\nWrote {out}/results.md, results.json and PNG plots.")
+    print(f"\nWrote {out}/results.md, results.json and PNG plots "
+          f"({time.perf_counter() - start:.0f} s).")
+    return 0
+
+
+def cmd_ablation(args) -> int:
+    """Meta-train Mnemosyne's memory variants with one reduced budget and compare them."""
+    from .evaluation import ABLATION_OUTER_STEPS, ABLATION_TASKS, memory_ablation
+    from .meta import PRESETS
+
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+    tasks = list(ABLATION_TASKS) if args.tasks is None else _check_tasks(_csv(args.tasks))
+    out = pathlib.Path(args.out)
+    start = time.perf_counter()
+    memory_ablation(out, num_outer_steps=args.outer_steps or ABLATION_OUTER_STEPS, tasks=tasks,
+                    seeds=args.seeds, num_steps=args.steps, preset=args.preset)
+    print((out / "ablation.md").read_text())
+    print(f"Wrote {out}/ablation.md, ablation.json, ablation.png and the variants' weights "
+          f"({time.perf_counter() - start:.0f} s).")
     return 0
 
 
@@ -154,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="results_out", help="output folder (results_out)")
     ev.add_argument("--list", action="store_true", help="list the tasks and exit")
     ev.set_defaults(func=cmd_evaluate)
+
+    ab = sub.add_parser("ablation", help="memory ablation of Mnemosyne (meta-trains variants)")
+    ab.add_argument("--outer-steps", type=_positive_int, default=None,
+                    help="meta-training outer steps per variant (ABLATION_OUTER_STEPS: 100)")
+    ab.add_argument("--tasks", default=None, help="evaluation tasks (ABLATION_TASKS)")
+    ab.add_argument("--seeds", type=_seeds, default=(0, 1), help="evaluation seeds (0,1)")
+    ab.add_argument("--steps", type=_positive_int, default=300, help="training steps per run")
+    ab.add_argument("--preset", default="default", help="preset the variants follow (default)")
+    ab.add_argument("--out", default="ablation_out", help="output folder (ablation_out)")
+    ab.set_defaults(func=cmd_ablation)
     return parser
 
 

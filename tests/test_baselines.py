@@ -18,6 +18,7 @@ from mnemosyne.baselines import (
     DEFAULT_GRID,
     LSTMOptimizer,
     LSTMOptimizerState,
+    grid_search,
     lstm,
     reference_optimizers,
     tuned,
@@ -428,6 +429,21 @@ def test_tuned_reference_optimizers_and_concrete_lr_factories():
     assert len(DEFAULT_GRID) == 9
     assert DEFAULT_GRID[0] == pytest.approx(1e-4)
     assert DEFAULT_GRID[-1] == pytest.approx(1.0)
+
+
+def test_grid_search_tunes_several_optimizers_in_one_program():
+    """Two factories tuned together: each finds its own analytic optimum
+    (SGD on curvature a: lr = 1/a; a factory that halves lr: lr = 2/a), with
+    the same scores as tuning each alone."""
+    a, grid = 4.0, [0.05, 0.25, 0.5, 1.0]
+    factories = {"sgd": lambda lr: optax.sgd(lr), "half": lambda lr: optax.sgd(lr / 2)}
+    task, key = _Quadratic(a), jax.random.key(0)
+    found = grid_search(factories, grid, task, num_steps=10, key=key)
+    assert found["sgd"].learning_rate == pytest.approx(1 / a)
+    assert found["half"].learning_rate == pytest.approx(2 / a)
+    assert found["sgd"].final_loss == pytest.approx(0.0, abs=1e-12)
+    alone = tuned(factories["half"], grid, task, num_steps=10, key=key)
+    assert alone.losses_by_lr == pytest.approx(found["half"].losses_by_lr)
 
 
 def test_tuned_all_diverged_warns():

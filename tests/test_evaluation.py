@@ -3,6 +3,7 @@
 import json
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from mnemosyne import baselines, evaluation
 from mnemosyne.evaluation import EvaluationResult, Run
-from mnemosyne.tasks import AbstractTask
+from mnemosyne.tasks import AbstractTask, get_task
 
 
 class Bowl(AbstractTask):
@@ -176,19 +177,103 @@ def test_diverging_optimizer_is_reported_and_ranks_last():
     json.dumps(result.to_dict(), allow_nan=False)
 
 
-def test_tuned_optimizer_records_learning_rate():
+def test_tuned_names_tune_on_a_separate_seed_and_pick_the_best_lr():
+    """`sgd_tuned` on a quadratic: the grid is scored on the tuning seed only,
+    the best score wins, the scores equal `baselines.tuned`'s, and the
+    evaluation runs equal plain `train` at the chosen learning rate."""
+    grid = (1e-3, 1e-2, 0.1, 1.0, 10.0)
     result = evaluation.evaluate(
-        ["sgd_tuned"],
+        ["sgd_tuned", "adam_tuned", "adam"],
         [Bowl()],
-        seeds=(0,),
-        num_steps=10,
+        seeds=(0, 1),
+        num_steps=20,
         measure_cost=False,
         progress=False,
+        tuning_grid=grid,
     )
+    info = result.tuning["sgd_tuned"]["bowl"]
+    assert info["seed"] == evaluation.TUNING_SEED not in result.seeds
+    scores = dict(zip(info["grid"], info["scores"], strict=True))
+    assert scores[10.0] == max(scores.values()) > 1e6  # sgd(10) blows up on curvature 1
     lr = result.runs["sgd_tuned"]["bowl"].learning_rate
-    assert lr in baselines.DEFAULT_GRID
-    initial = result.runs["sgd_tuned"]["bowl"].losses[0, 0]
-    assert result.stats("sgd_tuned", "bowl").final_loss_mean < 0.5 * initial
+    assert lr == min(scores, key=scores.get) == info["learning_rate"]
+    alone = baselines.tuned(
+        baselines.reference_optimizers()["sgd"],
+        grid,
+        Bowl(),
+        num_steps=20,
+        key=jax.random.key(evaluation.TUNING_SEED),
+    )
+    assert alone.learning_rate == lr
+    assert alone.losses_by_lr == pytest.approx(scores)
+    again = evaluation.train(optax.sgd(lr, momentum=0.9), Bowl(), (0, 1), num_steps=20)
+    np.testing.assert_allclose(
+        result.runs["sgd_tuned"]["bowl"].losses, again.losses, rtol=1e-6
+    )
+    assert result.runs["adam"]["bowl"].learning_rate is None
+    md = result.to_markdown()
+    assert "Tuned learning rates (grid search on seed 1000" in md
+    assert "vs adam_tuned" in md
+
+
+def test_grouped_training_matches_one_optimizer_at_a_time():
+    tasks = get_task("logreg_wine")
+    txs = {"adam": optax.adam(1e-2), "sgd": optax.sgd(0.1)}
+    result = evaluation.evaluate(
+        txs, [tasks], seeds=(0, 1), num_steps=10, measure_cost=False, progress=False
+    )
+    for name, tx in list(txs.items())[1:]:
+        alone = evaluation.train(tx, tasks, (0, 1), num_steps=10)
+        np.testing.assert_allclose(
+            result.runs[name]["logreg_wine"].losses, alone.losses, rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            result.runs[name]["logreg_wine"].accuracies, alone.accuracies
+        )
+
+
+def test_report_splits_transformer_tasks_and_counts_wins(tmp_path):
+    """Rows a, b (MLP) and t (LM): Transformer tasks get their own table and
+    their own win counts, against adam and against adam_tuned."""
+    f = {
+        "adam": (1.0, 1.0, 1.0),
+        "adam_tuned": (0.5, 2.0, 0.5),
+        "cand": (0.8, 0.5, 0.1),
+    }
+    runs = {
+        o: {t: Run(CURVES * x) for t, x in zip("abt", xs, strict=True)}
+        for o, xs in f.items()
+    }
+    result = EvaluationResult(
+        list(f),
+        ["a", "b", "t"],
+        (0, 1),
+        20,
+        runs,
+        kinds={"a": "mlp", "b": "mlp", "t": "lm"},
+    )
+    assert result.transformer_tasks() == ["t"]
+    md = result.to_markdown()
+    other, transformer = md.split("### Final training loss, Transformer tasks")
+    assert "non-Transformer tasks" in other and "| a |" in other and "| b |" in other
+    assert (
+        "| t |" in transformer.split("###")[0]
+        and "| a |" not in transformer.split("###")[0]
+    )
+    # cand: vs adam wins a, b, t; vs adam_tuned loses a (0.8 > 0.5), wins b and t.
+    assert "| cand | 3/0 | 1/0 | 2/0 | 2/1 | 1/0 | 1/1 |" in md, md
+    assert result.compare("adam_tuned", "cand", ["a", "b"]).wins == 1
+    path = result.save(tmp_path)["json"]
+    assert EvaluationResult.load(path).kinds == result.kinds
+    assert EvaluationResult.load(path).to_markdown() == md
+    # a results.json from before kinds were recorded: registered tasks get
+    # their kind back, unknown names none (one table)
+    d = json.loads(path.read_text())
+    del d["kinds"]
+    d["tasks"][2] = "lm_copy"
+    d["runs"]["adam"]["lm_copy"] = d["runs"]["adam"].pop("t")
+    path.write_text(json.dumps(d))
+    assert EvaluationResult.load(path).kinds == {"a": "", "b": "", "lm_copy": "lm"}
 
 
 def test_mini_evaluation_writes_outputs(tmp_path):
@@ -229,3 +314,139 @@ def test_mini_evaluation_writes_outputs(tmp_path):
         ]
         == 2
     )
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_cli_accepts_tuned_names_and_rejects_unknown(capsys):
+    from mnemosyne.cli import main
+
+    assert "sgd_tuned" in evaluation.optimizer_names()
+    code = main(["evaluate", "--optimizers", "adamax_tuned", "--tasks", "quadratic"])
+    assert code == 2 and "unknown optimizer 'adamax_tuned'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- memory ablation
+
+
+def test_no_memory_variant_keeps_read_out_weights_at_zero():
+    """The no-memory variant starts with the head's read-out columns at 0 and
+    its outer optimizer zeroes their meta-gradients: after Adam steps on
+    random meta-gradients they are still exactly 0; every other weight moved."""
+    from mnemosyne.evaluation import _ablation
+    from mnemosyne.meta._trainer import _DefaultOuterOptimizer
+
+    variant = evaluation.ABLATION_VARIANTS[0]
+    lopt = variant.make_lopt(jax.random.key(0))
+    start = _ablation._read_start(lopt)
+    assert start == lopt.head.w1.shape[1] - 1  # one head, value size 1
+    assert np.all(np.asarray(lopt.head.w1[:, start:]) == 0)
+    outer = _ablation._NoReadOutOuterOptimizer(_DefaultOuterOptimizer(0.1, 1.0), start)
+    theta = eqx.filter(lopt, eqx.is_inexact_array)
+
+    @eqx.filter_jit
+    def step(theta):
+        leaves, treedef = jax.tree.flatten(theta)
+        keys = jax.random.split(jax.random.key(1), len(leaves))
+        grads = treedef.unflatten(
+            [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+        )
+        with jax.numpy_dtype_promotion("standard"):
+            updates, _ = outer.update(grads, outer.init(theta), theta)
+        return eqx.apply_updates(theta, updates)
+
+    moved = step(theta)
+    for w in (moved.head.w1, moved.head.skip):
+        assert np.all(np.asarray(w[:, start:]) == 0)
+    assert np.all(np.asarray(moved.head.w1[:, :start] != lopt.head.w1[:, :start]))
+    # the other variants' state sizes: heads * r * (value size + 1)
+    sizes = {v.name: v.floats_per_parameter() for v in evaluation.ABLATION_VARIANTS}
+    assert sizes == {"no_memory": 0, "h1_r2": 4, "h3_r2": 12, "h1_r4": 8, "h1_r8": 16}
+    assert lopt.memory.floats_per_slot() == 4  # allocated, never read
+
+
+def test_ablation_summary_by_hand():
+    """Geometric-mean ratios (losses floored at LOSS_FLOOR) against the
+    baseline variant, split by seen / held-out kinds, and wins against adam."""
+    from mnemosyne.evaluation import _ablation
+
+    f = {  # final loss scale per task: quadratic (seen), lm_copy (held out)
+        "adam": (1.0, 1.0),
+        "h1_r2": (0.5, 2.0),
+        "no_memory": (2.0, 2.0),
+    }
+    runs = {
+        o: {
+            t: Run(CURVES * x)
+            for t, x in zip(("quadratic", "lm_copy"), xs, strict=True)
+        }
+        for o, xs in f.items()
+    }
+    result = EvaluationResult(list(f), ["quadratic", "lm_copy"], (0, 1), 20, runs)
+    variants = [v for v in evaluation.ABLATION_VARIANTS if v.name in f]
+    rows = _ablation.summarize_ablation(result, variants, {}, baseline="h1_r2")
+    by = {r["variant"]: r for r in rows}
+    assert by["no_memory"]["vs_baseline_seen"] == pytest.approx(4.0)
+    assert by["no_memory"]["vs_baseline_held_out"] == pytest.approx(1.0)
+    assert by["no_memory"]["vs_baseline_all"] == pytest.approx(2.0)  # sqrt(4 * 1)
+    assert by["h1_r2"]["vs_adam_all"] == pytest.approx(1.0)  # sqrt(0.5 * 2)
+    assert by["h1_r2"]["wins_vs_adam"] == 1 and by["no_memory"]["wins_vs_adam"] == 0
+
+
+@pytest.mark.slow
+def test_memory_ablation_tiny_budget(tmp_path):
+    """2 outer steps of the seconds-long `quick` preset, one task: the no-memory
+    variant's read-out weights stay exactly zero through meta-training while
+    the rest of θ moves, and the outputs are written."""
+    import mnemosyne
+    from mnemosyne.evaluation import _ablation
+
+    variant = evaluation.ABLATION_VARIANTS[0]
+    assert not variant.read_out and variant.floats_per_parameter() == 0
+    record = evaluation.memory_ablation(
+        tmp_path,
+        variants=(variant,),
+        num_outer_steps=2,
+        tasks=("quadratic",),
+        seeds=(0,),
+        num_steps=10,
+        preset="quick",
+        progress=False,
+    )
+    for name in ("ablation.md", "ablation.json", "ablation.png", "no_memory.eqx"):
+        assert (tmp_path / name).stat().st_size > 0
+    trained = mnemosyne.load(tmp_path / "no_memory.eqx")
+    start = _ablation._read_start(trained)
+    assert np.all(np.asarray(trained.head.w1[:, start:]) == 0)
+    assert np.all(np.asarray(trained.head.skip[:, start:]) == 0)
+    init = variant.make_lopt(jax.random.split(jax.random.key(0))[0])
+    assert not np.allclose(trained.head.w1[:, :start], init.head.w1[:, :start])
+    assert len(record["histories"]["no_memory"]["meta_loss"]) == 2
+    assert record["summary"][0]["variant"] == "no_memory"
+    assert "| no_memory: no memory read-out" in (tmp_path / "ablation.md").read_text()
+    assert record["evaluation"]["optimizers"] == ["no_memory", "adam"]
+
+
+@pytest.mark.slow
+def test_ablation_command_all_variants(tmp_path, capsys):
+    from mnemosyne.cli import main
+
+    args = [
+        "ablation",
+        "--preset",
+        "quick",
+        "--outer-steps",
+        "2",
+        "--tasks",
+        "quadratic",
+    ]
+    assert main([*args, "--steps", "10", "--seeds", "0", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "ablation.json").read_text())
+    names = [r["variant"] for r in record["summary"]]
+    assert names == [v.name for v in evaluation.ABLATION_VARIANTS]
+    by_name = {r["variant"]: r for r in record["summary"]}
+    assert by_name["h1_r2"]["vs_baseline_all"] == pytest.approx(1.0)
+    assert by_name["h3_r2"]["floats_per_parameter"] == 12
+    assert by_name["h1_r8"]["floats_per_parameter"] == 16
+    assert "ablation.md" in capsys.readouterr().out

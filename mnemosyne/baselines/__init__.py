@@ -2,7 +2,7 @@
 
 from ._learnable_sgd import LearnableSGD, LearnableSGDState
 from ._lstm import LSTMOptimizer, LSTMOptimizerState, lstm
-from ._tuned import DEFAULT_GRID, TunedResult, reference_optimizers, tuned
+from ._tuned import DEFAULT_GRID, TunedResult, grid_search, reference_optimizers, tuned
 
 __all__ = [
     "DEFAULT_GRID",
@@ -11,6 +11,7 @@ __all__ = [
     "LSTMOptimizer",
     "LSTMOptimizerState",
     "TunedResult",
+    "grid_search",
     "lstm",
     "reference_optimizers",
     "tuned",

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,40 +54,99 @@ class TunedResult(NamedTuple):
     curves: dict[float, np.ndarray]
 
 
-def _sampler(task):
-    sample = getattr(task, "sample_batch", None) or getattr(task, "batch", None)
-    if sample is None:
-        raise TypeError("task must provide sample_batch(key) (or batch(key))")
-    return sample
+def _score(losses: np.ndarray, window: int) -> float:
+    """Mean loss over the last `window` steps and the seeds of `(seeds, steps)`
+    losses; `inf` if any loss is NaN/inf."""
+    if not np.all(np.isfinite(losses)):
+        return math.inf
+    score = float(losses[:, -window:].mean())
+    return score if math.isfinite(score) else math.inf
 
 
-def _make_run(factory: OptimizerFactory, num_steps: int):
-    """`run(task, learning_rate, keys) -> losses (seeds, num_steps)`: one inner
-    training run per key, the loss recorded at each iterate before its update.
+def _pick(grid: tuple[float, ...], losses: np.ndarray, window: int) -> TunedResult:
+    """The best learning rate from `(len(grid), seeds, steps)` losses."""
+    losses_by_lr = {lr: _score(losses[i], window) for i, lr in enumerate(grid)}
+    curves = {lr: losses[i].mean(axis=0) for i, lr in enumerate(grid)}
+    best = min(grid, key=lambda lr: losses_by_lr[lr])
+    if math.isinf(losses_by_lr[best]):
+        warnings.warn(
+            "tuned: every learning rate in the grid diverged; returning the smallest",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        best = min(grid)
+    return TunedResult(best, losses_by_lr[best], losses_by_lr, curves)
 
-    The task is an argument (not a closure) so that its data arrays are traced
-    inputs of the compiled function rather than embedded constants."""
 
-    def run_one(task, learning_rate, key):
-        sample = _sampler(task)
-        init_key, data_key = jax.random.split(key)
-        params = task.init(init_key)
-        opt = factory(learning_rate)
-        opt_state = opt.init(params)
+_NEEDS_CONCRETE = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerIntegerConversionError,
+)
 
-        def step(carry, batch_key):
-            params, opt_state = carry
-            batch = sample(batch_key)
-            loss, grads = jax.value_and_grad(task.loss)(params, batch)
-            updates, opt_state = opt.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            return (params, opt_state), loss
 
-        keys = jax.random.split(data_key, num_steps)
-        _, losses = jax.lax.scan(step, (params, opt_state), keys)
-        return losses
+def grid_search(
+    optimizer_factories: Mapping[str, OptimizerFactory],
+    grid: Sequence[float] | None,
+    task,
+    *,
+    num_steps: int,
+    key: PRNGKeyArray,
+    num_seeds: int = 1,
+    final_window: int | None = None,
+) -> dict[str, TunedResult]:
+    """[`tuned`][mnemosyne.baselines.tuned] for several optimizers at once.
 
-    return jax.vmap(run_one, in_axes=(None, None, 0))
+    Every (optimizer, learning rate, seed) run is part of one jitted program
+    (the task's gradient vmapped over all runs, the learning rate a traced
+    argument), so the task compiles once for all of them. A factory that
+    needs a Python float learning rate is detected and run once per grid point.
+
+    Returns:
+        name -> [`TunedResult`][mnemosyne.baselines.TunedResult].
+    """
+    from ..evaluation._evaluate import _sampler, train_groups
+
+    grid = DEFAULT_GRID if grid is None else tuple(float(lr) for lr in grid)
+    if not grid:
+        raise ValueError("grid must contain at least one learning rate")
+    if num_steps < 1 or num_seeds < 1:
+        raise ValueError("num_steps and num_seeds must be at least 1")
+    window = max(1, num_steps // 10) if final_window is None else int(final_window)
+    window = min(max(window, 1), num_steps)
+    _sampler(task)  # fail early on a task without a batch sampler
+    seed_keys = jax.random.key_data(jax.random.split(key, num_seeds))
+    factories = tuple(optimizer_factories.values())
+    L, S = len(grid), num_seeds
+
+    def run(factories, lrs, num_groups):
+        """losses `(groups, L, S, steps)` for `lrs` of shape (groups, L * S)."""
+        data = jnp.broadcast_to(jnp.tile(seed_keys, (L, 1)), (num_groups, L * S, 2))
+        keys = jax.random.wrap_key_data(data)
+        losses = train_groups(factories, task, lrs, keys, num_steps=num_steps)[0]
+        return losses.reshape(num_groups, L, S, num_steps)
+
+    traced_lrs = np.repeat(np.asarray(grid), S)[None]  # grid-major, seeds minor
+
+    def one(factory):
+        try:
+            return run((factory,), traced_lrs, 1)[0]
+        except _NEEDS_CONCRETE:  # the factory needs a concrete learning rate
+            per_lr = [
+                run((lambda _, lr=lr: factory(lr),), np.zeros((1, L * S)), 1)[0, i]
+                for i, lr in enumerate(grid)
+            ]
+            return np.stack(per_lr)
+
+    try:
+        losses = run(
+            factories, np.repeat(traced_lrs, len(factories), 0), len(factories)
+        )
+    except _NEEDS_CONCRETE:
+        losses = np.stack([one(f) for f in factories])
+    return {
+        name: _pick(grid, losses[g], window)
+        for g, name in enumerate(optimizer_factories)
+    }
 
 
 def tuned(
@@ -113,9 +171,11 @@ def tuned(
     the loss averaged over the last $w$ = `final_window` steps; a run with any
     NaN/inf loss counts as $L = \\infty$. Returns the $\\eta$ of lowest $L$.
 
-    The learning rate is passed to the factory as a traced scalar, so the whole
-    grid compiles once; a factory that needs a Python float (calls `float()` on
-    it) is detected and compiled once per grid point instead.
+    The learning rate is passed to the factory as a traced scalar and the grid
+    is vmapped, so the whole grid is one compile and one call; a factory that
+    needs a Python float (calls `float()` on it) is detected and compiled once
+    per grid point instead. [`grid_search`][mnemosyne.baselines.grid_search]
+    tunes several factories in one program.
 
     Args:
         optimizer_factory: `learning_rate -> optax.GradientTransformation`, e.g. a
@@ -132,51 +192,12 @@ def tuned(
     Returns:
         A [`mnemosyne.baselines.TunedResult`][].
     """
-    grid = DEFAULT_GRID if grid is None else tuple(float(lr) for lr in grid)
-    if not grid:
-        raise ValueError("grid must contain at least one learning rate")
-    if num_steps < 1 or num_seeds < 1:
-        raise ValueError("num_steps and num_seeds must be at least 1")
-    window = max(1, num_steps // 10) if final_window is None else int(final_window)
-    window = min(max(window, 1), num_steps)
-    keys = jax.random.split(key, num_seeds)
-
-    _sampler(task)  # fail early on a task without a batch sampler
-    run = _make_run(optimizer_factory, num_steps)
-    traced_run = eqx.filter_jit(run)
-
-    def losses_at(lr):
-        nonlocal traced_run
-        if traced_run is not None:
-            try:
-                return traced_run(task, jnp.asarray(lr, jnp.float32), keys)
-            except (
-                jax.errors.ConcretizationTypeError,
-                jax.errors.TracerIntegerConversionError,
-            ):
-                traced_run = None  # the factory needs a concrete learning rate
-        return eqx.filter_jit(lambda t, k: run(t, lr, k))(task, keys)
-
-    losses_by_lr: dict[float, float] = {}
-    curves: dict[float, np.ndarray] = {}
-    for lr in grid:
-        # optax's own optimizers are not strict-promotion clean (e.g. adam's
-        # `decay**count` with an int32 count): trace them with standard rules.
-        with jax.numpy_dtype_promotion("standard"):
-            losses = np.asarray(losses_at(lr), dtype=np.float64)  # (seeds, steps)
-        curves[lr] = losses.mean(axis=0)
-        if not np.all(np.isfinite(losses)):
-            losses_by_lr[lr] = math.inf
-        else:
-            score = float(losses[:, -window:].mean())
-            losses_by_lr[lr] = score if math.isfinite(score) else math.inf
-
-    best = min(grid, key=lambda lr: losses_by_lr[lr])
-    if math.isinf(losses_by_lr[best]):
-        warnings.warn(
-            "tuned: every learning rate in the grid diverged; returning the smallest",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        best = min(grid)
-    return TunedResult(best, losses_by_lr[best], losses_by_lr, curves)
+    return grid_search(
+        {"tuned": optimizer_factory},
+        grid,
+        task,
+        num_steps=num_steps,
+        key=key,
+        num_seeds=num_seeds,
+        final_window=final_window,
+    )["tuned"]

@@ -9,8 +9,13 @@
   loss and accuracy, diverged seeds;
 - cost per optimizer: state floats per parameter and update time relative to
   `optax.adam`;
-- outputs: `result.to_markdown()`, `result.save(out_dir)` (JSON, markdown, PNG
-  loss curves and a relative-performance chart), and
+- `*_tuned` hand-designed optimizers: the learning rate grid-searched per task
+  on a separate tuning seed, all of them in one program per task;
+- [`memory_ablation`][mnemosyne.evaluation.memory_ablation]: Mnemosyne's
+  memory variants meta-trained with one reduced budget and compared;
+- outputs: `result.to_markdown()` (Transformer tasks in their own table),
+  `result.save(out_dir)` (JSON, markdown, PNG loss curves and a
+  relative-performance chart), and
   [`compare`][mnemosyne.evaluation.compare] (wins / within 10% / losses).
 
 Example:
@@ -20,9 +25,17 @@ Example:
     >>> print(evaluation.compare(result, "adam", "sgd").summary())  # doctest: +SKIP
 """
 
-from ._evaluate import evaluate, train
+from ._ablation import (
+    ABLATION_OUTER_STEPS,
+    ABLATION_TASKS,
+    ABLATION_VARIANTS,
+    AblationVariant,
+    memory_ablation,
+)
+from ._evaluate import evaluate, train, train_groups
 from ._optimizers import (
     DEFAULT_LEARNING_RATE,
+    TUNING_SEED,
     floats_per_parameter,
     num_params,
     optimizer_names,
@@ -32,7 +45,7 @@ from ._optimizers import (
     tune,
 )
 from ._plots import plot_loss_curves, plot_relative
-from ._result import EvaluationResult, Run
+from ._result import TRANSFORMER_KINDS, EvaluationResult, Run
 from ._stats import (
     DIVERGENCE_FACTOR,
     FRACTIONS,
@@ -61,6 +74,10 @@ def compare(
 
 
 __all__ = [
+    "ABLATION_OUTER_STEPS",
+    "ABLATION_TASKS",
+    "ABLATION_VARIANTS",
+    "AblationVariant",
     "DEFAULT_LEARNING_RATE",
     "DIVERGENCE_FACTOR",
     "FRACTIONS",
@@ -68,12 +85,15 @@ __all__ = [
     "EvaluationResult",
     "Run",
     "RunStats",
+    "TRANSFORMER_KINDS",
+    "TUNING_SEED",
     "compare",
     "compare_final_losses",
     "default_target",
     "diverged",
     "evaluate",
     "floats_per_parameter",
+    "memory_ablation",
     "num_params",
     "optimizer_names",
     "plot_loss_curves",
@@ -83,6 +103,7 @@ __all__ = [
     "time_per_step",
     "time_steps",
     "train",
+    "train_groups",
     "tune",
     "window_size",
 ]

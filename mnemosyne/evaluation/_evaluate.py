@@ -1,10 +1,13 @@
-"""`evaluate`: train every optimizer on every task over seeds, one compile per pair.
+"""`evaluate`: train every optimizer on every task over seeds, one compile per task.
 
-Note: this module has its own training loop rather than reusing the one in
-`mnemosyne.baselines._tuned`, because that loop returns only the training
-losses, and evaluation also needs the final parameters (held-out loss and
-accuracy, optionally every `eval_every` steps). Both loops use the same key
-schedule (`init_key, data_key = split(key)`; one batch key per step).
+All runs on one task are one jitted program: the task's forward and backward
+pass is vmapped over every (optimizer, run) pair, and each optimizer updates
+its own slice (`_train_groups`). So the task's gradient compiles once per
+task, not once per optimizer, and `*_tuned` optimizers grid-search their
+learning rate as a traced argument (one more compile per task for all of
+them together). The same loop serves [`mnemosyne.baselines.tuned`][].
+Key schedule per run: `init_key, data_key = split(key)`; one batch key per
+step, `split(data_key, num_steps)`.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from tqdm.auto import tqdm
 from ..tasks import AbstractTask, get_task
 from ._optimizers import (
     DEFAULT_LEARNING_RATE,
+    TUNING_SEED,
     floats_per_parameter,
     num_params,
     resolve_optimizer,
     time_steps,
-    tune,
 )
 from ._result import EvaluationResult, Run
 
@@ -36,43 +39,139 @@ OptimizerSpec = (
 )
 
 
+def _sampler(task):
+    sample = getattr(task, "sample_batch", None) or getattr(task, "batch", None)
+    if sample is None:
+        raise TypeError("task must provide sample_batch(key) (or batch(key))")
+    return sample
+
+
 def _held_out(task, params):
-    batch = task.eval_batch()
+    """Held-out loss and accuracy of one parameter set (`None`s where undefined)."""
+    get = getattr(task, "eval_batch", None)
+    batch = None if get is None else get()
     if batch is None:
         return None, None
-    return task.loss(params, batch), task.accuracy(params, batch)
+    accuracy = getattr(task, "accuracy", None)
+    return task.loss(params, batch), None if accuracy is None else accuracy(
+        params, batch
+    )
 
 
-def _train(tx, task, keys, num_steps: int, eval_every: int):
-    """One run per key: `losses (seeds, steps), (test_loss, accuracy) (seeds, evals)`.
+def _group(tree, g: int):
+    return jax.tree.map(lambda x: x[g], tree)
 
-    `losses[s, t]` is the minibatch loss at the iterate after `t` updates; the
-    held-out batch is evaluated after every `eval_every` updates.
+
+def _train_groups(factories, task, lrs, keys, num_steps: int, eval_every: int):
+    """Train `G = len(factories)` optimizers on `task`, `R` runs each, in one program.
+
+    Args:
+        factories: `G` callables `learning_rate -> optax transformation`
+            (static; a fixed optimizer ignores its argument).
+        lrs: `(G, R)` learning rates (traced).
+        keys: `(G, R)` PRNG keys, one per run.
+
+    Returns:
+        `losses (G, R, num_steps), (test_loss, accuracy) (G, R, evals)`;
+        `losses[g, r, t]` is the minibatch loss at the iterate after `t`
+        updates, the held-out batch is evaluated after every `eval_every`
+        updates (`None` where the task has none).
     """
+    sample = _sampler(task)
+    vv = lambda f: jax.vmap(jax.vmap(f))  # over groups, then runs
 
-    def one(key):
+    def start(key):
         init_key, data_key = jax.random.split(key)
-        params = task.init(init_key)
-        batch_keys = jax.random.split(data_key, num_steps).reshape(-1, eval_every)
+        return task.init(init_key), jax.random.split(data_key, num_steps)
 
-        def step(carry, batch_key):
-            params, state = carry
-            loss, grads = jax.value_and_grad(task.loss)(
-                params, task.sample_batch(batch_key)
+    params, batch_keys = vv(start)(keys)  # leaves (G, R, ...); keys (G, R, T)
+    states = tuple(
+        jax.vmap(lambda lr, p, f=f: f(lr).init(p))(lrs[g], _group(params, g))
+        for g, f in enumerate(factories)
+    )
+    value_and_grad = vv(jax.value_and_grad(task.loss))
+
+    def step(carry, step_keys):
+        params, states = carry
+        loss, grads = value_and_grad(params, vv(sample)(step_keys))
+        new_params, new_states = [], []
+        for g, f in enumerate(factories):
+
+            def update(lr, grad, state, p, f=f):
+                updates, state = f(lr).update(grad, state, p)
+                return optax.apply_updates(p, updates), state
+
+            p, s = jax.vmap(update)(
+                lrs[g], _group(grads, g), states[g], _group(params, g)
             )
-            updates, state = tx.update(grads, state, params)
-            return (optax.apply_updates(params, updates), state), loss
+            new_params.append(p)
+            new_states.append(s)
+        params = jax.tree.map(lambda *xs: jnp.stack(xs), *new_params)
+        return (params, tuple(new_states)), loss
 
-        def block(carry, block_keys):
-            carry, losses = jax.lax.scan(step, carry, block_keys)
-            return carry, (losses, _held_out(task, carry[0]))
+    def block(carry, block_keys):
+        carry, losses = jax.lax.scan(step, carry, block_keys)
+        return carry, (losses, vv(lambda p: _held_out(task, p))(carry[0]))
 
-        _, (losses, held_out) = jax.lax.scan(
-            block, (params, tx.init(params)), batch_keys
+    # (G, R, T) -> (T / eval_every, eval_every, G, R): scanned over steps
+    blocks = jnp.moveaxis(batch_keys, 2, 0).reshape(
+        num_steps // eval_every, eval_every, *keys.shape
+    )
+    _, (losses, held_out) = jax.lax.scan(block, (params, states), blocks)
+    to_runs = lambda x: None if x is None else jnp.moveaxis(x, 0, -1)  # (G, R, evals)
+    losses = jnp.moveaxis(losses.reshape(num_steps, *keys.shape), 0, -1)
+    return losses, tuple(to_runs(x) for x in held_out)
+
+
+def train_groups(
+    factories: Sequence[Callable[[Any], optax.GradientTransformation]],
+    task,
+    learning_rates,
+    keys,
+    *,
+    num_steps: int,
+    eval_every: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Train `G` optimizers on `task`, `R` runs each, in one jitted program.
+
+    The task's loss and gradient are vmapped over all `G * R` runs (they
+    compile once); each optimizer updates its own `R` runs, with its own
+    learning rate per run passed as a traced scalar.
+
+    Args:
+        factories: `G` callables `learning_rate -> optax transformation`; a
+            fixed optimizer ignores its argument (`lambda lr: tx`).
+        task: the task (`init`, `loss`, `sample_batch`; optionally
+            `eval_batch` and `accuracy`).
+        learning_rates: `(G, R)` learning rates.
+        keys: `(G, R)` PRNG keys, one per run (see the module's key schedule).
+        num_steps: updates per run.
+        eval_every: held-out evaluation period (must divide `num_steps`);
+            `None`: only at the end.
+
+    Returns:
+        `(losses, test_losses, accuracies)`, NumPy float64 arrays of shapes
+        `(G, R, num_steps)`, `(G, R, evals)`, `(G, R, evals)` (`None` where
+        the task has no held-out batch or accuracy). A diverging run is not
+        an error: its losses simply become large or NaN.
+    """
+    eval_every = num_steps if eval_every is None else int(eval_every)
+    if num_steps < 1 or eval_every < 1 or num_steps % eval_every:
+        raise ValueError(
+            f"eval_every={eval_every} must divide num_steps={num_steps} (both >= 1)"
         )
-        return losses.reshape(-1), held_out
+    lrs = jnp.asarray(learning_rates, jnp.float32)
+    # optax's own optimizers are not strict-promotion clean; trace with standard rules.
+    with jax.numpy_dtype_promotion("standard"):
+        losses, (test, acc) = eqx.filter_jit(_train_groups)(
+            tuple(factories), task, lrs, keys, num_steps, eval_every
+        )
+    as_np = lambda x: None if x is None else np.asarray(x, np.float64)
+    return as_np(losses), as_np(test), as_np(acc)
 
-    return jax.vmap(one)(keys)
+
+def _seed_keys(seeds: Sequence[int]):
+    return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
 
 
 def train(
@@ -100,46 +199,48 @@ def train(
         A [`Run`][mnemosyne.evaluation.Run].
     """
     eval_every = num_steps if eval_every is None else int(eval_every)
-    if num_steps < 1 or eval_every < 1 or num_steps % eval_every:
-        raise ValueError(
-            f"eval_every={eval_every} must divide num_steps={num_steps} (both >= 1)"
-        )
-    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
-    # optax's own optimizers are not strict-promotion clean; trace with standard rules.
-    with jax.numpy_dtype_promotion("standard"):
-        losses, (test, acc) = eqx.filter_jit(_train)(
-            tx, task, keys, num_steps, eval_every
-        )
-    as_np = lambda x: None if x is None else np.asarray(x, np.float64)
+    losses, test, acc = train_groups(
+        (lambda lr: tx,),
+        task,
+        np.zeros((1, len(seeds))),
+        _seed_keys(seeds)[None],
+        num_steps=num_steps,
+        eval_every=eval_every,
+    )
     return Run(
-        losses=np.asarray(losses, np.float64),
+        losses=losses[0],
         eval_steps=tuple(range(eval_every, num_steps + 1, eval_every)),
-        test_losses=as_np(test),
-        accuracies=as_np(acc),
+        test_losses=None if test is None else test[0],
+        accuracies=None if acc is None else acc[0],
     )
 
 
-def _specs(
-    optimizers, num_steps: int
-) -> dict[str, Callable[[AbstractTask], tuple[Any, float | None]]]:
-    """name -> (task -> (transformation, tuned learning rate or None))."""
+def _broadcast_keys(keys, num_groups: int):
+    """`(R,)` keys -> `(num_groups, R)`, the same keys for every group."""
+    data = jax.random.key_data(keys)
+    return jax.random.wrap_key_data(jnp.broadcast_to(data, (num_groups, *data.shape)))
+
+
+def _specs(optimizers) -> dict[str, tuple[str, Callable]]:
+    """name -> `("fixed", task -> tx)` or `("tuned", learning_rate -> tx)`."""
+    from ..baselines import reference_optimizers
+
     if not isinstance(optimizers, Mapping):
         resolved = {}
         for name in optimizers:
-            if name.endswith("_tuned"):
-                resolved[name] = lambda task, n=name: tune(
-                    n[: -len("_tuned")], task, num_steps=num_steps
-                )
+            base = name[: -len("_tuned")]
+            if name.endswith("_tuned") and base in reference_optimizers():
+                resolved[name] = ("tuned", reference_optimizers()[base])
             else:
                 tx = resolve_optimizer(name)  # fail early (e.g. missing weights)
-                resolved[name] = lambda task, tx=tx: (tx, None)
+                resolved[name] = ("fixed", lambda task, tx=tx: tx)
         return resolved
     out = {}
     for name, spec in optimizers.items():
         if isinstance(spec, optax.GradientTransformation):
-            out[name] = lambda task, tx=spec: (tx, None)
+            out[name] = ("fixed", lambda task, tx=spec: tx)
         elif callable(spec):
-            out[name] = lambda task, f=spec: (f(task), None)
+            out[name] = ("fixed", spec)
         else:
             raise TypeError(
                 f"optimizer {name!r}: expected an optax transformation "
@@ -159,20 +260,32 @@ def evaluate(
     reference: str = "adam",
     measure_cost: bool = True,
     progress: bool = True,
+    tuning_grid: Sequence[float] | None = None,
+    tuning_seed: int = TUNING_SEED,
 ) -> EvaluationResult:
     """Train every optimizer on every task for every seed and collect the curves.
 
-    Each (optimizer, task) pair is one jitted `lax.scan` with the seeds
-    vmapped (one compilation per pair). Every seed starts from the same
-    parameters and sees the same minibatches for every optimizer. A run whose
-    loss becomes NaN/inf or exceeds 1000x its initial loss is reported as
-    diverged (final loss `inf`), not raised.
+    Per task, all optimizers and seeds run in one jitted program (the task's
+    gradient vmapped over every run, each optimizer updating its own runs), so
+    a task compiles once however many optimizers are compared. Every seed
+    starts from the same parameters and sees the same minibatches for every
+    optimizer. A run whose loss becomes NaN/inf or exceeds 1000x its initial
+    loss is reported as diverged (final loss `inf`), not raised.
+
+    `"<name>_tuned"` optimizers are first grid-tuned on the task: every
+    learning rate of `tuning_grid` is trained for `num_steps` steps on one
+    separate seed, `tuning_seed` (not an evaluation seed, so tuning does not
+    flatter the baseline), all tuned optimizers and learning rates in one
+    program with the learning rate traced; the best (lowest mean loss over
+    the last 10% of steps, diverged runs excluded) is then evaluated on
+    `seeds` like every other optimizer. The chosen learning rates are in
+    `Run.learning_rate` and the whole grid in `result.tuning`.
 
     Args:
         optimizers: names for
             [`resolve_optimizer`][mnemosyne.evaluation.resolve_optimizer]
-            (`"*_tuned"` ones are grid-tuned per task for `num_steps` steps),
-            or a mapping name -> optax transformation, or name -> callable
+            (`"*_tuned"` ones are grid-tuned per task as above), or a mapping
+            name -> optax transformation, or name -> callable
             `task -> transformation`.
         tasks: task names (see `mnemosyne.tasks.list_tasks()`) or task objects.
         seeds: integer seeds.
@@ -186,7 +299,10 @@ def evaluate(
         measure_cost: measure state memory and update time of every optimizer
             (plus `optax.adam(1e-3)` as the time baseline) on the task with the
             most parameters.
-        progress: show a tqdm progress bar over (optimizer, task) pairs.
+        progress: show a tqdm progress bar over tasks (and tuning phases).
+        tuning_grid: learning rates tried for `*_tuned` optimizers; `None`:
+            [`mnemosyne.baselines.DEFAULT_GRID`][] (1e-4 ... 1, 9 points).
+        tuning_seed: the seed tuning runs use.
 
     Returns:
         An [`EvaluationResult`][mnemosyne.evaluation.EvaluationResult].
@@ -194,25 +310,75 @@ def evaluate(
     Raises:
         FileNotFoundError: a named learned optimizer has no pretrained weights.
     """
+    from ..baselines._tuned import grid_search
+
     tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"task names must be unique, got {names}")
-    specs = _specs(optimizers, num_steps)
+    specs = _specs(optimizers)
+    tuned = {n: f for n, (kind, f) in specs.items() if kind == "tuned"}
     runs: dict[str, dict[str, Run]] = {name: {} for name in specs}
+    tuning: dict[str, dict[str, dict]] = {name: {} for name in tuned}
     txs: dict[tuple[str, str], Any] = {}
+    eval_every = num_steps if eval_every is None else int(eval_every)
+    eval_steps = tuple(range(eval_every, num_steps + 1, eval_every))
+    keys = _seed_keys(seeds)
     bar = tqdm(
-        total=len(specs) * len(tasks), disable=not progress, desc="evaluate", unit="run"
+        total=len(tasks) * (2 if tuned else 1),
+        disable=not progress,
+        desc="evaluate",
+        unit="phase",
     )
     with bar:
         for task in tasks:
-            for name, spec in specs.items():
-                bar.set_postfix_str(f"{name} on {task.name}")
-                tx, lr = spec(task)
-                txs[name, task.name] = tx
-                run = train(tx, task, seeds, num_steps=num_steps, eval_every=eval_every)
-                runs[name][task.name] = run._replace(learning_rate=lr)
+            chosen = {}
+            if tuned:
+                bar.set_postfix_str(f"tuning {len(tuned)} optimizer(s) on {task.name}")
+                found = grid_search(
+                    tuned,
+                    tuning_grid,
+                    task,
+                    num_steps=num_steps,
+                    key=jax.random.key(tuning_seed),
+                )
+                for name, r in found.items():
+                    chosen[name] = r.learning_rate
+                    tuning[name][task.name] = {
+                        "seed": tuning_seed,
+                        "grid": list(r.losses_by_lr),
+                        "scores": list(r.losses_by_lr.values()),
+                        "learning_rate": r.learning_rate,
+                    }
                 bar.update()
+            bar.set_postfix_str(f"{len(specs)} optimizer(s) on {task.name}")
+            factories = []
+            for name, (kind, f) in specs.items():
+                if kind == "tuned":
+                    factories.append(f)
+                    txs[name, task.name] = f(chosen[name])
+                else:
+                    tx = f(task)
+                    factories.append(lambda lr, tx=tx: tx)
+                    txs[name, task.name] = tx
+            lrs = np.array([[chosen.get(n, 0.0)] * len(seeds) for n in specs])
+            losses, test, acc = train_groups(
+                factories,
+                task,
+                lrs,
+                _broadcast_keys(keys, len(specs)),
+                num_steps=num_steps,
+                eval_every=eval_every,
+            )
+            for g, name in enumerate(specs):
+                runs[name][task.name] = Run(
+                    losses=losses[g],
+                    eval_steps=eval_steps,
+                    test_losses=None if test is None else test[g],
+                    accuracies=None if acc is None else acc[g],
+                    learning_rate=chosen.get(name),
+                )
+            bar.update()
 
     cost, cost_task = {}, None
     if measure_cost and tasks:
@@ -242,4 +408,6 @@ def evaluate(
         user_targets=dict(targets or {}),
         cost=cost,
         cost_task=cost_task,
+        kinds={t.name: getattr(t, "kind", "") for t in tasks},
+        tuning=tuning,
     )

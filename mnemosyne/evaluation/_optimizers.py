@@ -16,6 +16,9 @@ from .._transform import mnemosyne
 #: Learning rate of the untuned hand-designed optimizers ("adam" is `optax.adam(1e-3)`).
 DEFAULT_LEARNING_RATE: float = 1e-3
 
+#: Seed of the runs that tune `*_tuned` optimizers (kept apart from evaluation seeds).
+TUNING_SEED: int = 1000
+
 _LEARNED = ("mnemosyne", "lstm", "lstm_multiscale")
 
 
@@ -39,7 +42,7 @@ def _learned(name: str) -> optax.GradientTransformation:
 
 
 def tune(
-    name: str, task, *, num_steps: int, seed: int = 1000
+    name: str, task, *, num_steps: int, seed: int = TUNING_SEED
 ) -> tuple[optax.GradientTransformation, float]:
     """Grid-tune the learning rate of a reference optimizer on `task`.
 

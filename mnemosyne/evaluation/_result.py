@@ -18,6 +18,16 @@ from ._stats import (
     summarize,
 )
 
+#: Task kinds that are Transformers (reported in their own table).
+TRANSFORMER_KINDS: frozenset[str] = frozenset({"vit", "lm", "mlm", "prompt"})
+
+
+def _registered_kind(task: str) -> str:
+    """The kind of a registered task (`""` for a name that is not registered)."""
+    from ..tasks import get_task, list_tasks
+
+    return get_task(task).kind if task in list_tasks() else ""
+
 
 class Run(NamedTuple):
     """Raw outcome of one (optimizer, task) pair over seeds.
@@ -83,6 +93,12 @@ class EvaluationResult:
         cost: optimizer -> `{"floats_per_parameter", "time_per_step_s",
             "time_vs_adam"}` measured on `cost_task` (empty if not measured).
         cost_task: the task (the one with most parameters) the costs were measured on.
+        kinds: task -> kind (`"mlp"`, `"vit"`, ...); Transformer kinds
+            ([`TRANSFORMER_KINDS`][mnemosyne.evaluation.TRANSFORMER_KINDS]) get
+            their own table and win counts.
+        tuning: for `*_tuned` optimizers, optimizer -> task -> `{"seed",
+            "grid", "scores", "learning_rate"}` (the tuning runs' scores per
+            grid point, `inf` where diverged).
     """
 
     optimizers: list[str]
@@ -94,8 +110,14 @@ class EvaluationResult:
     user_targets: dict[str, float] = dataclasses.field(default_factory=dict)
     cost: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     cost_task: str | None = None
+    kinds: dict[str, str] = dataclasses.field(default_factory=dict)
+    tuning: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)
 
     # ------------------------------------------------------------------ stats
+
+    def transformer_tasks(self) -> list[str]:
+        """The tasks whose kind is in `TRANSFORMER_KINDS`, in row order."""
+        return [t for t in self.tasks if self.kinds.get(t) in TRANSFORMER_KINDS]
 
     def target(self, task: str) -> float | None:
         """The steps-to-target loss for `task`: the user's, else the reference's
@@ -124,36 +146,32 @@ class EvaluationResult:
         return {t: self.stats(optimizer, t).final_loss_mean for t in self.tasks}
 
     def compare(
-        self, reference: str | None = None, candidate: str = "mnemosyne"
+        self,
+        reference: str | None = None,
+        candidate: str = "mnemosyne",
+        tasks: list[str] | None = None,
     ) -> Comparison:
-        """Head-to-head final losses; see [`compare`][mnemosyne.evaluation.compare]."""
+        """Head-to-head final losses on `tasks` (default: all); see
+        [`compare`][mnemosyne.evaluation.compare]."""
         reference = reference or self.reference
+        keep = set(self.tasks if tasks is None else tasks)
+        pick = lambda o: {t: v for t, v in self.final_losses(o).items() if t in keep}
         return compare_final_losses(
-            self.final_losses(candidate),
-            self.final_losses(reference),
-            candidate=candidate,
-            reference=reference,
+            pick(candidate), pick(reference), candidate=candidate, reference=reference
         )
 
     # ----------------------------------------------------------------- output
 
-    def to_markdown(self, reference: str | None = None) -> str:
-        """Markdown tables: final training loss (mean ± std over seeds, best per
-        task in bold), held-out accuracy where defined, optimizer cost, and a
-        wins/losses line of every optimizer against `reference`."""
-        reference = reference or self.reference
+    def _loss_table(self, tasks: list[str], title: str) -> list[str]:
         n = len(self.seeds)
-        header = "| task | " + " | ".join(self.optimizers) + " |"
-        rule = "|---|" + "---|" * len(self.optimizers)
         lines = [
-            f"### Final training loss (mean ± std over {n} seeds, last 5% of "
+            f"### {title} (mean ± std over {n} seeds, last 5% of "
             f"{self.num_steps} steps; best in bold)",
             "",
-            header,
-            rule,
+            "| task | " + " | ".join(self.optimizers) + " |",
+            "|---|" + "---|" * len(self.optimizers),
         ]
-        acc_rows = []
-        for task in self.tasks:
+        for task in tasks:
             stats = {o: self.stats(o, task) for o in self.optimizers}
             best = min(s.final_loss_mean for s in stats.values())
             cells = []
@@ -164,8 +182,85 @@ class EvaluationResult:
                 cell = _fmt(s.final_loss_mean, s.final_loss_std)
                 cells.append(f"**{cell}**" if s.final_loss_mean == best else cell)
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
-            if any(s.accuracy_mean is not None for s in stats.values()):
-                accs = [_fmt(s.accuracy_mean, s.accuracy_std) for s in stats.values()]
+        return lines
+
+    def _wins_table(self, references: list[str]) -> list[str]:
+        transformer = self.transformer_tasks()
+        other = [t for t in self.tasks if t not in transformer]
+        groups = [("all", self.tasks), ("Transformer", transformer), ("other", other)]
+        groups = [(g, ts) for g, ts in groups if ts]
+        head = [f"vs {r}: {g} ({len(ts)})" for r in references for g, ts in groups]
+        lines = [
+            "### Wins / losses (final training loss, candidate <= reference is a win)",
+            "",
+            "| optimizer | " + " | ".join(head) + " |",
+            "|---|" + "---|" * len(head),
+        ]
+        for o in self.optimizers:
+            cells = []
+            for r in references:
+                for _, ts in groups:
+                    if o == r:
+                        cells.append("–")
+                        continue
+                    c = self.compare(r, o, ts)
+                    cells.append(f"{c.wins}/{c.losses}")
+            lines.append(f"| {o} | " + " | ".join(cells) + " |")
+        return lines
+
+    def _tuning_table(self) -> list[str]:
+        tuned = [o for o in self.optimizers if self.tuning.get(o)]
+        if not tuned:
+            return []
+        seeds = sorted({d["seed"] for o in tuned for d in self.tuning[o].values()})
+        lines = [
+            "### Tuned learning rates (grid search on seed "
+            f"{', '.join(map(str, seeds))}, not an evaluation seed; "
+            "* marks an edge of the grid)",
+            "",
+            "| task | " + " | ".join(tuned) + " |",
+            "|---|" + "---|" * len(tuned),
+        ]
+        for task in self.tasks:
+            cells = []
+            for o in tuned:
+                d = self.tuning[o].get(task)
+                if d is None:
+                    cells.append("–")
+                    continue
+                lr, grid = d["learning_rate"], d["grid"]
+                edge = "*" if lr in (min(grid), max(grid)) else ""
+                cells.append(f"{lr:.3g}{edge}")
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        return lines
+
+    def to_markdown(self, reference: str | None = None) -> str:
+        """Markdown tables: final training loss (mean ± std over seeds, best per
+        task in bold; Transformer tasks in a separate table), held-out accuracy
+        where defined, the tuned learning rates, optimizer cost, wins/losses of
+        every optimizer against `reference` and (if present) `adam_tuned`, split
+        into Transformer and other tasks, and one summary line per optimizer."""
+        reference = reference or self.reference
+        transformer = self.transformer_tasks()
+        other = [t for t in self.tasks if t not in transformer]
+        lines = []
+        if other and transformer:
+            lines += self._loss_table(
+                other, "Final training loss, non-Transformer tasks"
+            )
+            lines += [""]
+            lines += self._loss_table(
+                transformer, "Final training loss, Transformer tasks"
+            )
+        else:
+            lines += self._loss_table(self.tasks, "Final training loss")
+        header = "| task | " + " | ".join(self.optimizers) + " |"
+        rule = "|---|" + "---|" * len(self.optimizers)
+        acc_rows = []
+        for task in self.tasks:
+            stats = [self.stats(o, task) for o in self.optimizers]
+            if any(s.accuracy_mean is not None for s in stats):
+                accs = [_fmt(s.accuracy_mean, s.accuracy_std) for s in stats]
                 acc_rows.append(f"| {task} | " + " | ".join(accs) + " |")
         if acc_rows:
             lines += [
@@ -176,6 +271,9 @@ class EvaluationResult:
                 rule,
                 *acc_rows,
             ]
+        tuning = self._tuning_table()
+        if tuning:
+            lines += ["", *tuning]
         if self.cost:
             lines += [
                 "",
@@ -189,6 +287,10 @@ class EvaluationResult:
             for o, c in self.cost.items():
                 floats, ratio = c["floats_per_parameter"], c["time_vs_adam"]
                 lines.append(f"| {o} | {floats:.3g} | {ratio:.2f}× |")
+        references = [r for r in (reference, "adam_tuned") if r in self.runs]
+        references = list(dict.fromkeys(references))
+        if references and len(self.optimizers) > 1:
+            lines += ["", *self._wins_table(references)]
         if reference in self.runs:
             lines += [""] + [
                 f"- {self.compare(reference, o).summary()}"
@@ -217,6 +319,8 @@ class EvaluationResult:
                 "user_targets": self.user_targets,
                 "cost": self.cost,
                 "cost_task": self.cost_task,
+                "kinds": self.kinds,
+                "tuning": self.tuning,
                 "stats": stats,
                 "runs": runs,
             }
@@ -249,6 +353,17 @@ class EvaluationResult:
             user_targets=d["user_targets"],
             cost=d["cost"],
             cost_task=d["cost_task"],
+            kinds=d.get("kinds") or {t: _registered_kind(t) for t in d["tasks"]},
+            tuning={
+                o: {
+                    t: {
+                        **v,
+                        "scores": [math.inf if x is None else x for x in v["scores"]],
+                    }
+                    for t, v in per_task.items()
+                }
+                for o, per_task in d.get("tuning", {}).items()
+            },
         )
 
     def save(self, out_dir) -> dict[str, pathlib.Path]:
