@@ -65,13 +65,47 @@ def check_same_structure(a, b, name_a: str, name_b: str) -> None:
             )
 
 
-def check_update_inputs(grads, state, params) -> None:
-    """Validate `update(grads, state, params)` at trace time."""
+def check_state_like(state, expected, what: str = "state") -> None:
+    """Raise `ValueError` naming the first leaf of `state` whose shape or dtype
+    differs from `expected` (e.g. `jax.eval_shape(opt.init, params)`), or the
+    first path where their structures differ."""
+    is_none = lambda x: x is None
+    leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=is_none)[0]
+    wanted = jax.tree_util.tree_flatten_with_path(expected, is_leaf=is_none)[0]
+    paths = [_path(p) for p, _ in leaves]
+    wanted_paths = [_path(p) for p, _ in wanted]
+    if paths != wanted_paths:
+        extra = sorted(set(paths) - set(wanted_paths))[:5]
+        missing = sorted(set(wanted_paths) - set(paths))[:5]
+        raise ValueError(
+            f"the optimizer {what} does not match these parameters: unexpected "
+            f"{extra}, missing {missing}; was it initialised for other parameters?"
+        )
+    for (path, x), (_, y) in zip(leaves, wanted):
+        if (x is None) != (y is None):
+            raise ValueError(f"{what}{_path(path)}: one of state and expected state is None")
+        if x is None or not hasattr(x, "shape"):
+            continue
+        if tuple(x.shape) != tuple(y.shape) or np.dtype(x.dtype) != np.dtype(y.dtype):
+            raise ValueError(
+                f"{what}{_path(path)} has shape {tuple(x.shape)} and dtype {np.dtype(x.dtype)}, "
+                f"expected {tuple(y.shape)} and {np.dtype(y.dtype)} for these parameters: "
+                "was the state initialised for other parameters?"
+            )
+
+
+def check_update_inputs(grads, state, params, expected_state=None) -> None:
+    """Validate `update(grads, state, params)` at trace time.
+
+    `expected_state`, if given (shapes and dtypes suffice, e.g.
+    `jax.eval_shape(opt.init, params)`), is compared with `state` leaf by leaf.
+    """
     if params is None:
         raise ValueError(
             "this learned optimizer reads the parameters: call update(grads, state, params)"
         )
     check_float_leaves(grads, "grads")
+    check_float_leaves(params, "params")
     check_same_structure(grads, params, "grads", "params")
     memory = getattr(state, "memory", None)
     if memory is not None:
@@ -84,3 +118,5 @@ def check_update_inputs(grads, state, params) -> None:
                 "the optimizer state does not match the structure of grads: was it "
                 f"initialised for other parameters? ({err})"
             ) from None
+    if expected_state is not None:
+        check_state_like(state, expected_state)

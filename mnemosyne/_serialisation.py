@@ -19,6 +19,7 @@ import equinox as eqx
 import jax
 
 MAGIC = b"MNEMOSYNE-WEIGHTS\n"
+_CHECKPOINT_MAGIC = b"MNEMOCKP"  # meta-training checkpoints (meta/_checkpoint.py)
 FORMAT_VERSION = 1
 WEIGHTS_DIR = pathlib.Path(__file__).parent / "weights"
 
@@ -89,13 +90,20 @@ def load(path) -> eqx.Module:
 
     Raises:
         FileNotFoundError: no such file.
-        WeightsFileError: not a Mnemosyne weights file, a newer format version,
-            a truncated or corrupted file, or a payload that does not match the
-            configuration in its header.
+        WeightsFileError: not a Mnemosyne weights file (e.g. a meta-training
+            checkpoint), a newer format version, a truncated or corrupted file,
+            a configuration this version cannot build, or a payload that does not
+            match the configuration in its header. The message says which.
     """
     path = pathlib.Path(path)
     data = path.read_bytes()
     if not data.startswith(MAGIC):
+        if data.startswith(_CHECKPOINT_MAGIC):
+            raise WeightsFileError(
+                f"{path} is a meta-training checkpoint, not a weights file: resume it "
+                "with MetaTrainer(..., checkpoint_dir=...).run(), or save its optimizer "
+                "with mnemosyne.save(path, trainer.lopt)"
+            )
         raise WeightsFileError(f"{path} is not a Mnemosyne weights file (bad magic bytes)")
     header_line, sep, payload = data[len(MAGIC):].partition(b"\n")
     try:
@@ -105,22 +113,38 @@ def load(path) -> eqx.Module:
     if not isinstance(header, dict):
         raise WeightsFileError(f"{path}: the header is truncated or corrupted")
     version = header.get("format_version")
-    if version != FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise WeightsFileError(f"{path}: the header is corrupted (format version {version!r})")
+    if version > FORMAT_VERSION:
         raise WeightsFileError(
             f"{path}: format version {version}, this mnemosyne reads version "
             f"{FORMAT_VERSION}; upgrade mnemosyne to load it"
         )
-    if len(payload) != header.get("payload_bytes"):
+    if version != FORMAT_VERSION:  # no older format exists yet
+        raise WeightsFileError(f"{path}: unsupported old format version {version}")
+    expected = header.get("payload_bytes")
+    if not isinstance(expected, int) or len(payload) > expected:
         raise WeightsFileError(
-            f"{path} is truncated: {len(payload)} of {header.get('payload_bytes')} payload bytes"
+            f"{path} is corrupted: {len(payload)} payload bytes, the header says {expected}"
         )
+    if len(payload) < expected:
+        raise WeightsFileError(f"{path} is truncated: {len(payload)} of {expected} payload bytes")
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise WeightsFileError(f"{path} is corrupted: checksum mismatch")
     cls = _CLASSES.get(header.get("class"))
     if cls is None:
         raise WeightsFileError(f"{path}: unknown optimizer class {header.get('class')!r}")
-    config = {k: _thaw(v) for k, v in header["config"].items()}
-    skeleton = cls(**config, key=jax.random.key(0))
+    config = header.get("config")
+    if not isinstance(config, dict):
+        raise WeightsFileError(f"{path}: the header has no optimizer configuration")
+    config = {k: _thaw(v) for k, v in config.items()}
+    try:
+        skeleton = cls(**config, key=jax.random.key(0))
+    except (TypeError, ValueError) as err:  # unknown, missing or invalid arguments
+        raise WeightsFileError(
+            f"{path}: its {cls.__name__} configuration cannot be built by this version "
+            f"of mnemosyne ({err}); was it saved by another version?"
+        ) from None
     try:
         return eqx.tree_deserialise_leaves(io.BytesIO(payload), skeleton)
     except Exception as err:  # shape/dtype mismatch between payload and config

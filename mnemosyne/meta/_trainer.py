@@ -35,6 +35,9 @@ from ._unroll import (
 
 History = dict[str, list]
 _CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.eqx$")
+# temporary files of `save_checkpoint` ("." + name + random + ".tmp"), left
+# behind only when a process is killed in the middle of a write
+_STALE_TMP_RE = re.compile(r"^\.ckpt-\d{8,}\.eqx\..*\.tmp$")
 _HISTORY_KEYS = ("step", "meta_loss", "grad_norm", "skipped", "num_diverged", "task")
 
 # Independent streams derived from the base key: fold_in(base, stream) then
@@ -287,7 +290,8 @@ class MetaTrainer:
             resume: continue from the latest complete checkpoint in
                 `checkpoint_dir` if there is one (and this trainer has not
                 taken any steps yet). A corrupted newest checkpoint is skipped,
-                with a warning, for the previous complete one.
+                with a warning, for the previous complete one; temporary files
+                of a write interrupted by a killed process are deleted.
             progress: show a tqdm progress bar with the meta-loss.
 
         Returns:
@@ -421,6 +425,7 @@ class MetaTrainer:
         return getattr(self, "_last_saved_step", None) == self.step
 
     def _restore_latest(self) -> None:
+        self._remove_stale_temporaries()
         paths = self.checkpoints()
         for path in reversed(paths):
             try:
@@ -437,6 +442,18 @@ class MetaTrainer:
                 f"No readable checkpoint in {self.checkpoint_dir!r}; "
                 "pass resume=False to start afresh."
             )
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete partial checkpoint writes of a killed run (never read: the
+        final names are only ever complete files)."""
+        if not os.path.isdir(self.checkpoint_dir):
+            return
+        for name in os.listdir(self.checkpoint_dir):
+            if _STALE_TMP_RE.match(name):
+                try:
+                    os.remove(os.path.join(self.checkpoint_dir, name))
+                except FileNotFoundError:
+                    pass
 
     def _prune(self) -> None:
         paths = self.checkpoints()
