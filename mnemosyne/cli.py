@@ -18,15 +18,36 @@ class UsageError(Exception):
     """A mistake in the command line: reported in one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument raises `UsageError` (one line, with a hint)
+    instead of printing the usage block and exiting inside `parse_args`."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
+def _folder(text: str, what: str) -> pathlib.Path:
+    """An output folder: refused (one line) if it exists as a file."""
+    path = pathlib.Path(text)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {text!r} is a file, not a folder; choose another {what}")
+    return path
+
+
 def _csv(text: str) -> list[str]:
     return [t for t in (s.strip() for s in text.split(",")) if t]
 
 
 def _seeds(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(s) for s in _csv(text))
+        seeds = tuple(int(s) for s in _csv(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be integers like 0,1,2, got {text!r}")
+        seeds = ()
+    if not seeds or any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(
+            f"seeds must be non-negative integers like 0,1,2, got {text!r}"
+        )
+    return seeds
 
 
 def _positive_int(text: str) -> int:
@@ -45,6 +66,8 @@ def _check_tasks(names: list[str]) -> list[str]:
     known = list_tasks()
     if names == ["all"]:
         return known
+    if not names:
+        raise UsageError("no tasks given; pass --tasks all or names from `mnemosyne evaluate --list`")
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UsageError(f"unknown task(s) {unknown}; run `mnemosyne evaluate --list` to see them")
@@ -58,7 +81,7 @@ def cmd_demo(args) -> int:
     from . import _transform
     from .evaluation import evaluate
 
-    out = pathlib.Path(args.out)
+    out = _folder(args.out, "--out")
     optimizers = {"adam(1e-3)": optax.adam(1e-3)}
     try:
         optimizers = {"mnemosyne": _transform.mnemosyne(), **optimizers}
@@ -80,21 +103,34 @@ def cmd_demo(args) -> int:
 
 def cmd_meta_train(args) -> int:
     """Meta-train a preset and save its weights."""
-    from .meta import PRESETS, train_preset
+    from .meta import PRESETS, CheckpointError, IncompatibleCheckpointError, train_preset
 
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
     output = pathlib.Path(args.output or f"{args.preset}.eqx")
-    checkpoints = pathlib.Path(args.checkpoint_dir or f"{output.with_suffix('')}_checkpoints")
-    start = time.perf_counter()
-    train_preset(
-        args.preset,
-        output=output,
-        checkpoint_dir=checkpoints,
-        resume=not args.no_resume,
-        progress=True,
-        num_outer_steps=args.steps,
+    if output.is_dir():
+        raise UsageError(
+            f"--output {str(output)!r} is a folder; give a file name like {args.preset}.eqx"
+        )
+    checkpoints = _folder(
+        args.checkpoint_dir or f"{output.with_suffix('')}_checkpoints", "--checkpoint-dir"
     )
+    start = time.perf_counter()
+    try:
+        train_preset(
+            args.preset,
+            output=output,
+            checkpoint_dir=checkpoints,
+            resume=not args.no_resume,
+            progress=True,
+            num_outer_steps=args.steps,
+        )
+    except IncompatibleCheckpointError as err:
+        raise UsageError(
+            f"{err} Pass --no-resume to start over, or choose another --checkpoint-dir"
+        ) from None
+    except CheckpointError as err:
+        raise UsageError(f"{err} Pass --no-resume to start over") from None
     print(f"Saved {output} ({time.perf_counter() - start:.0f} s); "
           f"load it with mnemosyne.load({str(output)!r}).")
     return 0
@@ -110,6 +146,9 @@ def cmd_evaluate(args) -> int:
         return 0
     tasks = _check_tasks(_csv(args.tasks))
     names = _csv(args.optimizers)
+    if not names:
+        raise UsageError("no optimizers given; pass e.g. --optimizers mnemosyne,adam")
+    out = _folder(args.out, "--out")
     for name in names:
         if name.endswith("_tuned") and name in optimizer_names():
             continue  # tuned per task inside `evaluate`
@@ -118,10 +157,10 @@ def cmd_evaluate(args) -> int:
         except FileNotFoundError as err:
             raise UsageError(str(err)) from None
         except (KeyError, ValueError) as err:
-            raise UsageError(f"unknown optimizer {name!r} ({err})") from None
+            reason = err.args[0] if err.args else f"unknown optimizer {name!r}"
+            raise UsageError(f"{reason}; see `mnemosyne evaluate --help`") from None
     start = time.perf_counter()
     result = evaluate(names, tasks, seeds=args.seeds, num_steps=args.steps)
-    out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result.save(out)
     print(result.to_markdown())
@@ -138,7 +177,7 @@ def cmd_ablation(args) -> int:
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
     tasks = list(ABLATION_TASKS) if args.tasks is None else _check_tasks(_csv(args.tasks))
-    out = pathlib.Path(args.out)
+    out = _folder(args.out, "--out")
     start = time.perf_counter()
     memory_ablation(out, num_outer_steps=args.outer_steps or ABLATION_OUTER_STEPS, tasks=tasks,
                     seeds=args.seeds, num_steps=args.steps, preset=args.preset)
@@ -149,7 +188,7 @@ def cmd_ablation(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mnemosyne", description="Mnemosyne learned optimizer: demo, meta-training, evaluation."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,13 +228,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line and return the exit status: 0, 2 for a usage
+    error (one line on stderr, no traceback), 130 when interrupted."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(f"mnemosyne: error: {_one_line(err)}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except UsageError as err:
-        print(f"mnemosyne {args.command}: error: {err}", file=sys.stderr)
+        print(f"mnemosyne {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.filename is None:
+            raise
+        # a path given on the command line cannot be read or written
+        print(
+            f"mnemosyne {args.command}: error: {err.strerror or err}: {err.filename!r}; "
+            "check the path and its permissions",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"mnemosyne {args.command}: interrupted", file=sys.stderr)
