@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import mnemosyne
+import mnemosyne.baselines
 from mnemosyne.meta import PRESETS, list_presets, train_preset
 from mnemosyne.tasks import HELD_OUT_KINDS, get_task, list_tasks
 
@@ -57,6 +58,18 @@ def test_quick_preset_end_to_end(tmp_path):
     # resuming a finished run is a no-op that returns the same θ
     again, _ = train_preset("quick", checkpoint_dir=tmp_path / "ck", progress=False)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(lopt), jax.tree.leaves(again)))
+
+
+def test_shipped_default_weights_come_from_the_default_preset():
+    from mnemosyne._serialisation import WEIGHTS_DIR
+
+    record = json.loads((WEIGHTS_DIR / "default.eqx.json").read_text())
+    preset = PRESETS["default"]
+    assert record["preset"] == "default"
+    assert record["config"] == preset.config()  # retrain when the preset changes
+    assert record["num_outer_steps"] == preset.num_outer_steps
+    assert record["skipped_steps"] == 0
+    assert not set(record["task_kinds"]) & set(HELD_OUT_KINDS)
 
 
 def test_shipped_default_weights_reduce_every_suite_loss():
