@@ -65,10 +65,10 @@ def check_same_structure(a, b, name_a: str, name_b: str) -> None:
             )
 
 
-def check_state_like(state, expected, what: str = "state") -> None:
-    """Raise `ValueError` naming the first leaf of `state` whose shape or dtype
-    differs from `expected` (e.g. `jax.eval_shape(opt.init, params)`), or the
-    first path where their structures differ."""
+def check_state_like(state, expected, what: str = "state", *, dtypes: bool = True) -> None:
+    """Raise `ValueError` naming the first leaf of `state` whose shape (or, if
+    `dtypes`, dtype) differs from `expected` (e.g. `jax.eval_shape(opt.init,
+    params)`), or the first path where their structures differ."""
     is_none = lambda x: x is None
     leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=is_none)[0]
     wanted = jax.tree_util.tree_flatten_with_path(expected, is_leaf=is_none)[0]
@@ -86,7 +86,8 @@ def check_state_like(state, expected, what: str = "state") -> None:
             raise ValueError(f"{what}{_path(path)}: one of state and expected state is None")
         if x is None or not hasattr(x, "shape"):
             continue
-        if tuple(x.shape) != tuple(y.shape) or np.dtype(x.dtype) != np.dtype(y.dtype):
+        dtype_differs = dtypes and np.dtype(x.dtype) != np.dtype(y.dtype)
+        if tuple(x.shape) != tuple(y.shape) or dtype_differs:
             raise ValueError(
                 f"{what}{_path(path)} has shape {tuple(x.shape)} and dtype {np.dtype(x.dtype)}, "
                 f"expected {tuple(y.shape)} and {np.dtype(y.dtype)} for these parameters: "

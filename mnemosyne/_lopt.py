@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float
 
-from ._checks import check_update_inputs, compute_dtype, leaf_shape_dtype
+from ._checks import check_state_like, check_update_inputs, compute_dtype, leaf_shape_dtype
 from ._encoder import HierarchicalPoolingEncoder
 from ._lopt_base import AbstractLearnedOptimizer
 from ._serialisation import freeze_config, register_serialisable
@@ -197,6 +197,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         """
         del extra_args
         check_update_inputs(grads, state, params)
+        expected = jax.eval_shape(self.init, params)
+        check_state_like(state.memory, expected.memory, "state.memory", dtypes=False)
         B = get_backend(backend)
         theta = _cast_theta(self, B)
         treedef = jax.tree.structure(grads, is_leaf=lambda x: x is None)
@@ -316,9 +318,13 @@ def _skip_if_nonfinite(grad_rms, updates, new_state, old_state, B, axis_names):
     """Keep the old state and return zero updates if any gradient has a NaN or
     infinite entry, i.e. if any tensor's (overflow-safe) gradient RMS is not
     finite; count the skipped step."""
-    finite = B.xp.asarray(True)
-    for rms in grad_rms:
-        finite = finite & B.xp.isfinite(rms)
+    # one reduction over all tensors' RMS (a chain of `&`s would be copied into
+    # every per-leaf select by XLA: compile time quadratic in the leaf count)
+    if grad_rms:
+        stacked = B.xp.stack([B.xp.asarray(r, np.float64 if B.xp is np else None) for r in grad_rms])
+        finite = B.xp.all(B.xp.isfinite(stacked))
+    else:
+        finite = B.xp.asarray(True)
     if axis_names is not None and B.xp is jnp:
         names = tuple(sorted({n for a in jax.tree.leaves(axis_names) for n in _as_tuple(a)}))
         if names:

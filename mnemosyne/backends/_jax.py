@@ -138,10 +138,18 @@ def step_embedding(step, timescales, dtype=jnp.float32):
     return jnp.tanh(jnp.asarray(step, dtype) / jnp.asarray(timescales, dtype))
 
 
+def normalise(x, rms):
+    """`x / rms`, 0 where rms = 0; see the NumPy reference. A product with the
+    reciprocal (see the module docstring). Known limit: for float32 rms above
+    ~8.5e37 the reciprocal is subnormal and CPUs flush it to zero."""
+    safe = jnp.where(rms > 0, rms, 1.0)
+    return jnp.where(rms > 0, x * (1.0 / safe), 0.0)
+
+
 def coordinate_features(g, x, g_rms, x_rms, clip):
     """Eq. (F); see the NumPy reference. Returns `(4, *g.shape)` in `g`'s dtype."""
-    g_hat = g * (1.0 / (g_rms + 1e-30))
-    x_hat = x * (1.0 / (x_rms + 1e-30))
+    g_hat = normalise(g, g_rms)
+    x_hat = normalise(x, x_rms)
     magnitude, direction = log_sign(g_hat)
     return [jnp.clip(g_hat, -clip, clip), magnitude, direction, jnp.clip(x_hat, -clip, clip)]
 

@@ -105,6 +105,12 @@ def step_embedding(step, timescales, dtype=np.float64) -> np.ndarray:
     return np.tanh(np.float64(step) / np.asarray(timescales, dtype=np.float64))
 
 
+def normalise(x, rms):
+    """$x / \\operatorname{rms}$, and 0 for an all-zero tensor (rms = 0)."""
+    rms = np.asarray(rms, np.float64)
+    return np.where(rms > 0, x / np.where(rms > 0, rms, 1.0), 0.0)
+
+
 def coordinate_features(g, x, g_rms, x_rms, clip):
     """Eq. (F): the per-coordinate input features of one tensor, `(4, *g.shape)`.
 
@@ -120,8 +126,8 @@ def coordinate_features(g, x, g_rms, x_rms, clip):
     """
     g = np.asarray(g, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64)
-    g_hat = g / (g_rms + 1e-30)
-    x_hat = x / (x_rms + 1e-30)
+    g_hat = normalise(g, g_rms)
+    x_hat = normalise(x, x_rms)
     magnitude, direction = log_sign(g_hat)
     return np.stack([np.clip(g_hat, -clip, clip), magnitude, direction, np.clip(x_hat, -clip, clip)])
 
