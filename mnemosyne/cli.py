@@ -160,9 +160,12 @@ def cmd_evaluate(args) -> int:
             reason = err.args[0] if err.args else f"unknown optimizer {name!r}"
             raise UsageError(f"{reason}; see `mnemosyne evaluate --help`") from None
     start = time.perf_counter()
-    result = evaluate(names, tasks, seeds=args.seeds, num_steps=args.steps)
     out.mkdir(parents=True, exist_ok=True)
+    partial = out / "partial.json"  # rewritten after each task; --resume continues it
+    result = evaluate(names, tasks, seeds=args.seeds, num_steps=args.steps,
+                      checkpoint=partial, resume=args.resume)
     result.save(out)
+    partial.unlink(missing_ok=True)
     print(result.to_markdown())
     print(f"\nWrote {out}/results.md, results.json and PNG plots "
           f"({time.perf_counter() - start:.0f} s).")
@@ -214,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=_positive_int, default=300, help="training steps per run")
     ev.add_argument("--out", default="results_out", help="output folder (results_out)")
     ev.add_argument("--list", action="store_true", help="list the tasks and exit")
+    ev.add_argument("--resume", action="store_true",
+                    help="keep the tasks an interrupted run saved in OUT/partial.json")
     ev.set_defaults(func=cmd_evaluate)
 
     ab = sub.add_parser("ablation", help="memory ablation of Mnemosyne (meta-trains variants)")

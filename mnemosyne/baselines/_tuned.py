@@ -43,7 +43,8 @@ class TunedResult(NamedTuple):
         learning_rate: the grid point with the lowest final loss.
         final_loss: its final loss (mean over the last steps and the seeds).
         losses_by_lr: final loss of every grid point; `inf` marks a run that
-            diverged (a NaN or infinite loss on any seed at any step).
+            diverged on any seed (a NaN/inf loss, or one above 1000x its
+            initial loss).
         curves: per grid point, the loss at each step, averaged over seeds
             (`(num_steps,)` NumPy arrays; may contain NaN/inf where diverged).
     """
@@ -56,8 +57,11 @@ class TunedResult(NamedTuple):
 
 def _score(losses: np.ndarray, window: int) -> float:
     """Mean loss over the last `window` steps and the seeds of `(seeds, steps)`
-    losses; `inf` if any loss is NaN/inf."""
-    if not np.all(np.isfinite(losses)):
+    losses; `inf` if any seed diverged (a NaN/inf loss, or one above 1000x its
+    initial loss: the rule of [`mnemosyne.evaluation.diverged`][])."""
+    from ..evaluation._stats import diverged
+
+    if np.any(diverged(losses)):
         return math.inf
     score = float(losses[:, -window:].mean())
     return score if math.isfinite(score) else math.inf
@@ -168,8 +172,10 @@ def tuned(
     $$L(\\eta) = \\operatorname{mean}_{\\text{seeds}}\\ \\operatorname{mean}_{t > T-w}
     \\ \\ell_t(\\eta),$$
 
-    the loss averaged over the last $w$ = `final_window` steps; a run with any
-    NaN/inf loss counts as $L = \\infty$. Returns the $\\eta$ of lowest $L$.
+    the loss averaged over the last $w$ = `final_window` steps; a diverged run
+    (any NaN/inf loss, or a loss above 1000x its initial loss, as in
+    [`mnemosyne.evaluation.diverged`][]) counts as $L = \\infty$. Returns the
+    $\\eta$ of lowest $L$.
 
     The learning rate is passed to the factory as a traced scalar and the grid
     is vmapped, so the whole grid is one compile and one call; a factory that

@@ -12,6 +12,7 @@ step, `split(data_key, num_steps)`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from ..baselines import DEFAULT_GRID
 from ..tasks import AbstractTask, get_task
 from ._optimizers import (
     DEFAULT_LEARNING_RATE,
@@ -262,6 +264,8 @@ def evaluate(
     progress: bool = True,
     tuning_grid: Sequence[float] | None = None,
     tuning_seed: int = TUNING_SEED,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> EvaluationResult:
     """Train every optimizer on every task for every seed and collect the curves.
 
@@ -303,6 +307,11 @@ def evaluate(
         tuning_grid: learning rates tried for `*_tuned` optimizers; `None`:
             [`mnemosyne.baselines.DEFAULT_GRID`][] (1e-4 ... 1, 9 points).
         tuning_seed: the seed tuning runs use.
+        checkpoint: a JSON file rewritten after each task with the results so
+            far (the format of `EvaluationResult.save`'s `results.json`).
+        resume: load the tasks already in `checkpoint` instead of running them
+            again (only if its optimizers, seeds, steps and tuning grid and seed
+            are the same; delete the file if an optimizer's weights changed).
 
     Returns:
         An [`EvaluationResult`][mnemosyne.evaluation.EvaluationResult].
@@ -324,14 +333,58 @@ def evaluate(
     eval_every = num_steps if eval_every is None else int(eval_every)
     eval_steps = tuple(range(eval_every, num_steps + 1, eval_every))
     keys = _seed_keys(seeds)
+    grid = [float(x) for x in (DEFAULT_GRID if tuning_grid is None else tuning_grid)]
+
+    def result_so_far(done: list[str], cost=None, cost_task=None) -> EvaluationResult:
+        return EvaluationResult(
+            optimizers=list(specs),
+            tasks=done,
+            seeds=tuple(int(s) for s in seeds),
+            num_steps=num_steps,
+            runs={o: {t: runs[o][t] for t in done} for o in specs},
+            reference=reference,
+            user_targets=dict(targets or {}),
+            cost=cost or {},
+            cost_task=cost_task,
+            kinds={t.name: getattr(t, "kind", "") for t in tasks if t.name in done},
+            tuning={o: {t: tuning[o][t] for t in done} for o in tuned},
+        )
+
+    done: list[str] = []
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        earlier = EvaluationResult.load(checkpoint)
+        same = (
+            earlier.optimizers == list(specs)
+            and earlier.seeds == tuple(int(s) for s in seeds)
+            and earlier.num_steps == num_steps
+            and all(
+                d["seed"] == tuning_seed and d["grid"] == grid
+                for per_task in earlier.tuning.values()
+                for d in per_task.values()
+            )
+        )
+        for t in earlier.tasks if same else ():
+            if t in names and all(
+                earlier.runs[o][t].eval_steps == eval_steps for o in specs
+            ):
+                done.append(t)
+                for o in specs:
+                    runs[o][t] = earlier.runs[o][t]
+                for o in tuned:
+                    tuning[o][t] = earlier.tuning[o][t]
     bar = tqdm(
-        total=len(tasks) * (2 if tuned else 1),
+        total=(len(tasks) - len(done)) * (2 if tuned else 1),
         disable=not progress,
         desc="evaluate",
         unit="phase",
     )
     with bar:
         for task in tasks:
+            if task.name in done:
+                for name, (kind, f) in specs.items():
+                    lr = runs[name][task.name].learning_rate
+                    txs[name, task.name] = f(lr) if kind == "tuned" else f(task)
+                continue
             chosen = {}
             if tuned:
                 bar.set_postfix_str(f"tuning {len(tuned)} optimizer(s) on {task.name}")
@@ -378,6 +431,9 @@ def evaluate(
                     accuracies=None if acc is None else acc[g],
                     learning_rate=chosen.get(name),
                 )
+            done.append(task.name)
+            if checkpoint is not None:
+                result_so_far([t for t in names if t in done]).save_json(checkpoint)
             bar.update()
 
     cost, cost_task = {}, None
@@ -398,16 +454,4 @@ def evaluate(
                 "time_per_step_s": seconds[name],
                 "time_vs_adam": seconds[name] / seconds[baseline],
             }
-    return EvaluationResult(
-        optimizers=list(specs),
-        tasks=names,
-        seeds=tuple(int(s) for s in seeds),
-        num_steps=num_steps,
-        runs=runs,
-        reference=reference,
-        user_targets=dict(targets or {}),
-        cost=cost,
-        cost_task=cost_task,
-        kinds={t.name: getattr(t, "kind", "") for t in tasks},
-        tuning=tuning,
-    )
+    return result_so_far(names, cost, cost_task)

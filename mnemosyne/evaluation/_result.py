@@ -366,6 +366,15 @@ class EvaluationResult:
             },
         )
 
+    def save_json(self, path) -> pathlib.Path:
+        """Write `to_dict()` as strict JSON to `path` (atomically: a temporary
+        file renamed over it)."""
+        path = pathlib.Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        tmp.replace(path)
+        return path
+
     def save(self, out_dir) -> dict[str, pathlib.Path]:
         """Write `results.json`, `results.md`, `loss_curves.png` and
         `relative_performance.png` into `out_dir` (created if needed).
@@ -383,7 +392,7 @@ class EvaluationResult:
             "loss_curves": out / "loss_curves.png",
             "relative": out / "relative_performance.png",
         }
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        self.save_json(paths["json"])
         paths["markdown"].write_text(self.to_markdown())
         plot_loss_curves(self).savefig(paths["loss_curves"], dpi=110)
         plot_relative(self).savefig(paths["relative"], dpi=110)
