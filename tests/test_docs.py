@@ -430,6 +430,20 @@ def test_theory_page_numbers_match_the_measurements():
             assert f"{series[age - 1]:.2f}" == shown, (tau, memory, age)
 
 
+def test_headline_table_is_the_suite_result():
+    """The README's and the Results page's pretrained-vs-Adam table is exactly
+    what scripts/headline_table.py prints for the committed suite result."""
+    from mnemosyne.evaluation import EvaluationResult
+
+    script = _load_script("headline_table")
+    result = EvaluationResult.load(DOCS / "results_suite" / "results.json")
+    record = json.loads(script.WEIGHTS_RECORD.read_text())
+    table = script.headline_table(result, record)
+    assert "| cnn_digits | cnn (held out) |" in table
+    for page in (ROOT / "README.md", DOCS / "results.md"):
+        assert table in page.read_text(), f"{page.name} does not hold the current table"
+
+
 def test_home_headline_numbers_are_quoted():
     """Each number in the Home page's headline results appears on the page the
     bullet cites (Results or Performance), so the summary cannot drift from

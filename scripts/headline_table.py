@@ -1,0 +1,69 @@
+"""The README's table: pretrained Mnemosyne against Adam(1e-3) and grid-tuned
+Adam on every suite task, from the result of the documented suite command
+(`mnemosyne evaluate ... --out results_out`, see docs/results.md).
+
+    python scripts/headline_table.py docs/results_suite/results.json
+
+Prints Markdown; `tests/test_docs.py` checks that the README holds exactly
+this output for the committed result, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from mnemosyne.evaluation import EvaluationResult
+
+WEIGHTS_RECORD = pathlib.Path(__file__).parents[1] / "mnemosyne" / "weights" / "default.eqx.json"
+
+
+def _number(x: float) -> str:
+    return "0" if x == 0 else f"{x:.3g}"
+
+
+def headline_table(result: EvaluationResult, record: dict) -> str:
+    held_out = set(record["held_out_kinds"])
+    tuning = result.tuning.get("adam_tuned", {})
+    lines = [
+        "| task | kind | Adam 1e-3 | **Mnemosyne** (no tuning) | tuned Adam (learning rate) |",
+        "|---|---|---|---|---|",
+    ]
+    for task in result.tasks:
+        kind = result.kinds.get(task, "")
+        losses = {o: result.stats(o, task).final_loss_mean for o in ("adam", "mnemosyne", "adam_tuned")}
+        best = min(losses.values())
+        cell = lambda o: f"**{_number(losses[o])}**" if losses[o] == best else _number(losses[o])
+        lr = tuning.get(task, {}).get("learning_rate")
+        lr = "" if lr is None else f" ({lr:.3g})"
+        label = f"{kind} (held out)" if kind in held_out else kind
+        lines.append(
+            f"| {task} | {label} | {cell('adam')} | {cell('mnemosyne')} | {cell('adam_tuned')}{lr} |"
+        )
+    n = len(result.tasks)
+    vs_adam, vs_tuned = result.compare("adam"), result.compare("adam_tuned")
+    lines += [
+        "",
+        f"Mean final training loss over seeds {', '.join(map(str, result.seeds))} "
+        f"after {result.num_steps} steps (lowest in bold). Mnemosyne's loss is at most "
+        f"Adam(1e-3)'s on **{vs_adam.wins} of {n}** tasks, at most tuned Adam's on "
+        f"**{vs_tuned.wins} of {n}**, within 10% of tuned Adam's on {vs_tuned.within_10pct} "
+        f"of {n}. "
+        f"Held out of meta-training: {', '.join(sorted(held_out))}. Meta-training of "
+        f"the shipped weights: {record['wall_time_s']:.0f} s on 2 CPU cores "
+        f"({record['num_outer_steps']} outer steps, preset `{record['preset']}`).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", help="results.json written by `mnemosyne evaluate`")
+    args = parser.parse_args(argv)
+    record = json.loads(WEIGHTS_RECORD.read_text())
+    print(headline_table(EvaluationResult.load(args.results), record), end="")
+
+
+if __name__ == "__main__":
+    main()
