@@ -318,3 +318,9 @@ def unpool(tokens, n, chunk_len_total):
 def learned_step(direction, magnitude, alpha, beta, magnitude_clip):
     s = magnitude_clip * jnp.tanh(magnitude / magnitude_clip)
     return alpha * direction * jnp.exp(beta * s)
+
+
+def cond(pred, true_fn, false_fn):
+    """`true_fn()` if `pred` else `false_fn()`; outputs are materialised at the
+    boundary (`lax.cond`)."""
+    return jax.lax.cond(pred, true_fn, false_fn)

@@ -312,3 +312,8 @@ def learned_step(direction, magnitude, alpha, beta, magnitude_clip):
     `magnitude_clip` (a smooth clip that keeps every step bounded)."""
     s = magnitude_clip * np.tanh(magnitude / magnitude_clip)
     return alpha * direction * np.exp(beta * s)
+
+
+def cond(pred, true_fn, false_fn):
+    """`true_fn()` if `pred` else `false_fn()`."""
+    return true_fn() if pred else false_fn()
