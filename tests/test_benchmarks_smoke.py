@@ -19,6 +19,8 @@ BENCH_DIR = ROOT / "benchmarks"
 MODULES = sorted(p.stem for p in BENCH_DIR.glob("bench_*.py"))
 PREFIXES = ("time_", "track_", "peakmem_", "mem_", "timeraw_")
 # smallest values for the size-like parameters; others run every value
+# every optimizer compiled twice (~2 min): slow, run by .ci/run
+HEAVY = {"bench_update.TimeUpdate"}
 SMALL = {"num_params": [10**4], "task": ["mlp_digits"], "dtype": ["float32"]}
 
 if str(ROOT) not in sys.path:
@@ -50,7 +52,8 @@ def _cases():
                 continue
             methods = [m for m in dir(cls) if m.startswith(PREFIXES)]
             if methods:
-                yield pytest.param(mod_name, cls_name, id=f"{mod_name}.{cls_name}")
+                marks = [pytest.mark.slow] if f"{mod_name}.{cls_name}" in HEAVY else []
+                yield pytest.param(mod_name, cls_name, id=f"{mod_name}.{cls_name}", marks=marks)
 
 
 def _param_combos(cls):

@@ -72,6 +72,7 @@ def test_shipped_default_weights_come_from_the_default_preset():
     assert not set(record["task_kinds"]) & set(HELD_OUT_KINDS)
 
 
+@pytest.mark.slow  # ~2.5 min: 17 tasks; .ci/run runs it
 def test_shipped_default_weights_reduce_every_suite_loss():
     mnemosyne.pretrained("default")
     tx = mnemosyne.mnemosyne()
