@@ -116,3 +116,13 @@ def test_update_anatomy_script(small, capsys):
     # writes at least params, grads and its two moments (4 bytes each)
     adam_bytes = float(next(l for l in out.splitlines() if l.startswith("| adam")).split("|")[3])
     assert adam_bytes >= 5 * 4
+
+
+def test_tradeoff_script(small, capsys):
+    module = importlib.import_module("benchmarks.tradeoff")
+    ablation = str(ROOT / "docs" / "results_ablation" / "ablation.json")
+    assert module.main(["--size", "1e4", "--repeats", "1", "--ablation", ablation]) == 0
+    rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| h")]
+    floats = {r.split(":")[0].strip("| "): float(r.split("|")[2]) for r in rows}
+    # state floats per parameter: heads * r * (value size + 1)
+    assert floats == {"h1_r2": 4.0, "h3_r2": 12.0, "h1_r4": 8.0, "h1_r8": 16.0}
