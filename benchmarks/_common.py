@@ -146,11 +146,16 @@ class UpdateRunner:
     """One optimizer's compiled update+apply on fixed gradients, warmed up.
 
     `runner()` performs one step (feeding donated buffers back) and blocks.
+    `tx`, if given, is the transformation timed (under `name`) instead of the
+    named optimizer.
     """
 
-    def __init__(self, name: str, num_params: int, dtype: Any = jnp.float32):
+    def __init__(
+        self, name: str, num_params: int, dtype: Any = jnp.float32, *,
+        tx: optax.GradientTransformation | None = None,
+    ):
         self.name = name
-        self.tx = make_optimizer(name)
+        self.tx = make_optimizer(name) if tx is None else tx
         self.params = make_params(num_params, dtype)
         self.grads = make_grads(self.params)
         self.num_params = count_params(self.params)

@@ -26,21 +26,6 @@ import mnemosyne  # noqa: E402
 from mnemosyne.evaluation import ABLATION_VARIANTS  # noqa: E402
 
 
-class _VariantRunner(c.UpdateRunner):
-    """`UpdateRunner` for an optimizer given as an object rather than a name."""
-
-    def __init__(self, name, tx, num_params):
-        self.name = name
-        self.tx = tx
-        self.params = c.make_params(num_params)
-        self.grads = c.make_grads(self.params)
-        self.num_params = c.count_params(self.params)
-        self.state = jax.tree.map(c.jnp.copy, tx.init(self.params))
-        self.state_bytes = c.tree_bytes(self.state)
-        self.step = c.make_update_step(tx)
-        self()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ablation", default="docs/results_ablation/ablation.json")
@@ -56,7 +41,7 @@ def main(argv=None) -> int:
     runners = {"adam": c.UpdateRunner("adam", size)}
     for variant in ABLATION_VARIANTS:
         tx = mnemosyne.scale_by_mnemosyne(variant.make_lopt(jax.random.key(0)))
-        runners[variant.name] = _VariantRunner(variant.name, tx, size)
+        runners[variant.name] = c.UpdateRunner(variant.name, size, tx=tx)
     times = c.interleaved_times(runners, repeats=args.repeats, number=c.auto_number(runners["adam"]))
 
     print(f"| variant | state floats / param | update / Adam ({args.size:.0e} params) "
