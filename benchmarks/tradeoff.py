@@ -7,7 +7,9 @@ For each variant of `mnemosyne ablation` (no memory; 1 or 3 heads; r = 2, 4,
 relative to `optax.adam` on the benchmark pytree (measured here, interleaved;
 the time depends on the configuration, not on the weights, so untrained
 modules are timed), and, from the ablation's JSON, its final loss relative
-to the default variant (geometric mean over the ablation's tasks).
+to the default variant (geometric mean over the ablation's tasks). A last row
+times the default's features and head alone, the cost floor of the update
+without any memory.
 """
 
 from __future__ import annotations
@@ -18,12 +20,37 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
+import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as c  # noqa: E402
 import mnemosyne  # noqa: E402
+from mnemosyne.backends import get_backend  # noqa: E402
 from mnemosyne.evaluation import ABLATION_VARIANTS  # noqa: E402
+
+WITHOUT_MEMORY = "features_and_head"
+
+
+def features_and_head_only(lopt) -> optax.GradientTransformation:
+    """The step of `lopt` without its memory: features (F) and head (H, O) on
+    a zero read-out, no state, at step 0. The ablation's no-memory variant runs the
+    default program with zero read-out weights (XLA does not know they are
+    zero), so only this program measures what the update costs without the
+    memory."""
+    B = get_backend("jax")
+    width = lopt.memory.num_heads * lopt.memory.value_size
+
+    def leaf_step(grad, param):
+        rms = (B.tensor_rms(grad), B.tensor_rms(param))
+        f, e, _ = lopt.features(grad, param, jnp.zeros((), jnp.int32), B, None, rms)
+        return -lopt.head(f, e, [jnp.zeros_like(grad)] * width, B)
+
+    def update(grads, state, params=None):
+        return jax.tree.map(leaf_step, grads, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def main(argv=None) -> int:
@@ -42,6 +69,8 @@ def main(argv=None) -> int:
     for variant in ABLATION_VARIANTS:
         tx = mnemosyne.scale_by_mnemosyne(variant.make_lopt(jax.random.key(0)))
         runners[variant.name] = c.UpdateRunner(variant.name, size, tx=tx)
+    default = mnemosyne.pretrained("default")
+    runners[WITHOUT_MEMORY] = c.UpdateRunner(WITHOUT_MEMORY, size, tx=features_and_head_only(default))
     times = c.interleaved_times(runners, repeats=args.repeats, number=c.auto_number(runners["adam"]))
 
     print(f"| variant | state floats / param | update / Adam ({args.size:.0e} params) "
@@ -53,6 +82,8 @@ def main(argv=None) -> int:
         meta = f"{row['final_meta_loss']:.3g}" if row else "–"
         print(f"| {variant.name}: {variant.description} | {variant.floats_per_parameter():g} "
               f"| {times[variant.name] / times['adam']:.2f}x | {loss} | {meta} |")
+    print(f"| {WITHOUT_MEMORY}: the default's features and head alone, no memory (a dedicated "
+          f"program, timing only) | 0 | {times[WITHOUT_MEMORY] / times['adam']:.2f}x | – | – |")
     return 0
 
 

@@ -33,21 +33,31 @@ TRANSCENDENTALS = {"log": 1, "exp": 4, "tanh": 1}
 
 
 def hlo_bytes_per_param(runner: c.UpdateRunner) -> float:
-    """Bytes read and written by the top-level loops of the compiled update."""
+    """Bytes read and written by the loops of the compiled update: the fusions
+    (and custom calls) of the entry computation and of the taken branch of its
+    conditionals (the update of each tensor runs inside one)."""
     hlo = runner.step.lower(runner.params, runner.grads, runner.state).compile().as_text()
-    entry = hlo.split("\nENTRY")[1]
+    computations = dict(re.findall(r"\n(?:ENTRY )?%(\S+) [^\n]*\{\n(.*?)\n\}", hlo, re.S))
+    entry = re.search(r"\nENTRY %(\S+) ", hlo).group(1)
+    return _loop_bytes(computations, entry) / runner.num_params
+
+
+def _loop_bytes(computations: dict, name: str) -> int:
     sizes: dict[str, int] = {}
     total = 0
-    for line in entry.splitlines():
+    for line in computations[name].splitlines():
         m = re.match(r"\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+) (\S+?)\((.*)", line)
         if not m:
             continue
-        name, shape, op, rest = m.groups()
-        sizes[name] = _shape_bytes(shape)
+        name_, shape, op, rest = m.groups()
+        sizes[name_] = _shape_bytes(shape)
         if op == "fusion" or op.startswith("custom-call"):
             operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
-            total += sizes[name] + sum(sizes.get(o, 0) for o in operands)
-    return total / runner.num_params
+            total += sizes[name_] + sum(sizes.get(o, 0) for o in operands)
+        elif op == "conditional":  # JAX's cond: branch_computations={false, true}
+            taken = re.search(r"branch_computations=\{[^}]*%(\S+?)\}", rest).group(1)
+            total += _loop_bytes(computations, taken)
+    return total
 
 
 def _shape_bytes(shape: str) -> int:

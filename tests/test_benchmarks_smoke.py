@@ -122,7 +122,30 @@ def test_tradeoff_script(small, capsys):
     module = importlib.import_module("benchmarks.tradeoff")
     ablation = str(ROOT / "docs" / "results_ablation" / "ablation.json")
     assert module.main(["--size", "1e4", "--repeats", "1", "--ablation", ablation]) == 0
-    rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| h")]
+    lines = capsys.readouterr().out.splitlines()
+    rows = [l for l in lines if l.startswith("| h")]
     floats = {r.split(":")[0].strip("| "): float(r.split("|")[2]) for r in rows}
     # state floats per parameter: heads * r * (value size + 1)
     assert floats == {"h1_r2": 4.0, "h3_r2": 12.0, "h1_r4": 8.0, "h1_r8": 16.0}
+    (floor,) = [l for l in lines if l.startswith(f"| {module.WITHOUT_MEMORY}:")]
+    assert float(floor.split("|")[3].strip(" x")) > 0
+
+
+def test_features_and_head_only_is_the_step_without_the_read_out():
+    """The program timed as 'no memory' computes exactly the first step of an
+    optimizer whose read-out weights are zero."""
+    import jax.numpy as jnp
+    import mnemosyne
+    from mnemosyne.evaluation._ablation import _read_start, _zero_read_out
+
+    module = importlib.import_module("benchmarks.tradeoff")
+    default = mnemosyne.pretrained("default")
+    lopt = _zero_read_out(default, _read_start(default))
+    keys = jax.random.split(jax.random.key(0), 4)
+    params = {"w": jax.random.normal(keys[0], (7, 5)), "b": jax.random.normal(keys[1], (5,))}
+    grads = {"w": jax.random.normal(keys[2], (7, 5)), "b": 1e-3 * jax.random.normal(keys[3], (5,))}
+    expected, _ = mnemosyne.scale_by_mnemosyne(lopt).update(grads, lopt.init(params), params)
+    got, _ = module.features_and_head_only(lopt).update(grads, None, params)
+    for name in params:
+        assert jnp.allclose(got[name], expected[name], rtol=1e-5, atol=1e-7)
+        assert float(jnp.max(jnp.abs(got[name]))) > 0

@@ -240,3 +240,26 @@ def test_bfloat16_memory_storage():
 def test_memory_dtype_must_be_floating():
     with pytest.raises(TypeError, match="memory_dtype"):
         mnemosyne.mnemosyne(memory_dtype=jnp.int32).init({"w": jnp.ones(3)})
+
+
+def test_jitted_update_reuses_temporaries_and_writes_the_memory_in_place():
+    """With params and state donated, each tensor's step runs as a computation
+    of its own (a conditional on the gradients being finite): XLA writes the
+    new memory over the old one and reuses one tensor's temporaries (the log
+    feature, two key exps) for the next. Temporaries stay under 2 floats per
+    parameter here; when every tensor's were alive at once and the memory was
+    rebuilt in a temporary they took 5-8 (fresh pages, page-faulted on every
+    step at 1e7 parameters). Deterministic: XLA's buffer assignment, not a
+    timing."""
+    tx = mnemosyne.mnemosyne()
+    keys = jax.random.split(jax.random.key(0), 4)
+    params = [jax.random.normal(k, (128, 256)) for k in keys]
+    grads = jax.tree.map(lambda p: 1e-3 * p, params)
+
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return jax.tree.map(jnp.add, params, updates), state
+
+    lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), grads)
+    num_params = sum(p.size for p in params)
+    assert lowered.compile().memory_analysis().temp_size_in_bytes / 4 / num_params < 2.0

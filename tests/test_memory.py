@@ -35,11 +35,9 @@ def _recurrent(B, q, k, v, omega, tau, query_fn):
     for t in range(T):
         phi_k = _features(nb.hyperbolic_features, k[t], omega)
         phi_q = _features(query_fn, q[t], omega)
-        numerator, normaliser = B.memory_arrays(
-            *B.cam_write(
-                B.asarray(numerator), B.asarray(normaliser), B.asarray(phi_k), B.asarray(v[t]),
-                B.asarray(np.exp(-tau)),
-            )
+        numerator, normaliser = B.cam_write(
+            B.asarray(numerator), B.asarray(normaliser), B.asarray(phi_k), B.asarray(v[t]),
+            B.asarray(np.exp(-tau)),
         )
         read = B.cam_read(numerator, normaliser, B.asarray(phi_q), 0.0)  # H * D_V rows
         reads.append(np.asarray(read).reshape(H, D_V, N))

@@ -240,34 +240,33 @@ def hyperbolic_query_features(z, omega):
 
 def cam_write(numerator, normaliser, phi_k, v, decay):
     """Eq. (4); see the NumPy reference. `phi_k[h][j]`, `v[h][c]` are rows; the
-    state arrays are `(H, r, d_v, ...)` and `(H, r, ...)`."""
+    state arrays are `(H, r, d_v, ...)` and `(H, r, ...)`.
+
+    Written as one whole-array expression per state array, `decay * old +
+    written`, never as rows sliced out of the old state: then the old state is
+    only read elementwise, so XLA updates it in place (a donated buffer) rather
+    than building the new state in a temporary and copying it over."""
     heads, r, d_v = numerator.shape[:3]
-    new_numerator = [
-        [[decay[h] * numerator[h, j, c] + phi_k[h][j] * v[h][c] for c in range(d_v)]
-         for j in range(r)]
-        for h in range(heads)
-    ]
-    new_normaliser = [
-        [decay[h] * normaliser[h, j] + phi_k[h][j] for j in range(r)] for h in range(heads)
-    ]
-    return new_numerator, new_normaliser
+    written_num = stack_rows(
+        [phi_k[h][j] * v[h][c] for h in range(heads) for j in range(r) for c in range(d_v)]
+    ).reshape(numerator.shape)
+    written_norm = stack_rows([phi_k[h][j] for h in range(heads) for j in range(r)])
+    decay = decay.astype(numerator.dtype)
+    per_head = lambda x: decay.reshape((heads,) + (1,) * (x.ndim - 1)) * x
+    return (per_head(numerator) + written_num,
+            per_head(normaliser) + written_norm.reshape(normaliser.shape))
 
 
 def cam_read(numerator, normaliser, phi_q, eps):
-    """Eq. (5); see the NumPy reference. Takes the nested rows of `cam_write`;
+    """Eq. (5); see the NumPy reference. Takes the state arrays of `cam_write`;
     returns `heads * d_v` rows, head-major."""
+    heads, r, d_v = numerator.shape[:3]
     out = []
-    for h, (num_h, norm_h) in enumerate(zip(numerator, normaliser)):
-        den = sum(phi_q[h][j] * norm_h[j] for j in range(len(norm_h))) + eps
-        for c in range(len(num_h[0])):
-            out.append(sum(phi_q[h][j] * num_h[j][c] for j in range(len(num_h))) * (1.0 / den))
+    for h in range(heads):
+        den = sum(phi_q[h][j] * normaliser[h, j] for j in range(r)) + eps
+        for c in range(d_v):
+            out.append(sum(phi_q[h][j] * numerator[h, j, c] for j in range(r)) * (1.0 / den))
     return out
-
-
-def memory_arrays(numerator, normaliser):
-    """The nested rows of `cam_write` as the state arrays `(H, r, d_v, ...)`, `(H, r, ...)`."""
-    stack = lambda nested: jnp.stack([stack(x) for x in nested]) if isinstance(nested, list) else nested
-    return stack(numerator), stack(normaliser)
 
 
 # ----------------------------------------------------------------------------

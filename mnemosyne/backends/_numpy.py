@@ -244,11 +244,6 @@ def cam_read(numerator, normaliser, phi_q, eps):
     return out.reshape((out.shape[0] * out.shape[1],) + out.shape[2:])  # H*d_v rows, head-major
 
 
-def memory_arrays(numerator, normaliser):
-    """The memory as state arrays (already arrays here)."""
-    return numerator, normaliser
-
-
 # ----------------------------------------------------------------------------
 # Hierarchical pooling encoder (Fig. 1c): chunk -> bidirectional Performer -> pool
 # ----------------------------------------------------------------------------
