@@ -272,9 +272,9 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         tensor becomes a computation of its own, so XLA reuses
         one tensor's temporaries (the log feature, the key exps) for the next
         instead of keeping every tensor's alive at once (at 10^7 parameters
-        that was 12 bytes per parameter of fresh pages, page-faulted on every
-        step), and it writes the memory in place. About 1.4x faster at 10^7
-        parameters, 1.1x at 10^6 (docs/performance.md)."""
+        that was 284 MB of fresh pages, page-faulted on every step), and it
+        writes the memory in place: 2.3x faster at 10^7
+        parameters, 1.2x at 10^6 (docs/performance.md)."""
         def taken():  # in the compute dtype inside, the leaf's own dtypes outside
             update, new_memory = self._leaf_step(
                 *_cast_leaf(grad, param, memory, B), step, B, axis_names, rms
