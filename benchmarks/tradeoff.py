@@ -7,7 +7,8 @@ For each variant of `mnemosyne ablation` (no memory; 1 or 3 heads; r = 2, 4,
 relative to `optax.adam` on the benchmark pytree (measured here, interleaved;
 the time depends on the configuration, not on the weights, so untrained
 modules are timed), and, from the ablation's JSON, its final loss relative
-to the default variant (geometric mean over the ablation's tasks). A last row
+to the default variant (geometric mean over the ablation's tasks, and over
+its held-out Transformer tasks alone). A last row
 times the default's features and head alone, the cost floor of the update
 without any memory.
 """
@@ -74,16 +75,18 @@ def main(argv=None) -> int:
     times = c.interleaved_times(runners, repeats=args.repeats, number=c.auto_number(runners["adam"]))
 
     print(f"| variant | state floats / param | update / Adam ({args.size:.0e} params) "
-          "| final loss / default | meta-loss |")
-    print("|---|---|---|---|---|")
+          "| final loss / default | held-out tasks: final loss / default | meta-loss |")
+    print("|---|---|---|---|---|---|")
     for variant in ABLATION_VARIANTS:
         row = quality.get(variant.name, {})
-        loss = f"{row['vs_baseline_all']:.3g}" if row else "–"
-        meta = f"{row['final_meta_loss']:.3g}" if row else "–"
+        loss, held_out, meta = (
+            (f"{row['vs_baseline_all']:.3g}", f"{row['vs_baseline_held_out']:.3g}",
+             f"{row['final_meta_loss']:.3g}") if row else ("–", "–", "–")
+        )
         print(f"| {variant.name}: {variant.description} | {variant.floats_per_parameter():g} "
-              f"| {times[variant.name] / times['adam']:.2f}x | {loss} | {meta} |")
+              f"| {times[variant.name] / times['adam']:.2f}x | {loss} | {held_out} | {meta} |")
     print(f"| {WITHOUT_MEMORY}: the default's features and head alone, no memory (a dedicated "
-          f"program, timing only) | 0 | {times[WITHOUT_MEMORY] / times['adam']:.2f}x | – | – |")
+          f"program, timing only) | 0 | {times[WITHOUT_MEMORY] / times['adam']:.2f}x | – | – | – |")
     return 0
 
 
