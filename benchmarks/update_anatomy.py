@@ -42,18 +42,18 @@ def hlo_bytes_per_param(runner: c.UpdateRunner) -> float:
     return _loop_bytes(computations, entry) / runner.num_params
 
 
-def _loop_bytes(computations: dict, name: str) -> int:
+def _loop_bytes(computations: dict, computation: str) -> int:
     sizes: dict[str, int] = {}
     total = 0
-    for line in computations[name].splitlines():
+    for line in computations[computation].splitlines():
         m = re.match(r"\s*(?:ROOT )?%(\S+) = (\(.*?\)|\S+) (\S+?)\((.*)", line)
         if not m:
             continue
-        name_, shape, op, rest = m.groups()
-        sizes[name_] = _shape_bytes(shape)
+        name, shape, op, rest = m.groups()
+        sizes[name] = _shape_bytes(shape)
         if op == "fusion" or op.startswith("custom-call"):
             operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
-            total += sizes[name_] + sum(sizes.get(o, 0) for o in operands)
+            total += sizes[name] + sum(sizes.get(o, 0) for o in operands)
         elif op == "conditional":  # JAX's cond: branch_computations={false, true}
             taken = re.search(r"branch_computations=\{[^}]*%(\S+?)\}", rest).group(1)
             total += _loop_bytes(computations, taken)

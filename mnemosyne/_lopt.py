@@ -244,8 +244,9 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 single.append(i)
         rms = {}
         for i in single:
-            grad, param, _ = _cast_leaf(g_leaves[i], p_leaves[i], m_leaves[i], B)
-            rms[i] = (B.tensor_rms(grad, a_leaves[i]), B.tensor_rms(param, a_leaves[i]))
+            dtype = _step_dtype(g_leaves[i].dtype, m_leaves[i].numerator.dtype)
+            rms[i] = tuple(B.tensor_rms(B.asarray(x, dtype), a_leaves[i])
+                           for x in (g_leaves[i], p_leaves[i]))
         packs = [
             _Pack.of([g_leaves[i] for i in members], [p_leaves[i] for i in members],
                      [m_leaves[i] for i in members], B)
@@ -487,15 +488,10 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
 
     def _leaf_step(self, grad, param, memory, step, backend, axis_names, rms):
         B = backend
-        f, e, embedding = self._tokens(grad, param, step, B, axis_names, rms)
+        f, e, _ = self.features(grad, param, step, B, axis_names, rms)
+        embedding = fold_shared_inputs(self.embed_w, self.embed_b, e, len(f), B)
         memory, read = self.memory(memory, f, B, embedding=embedding)
         return -self.head(f, e, read, B), memory
-
-    def _tokens(self, grad, param, step, B, axis_names, rms):
-        """Features $f$, shared step embedding $e$, and the token embedding
-        `(W, b)` with the shared columns folded into `b`."""
-        f, e, _ = self.features(grad, param, step, B, axis_names, rms)
-        return f, e, fold_shared_inputs(self.embed_w, self.embed_b, e, len(f), B)
 
 
 @register_serialisable

@@ -112,31 +112,16 @@ class CompactAssociativeMemory(eqx.Module):
         Returns:
             The new state and the read-out, `heads * d_v` rows of shape `slots`.
         """
-        new_state = self.write(state, inputs, backend, embedding=embedding)
-        return new_state, self.read(new_state, inputs, backend, embedding=embedding)
-
-    def write(self, state: MemoryState, inputs, backend, *, embedding=None) -> MemoryState:
-        """The memory after writing the tokens, Eq. (4) (arguments as `__call__`)."""
         B = backend
-        project = self._projection(inputs, B, embedding)
         heads = range(self.num_heads)
+        project = lambda w: B.dense(w, B.xp.zeros(w.shape[0], inputs[0].dtype), inputs)
+        if embedding is not None:
+            embed_w, embed_b = embedding
+            project = lambda w: B.dense(w @ embed_w, w @ embed_b, inputs)
+        q = B.stack_heads([project(self.query[h]) for h in heads])
         k = B.stack_heads([project(self.key_proj[h]) for h in heads])
         v = B.stack_heads([project(self.value[h]) for h in heads])
         decay = B.xp.exp(-B.xp.exp(self.log_tau))
         numerator, normaliser = B.cam_write(*state, self.features.keys(k, B), v, decay)
-        return MemoryState(numerator, normaliser)
-
-    def read(self, state: MemoryState, inputs, backend, *, embedding=None):
-        """The read-out of the (already written) memory for the queries of the
-        tokens, Eq. (5): `heads * d_v` rows of shape `slots`."""
-        B = backend
-        project = self._projection(inputs, B, embedding)
-        q = B.stack_heads([project(self.query[h]) for h in range(self.num_heads)])
-        return B.cam_read(*state, self.features.queries(q, B), self.eps)
-
-    def _projection(self, inputs, B, embedding):
-        """`w -> w xi` for the tokens, composed with the embedding if given."""
-        if embedding is None:
-            return lambda w: B.dense(w, B.xp.zeros(w.shape[0], inputs[0].dtype), inputs)
-        embed_w, embed_b = embedding
-        return lambda w: B.dense(w @ embed_w, w @ embed_b, inputs)
+        read = B.cam_read(numerator, normaliser, self.features.queries(q, B), self.eps)
+        return MemoryState(numerator, normaliser), read
