@@ -133,14 +133,14 @@ def coordinate_features(g, x, g_rms, x_rms, clip):
 
 
 def second_moment(nu, g, decay):
-    """Eq. (V): the per-coordinate second-moment estimate of Adam (Kingma & Ba
+    r"""Eq. (V): the per-coordinate second-moment estimate of Adam (Kingma & Ba
     2015), $\nu_t = \beta_2 \nu_{t-1} + (1 - \beta_2) g_t^2$."""
     g = np.asarray(g, np.float64)
     return decay * np.asarray(nu, np.float64) + (1.0 - decay) * g * g
 
 
 def adaptive_coordinate_features(g, x, nu, count, g_rms, x_rms, decay, eps, clip):
-    """Eq. (F2): the per-coordinate features of Mnemosyne v2, `(4, *g.shape)`.
+    r"""Eq. (F2): the per-coordinate features of Mnemosyne v2, `(4, *g.shape)`.
 
     With $\hat\nu_t = \nu_t / (1 - \beta_2^t)$ (bias-corrected, Eq. (V)),
     $\tilde g = g / (\sqrt{\hat\nu_t} + \epsilon)$ (Adam's per-coordinate

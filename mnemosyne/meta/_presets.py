@@ -32,8 +32,9 @@ import numpy as np
 
 from .._types import PRNGKeyArray
 from ..tasks import HELD_OUT_KINDS, MLPClassifier, Quadratic, Rosenbrock, load_dataset
-from ._estimators import AbstractGradientEstimator, TruncatedBPTT
+from ._estimators import AbstractGradientEstimator, PersistentES, TruncatedBPTT
 from ._trainer import MetaTrainer, plot_history
+from ._unroll import LogUniformTruncationSchedule
 
 __all__ = ["PRESETS", "Preset", "PresetFamily", "train_preset", "list_presets"]
 
@@ -133,6 +134,123 @@ def _build(name: str, key) -> _ArrayScaledTask:
     return _ArrayScaledTask(builder(k_task), log_uniform(k_init, *init_range), log_uniform(k_loss, *loss_range))
 
 
+# --------------------------------------------------------------------------- #
+# v2: a broad distribution of task configurations
+# --------------------------------------------------------------------------- #
+
+_DATASETS = ("digits", "wine", "breast_cancer", "iris")
+_ACTIVATIONS = ("relu", "tanh", "gelu")
+_WIDTHS = (8, 16, 32, 64, 128, 256, 512)
+_BATCHES = (4, 8, 16, 32, 64, 128, 256, 512)
+_WORK_CAP = 2**22  # batch x parameters of one inner step, to bound a step's cost
+
+
+def _broad_config(rng: np.random.Generator) -> tuple[str, Callable]:
+    """One task configuration of the broad v2 distribution (a name and a
+    `key -> task` builder), drawn with `rng`."""
+    from ..tasks import CNNClassifier, NoisyLabelMLP, RNNClassifier, SequenceLM, TeacherRegression
+
+    kind = str(rng.choice(
+        ["mlp", "mlp", "mlp", "mlp", "logreg", "regression", "rnn", "cnn", "lm", "quadratic"]
+    ))
+    batch = int(rng.choice(_BATCHES))
+    if kind in ("mlp", "logreg"):
+        dataset = str(rng.choice(_DATASETS))
+        depth = 0 if kind == "logreg" else int(rng.integers(1, 9))
+        width = int(rng.choice(_WIDTHS))
+        while depth and batch * (64 * width + (depth - 1) * width * width) > _WORK_CAP:
+            width //= 2
+        activation = str(rng.choice(_ACTIVATIONS))
+        noise = float(rng.choice([0.0, 0.0, 0.1, 0.3]))
+        shape = f"{depth}x{width}_{activation}" if depth else "linear"
+        name = f"{kind}_{dataset}_{shape}_b{batch}_noise{noise:g}"
+        hidden = (width,) * depth
+        return name, lambda key: NoisyLabelMLP(
+            load_dataset(dataset), hidden=hidden, activation=activation, batch_size=batch,
+            label_noise=noise, name=name, kind=kind,
+        )
+    if kind == "regression":
+        width, depth = int(rng.choice(_WIDTHS[:5])), int(rng.integers(1, 4))
+        noise = float(rng.choice([0.01, 0.1, 0.5]))
+        activation = str(rng.choice(_ACTIVATIONS))
+        seed = int(rng.integers(1000))
+        name = f"regression_{depth}x{width}_{activation}_b{batch}_noise{noise:g}"
+        return name, lambda key: TeacherRegression.random(
+            seed, hidden=(width,) * depth, activation=activation, noise=noise,
+            batch_size=batch, name=name,
+        )
+    if kind == "rnn":
+        hidden = int(rng.choice([16, 32, 64]))
+        batch = min(batch, 128)
+        name = f"rnn_digits_h{hidden}_b{batch}"
+        return name, lambda key: RNNClassifier(
+            load_dataset("digits"), hidden=hidden, batch_size=batch, name=name
+        )
+    if kind == "cnn":
+        channels = tuple(int(c) for c in rng.choice([(4, 8), (8, 16)]))
+        batch = min(batch, 64)
+        name = f"cnn_digits_c{channels[0]}_{channels[1]}_b{batch}"
+        return name, lambda key: CNNClassifier(
+            load_dataset("digits"), channels=channels, batch_size=batch, name=name
+        )
+    if kind == "lm":
+        problem = str(rng.choice(["copy", "reverse", "sort"]))
+        d_model, layers = int(rng.choice([16, 32])), int(rng.integers(1, 3))
+        batch = int(rng.choice([8, 16, 32]))
+        name = f"lm_{problem}_d{d_model}_l{layers}_b{batch}"
+        return name, lambda key: SequenceLM(
+            problem, d_model=d_model, num_layers=layers, num_heads=4, batch_size=batch, name=name
+        )
+    dim, noise = int(rng.choice([10, 50, 200])), float(rng.choice([0.0, 0.1, 1.0]))
+    name = f"quadratic_d{dim}_n{noise:g}"
+    return name, _quadratic(dim, noise)
+
+
+def broad_configs(count: int, seed: int = 0) -> dict[str, Callable]:
+    """`count` distinct task configurations of the v2 distribution, drawn with
+    a fixed seed (each costs one compile of the outer step, so the
+    distribution is a finite, broad sample rather than a fresh draw per task)."""
+    rng = np.random.default_rng(seed)
+    configs: dict[str, Callable] = {}
+    while len(configs) < count:
+        name, build = _broad_config(rng)
+        configs.setdefault(name, build)
+    return configs
+
+
+class BroadFamily(eqx.Module):
+    """The v2 meta-training distribution: `count` task configurations drawn
+    once with `seed` by `broad_configs` (MLPs of depth 1-8 and width 8-512,
+    logistic regression, teacher regression, RNNs, CNNs, causal Transformer LMs
+    and quadratics; batch sizes 4-512; label and target noise), each task with
+    log-uniform parameter-scale ([0.2, 5]) and loss-scale ([1e-2, 1e2])
+    augmentation as array leaves."""
+
+    count: int = eqx.field(static=True)
+    seed: int = eqx.field(static=True, default=0)
+    name: str = eqx.field(static=True, default="broad_family", kw_only=True)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(broad_configs(self.count, self.seed))
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset(n.split("_")[0] for n in self.names)
+
+    def sample(self, key) -> _ArrayScaledTask:
+        k_pick, k_task, k_init, k_loss = jax.random.split(key, 4)
+        configs = broad_configs(self.count, self.seed)
+        names = list(configs)
+        index = int(jax.random.randint(k_pick, (), 0, len(names)))
+        log_uniform = lambda k, lo, hi: jnp.exp(
+            jax.random.uniform(k, (), minval=np.log(lo), maxval=np.log(hi))
+        )
+        return _ArrayScaledTask(
+            configs[names[index]](k_task), log_uniform(k_init, 0.2, 5.0),
+            log_uniform(k_loss, 1e-2, 1e2),
+        )
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """A named, reproducible meta-training run.
@@ -164,7 +282,7 @@ class Preset:
         est = {f.name: getattr(self.estimator, f.name) for f in dataclasses.fields(self.estimator)}
         return {
             "lopt": self.lopt_description,
-            "family": list(self.family.names),
+            "family": {"name": self.family.name, "configurations": list(self.family.names)},
             "estimator": {"class": type(self.estimator).__name__, **{k: _jsonable(v) for k, v in est.items()}},
             "trainer": {k: _jsonable(v) for k, v in self.trainer.items()},
             "num_outer_steps": self.num_outer_steps,
@@ -187,6 +305,21 @@ def _mnemosyne(key):
     return CoordinatewiseMnemosyne(key=key)
 
 
+def _mnemosyne_v1(key):
+    from .._lopt import CoordinatewiseMnemosyne
+
+    return CoordinatewiseMnemosyne(
+        second_moment_decay=None, alpha=1e-2, magnitude_clip=4.0,
+        step_timescales=(10.0, 100.0, 1000.0), key=key,
+    )
+
+
+_V1_DESCRIPTION = (
+    "CoordinatewiseMnemosyne(second_moment_decay=None, alpha=1e-2, magnitude_clip=4.0, "
+    "step_timescales=(10.0, 100.0, 1000.0))"
+)
+
+
 def _lstm(features):
     def make(key):
         from ..baselines import LSTMOptimizer
@@ -206,12 +339,33 @@ _TRAINER = dict(
 )
 _OUTER_STEPS = 200
 
+# v2 (the shipped weights): PES over long log-uniform horizons on the broad
+# distribution, sign of the loss difference, element-wise clipping at 3.
+_WINDOW = 50
+_V2_FAMILY = BroadFamily(24, seed=0)
+_V2_ESTIMATOR = PersistentES(std=0.01, num_pairs=4, use_sign=True)
+_V2_TRAINER = dict(
+    learning_rate=2e-3, max_grad_norm=1e3, max_grad_value=3.0, num_tasks=2,
+    unroll_length=_WINDOW, horizon=LogUniformTruncationSchedule(100, 2000, _WINDOW),
+    checkpoint_every=20,
+)
+_V2_OUTER_STEPS = 2000
+
 PRESETS: dict[str, Preset] = {
-    "default": Preset("default", _mnemosyne, "CoordinatewiseMnemosyne()", _FAMILY, _ESTIMATOR, _TRAINER, _OUTER_STEPS),
-    "lstm": Preset("lstm", _lstm("gradient"), 'LSTMOptimizer(features="gradient")', _FAMILY, _ESTIMATOR, _TRAINER, _OUTER_STEPS),
-    "lstm_multiscale": Preset(
-        "lstm_multiscale", _lstm("multiscale"), 'LSTMOptimizer(features="multiscale")', _FAMILY, _ESTIMATOR, _TRAINER, _OUTER_STEPS
+    "default": Preset(
+        "default", _mnemosyne, "CoordinatewiseMnemosyne()", _V2_FAMILY, _V2_ESTIMATOR,
+        _V2_TRAINER, _V2_OUTER_STEPS, held_out_kinds=frozenset({"vit", "mlm", "prompt"}),
     ),
+    "lstm": Preset(
+        "lstm", _lstm("gradient"), 'LSTMOptimizer(features="gradient")', _V2_FAMILY,
+        _V2_ESTIMATOR, _V2_TRAINER, _V2_OUTER_STEPS, held_out_kinds=frozenset({"vit", "mlm", "prompt"}),
+    ),
+    "lstm_multiscale": Preset(
+        "lstm_multiscale", _lstm("multiscale"), 'LSTMOptimizer(features="multiscale")',
+        _V2_FAMILY, _V2_ESTIMATOR, _V2_TRAINER, _V2_OUTER_STEPS,
+        held_out_kinds=frozenset({"vit", "mlm", "prompt"}),
+    ),
+    "v1": Preset("v1", _mnemosyne_v1, _V1_DESCRIPTION, _FAMILY, _ESTIMATOR, _TRAINER, _OUTER_STEPS),
     "quick": Preset(
         "quick", _mnemosyne, "CoordinatewiseMnemosyne()", PresetFamily(("quadratic_d20",), name="quick_family"),
         _ESTIMATOR, dict(learning_rate=3e-3, num_tasks=2, unroll_length=5, horizon=10, compiler_options=_FAST_COMPILE), 3,
