@@ -528,8 +528,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         self.head = LearnedStepHead(
             num_in + num_read, hidden_size, alpha=alpha, beta=beta,
             magnitude_clip=magnitude_clip,
-            direction_input=num_in if adaptive and read_out else 0,
-            output_scale=0.0 if adaptive else 0.01, key=k_head,
+            direction_input=num_in if adaptive and read_out else 0, key=k_head,
         )
         self.step_timescales = tuple(float(t) for t in step_timescales)
         self.feature_clip = float(feature_clip)
