@@ -60,10 +60,11 @@ class LearnedStepHead(eqx.Module):
     alpha: float = eqx.field(static=True)
     beta: float = eqx.field(static=True)
     magnitude_clip: float = eqx.field(static=True)
+    direction_clip: float | None = eqx.field(static=True, default=None)
 
     def __init__(
         self, num_inputs, hidden_size, *, alpha, beta, magnitude_clip=4.0,
-        direction_input=0, output_scale=0.01, key,
+        direction_clip=None, direction_input=0, output_scale=0.01, key,
     ):
         k1, k2 = jax.random.split(key)
         self.w1 = jax.random.normal(k1, (hidden_size, num_inputs)) / np.sqrt(num_inputs)
@@ -72,6 +73,7 @@ class LearnedStepHead(eqx.Module):
         self.skip = jnp.zeros((2, num_inputs)).at[0, direction_input].set(1.0)
         self.b2 = jnp.zeros(2)
         self.alpha, self.beta, self.magnitude_clip = alpha, beta, magnitude_clip
+        self.direction_clip = direction_clip
 
     def __call__(self, coordinate, shared, read, backend):
         """Step for each coordinate from its features `(4, ...)`, the shared
@@ -86,7 +88,9 @@ class LearnedStepHead(eqx.Module):
         hidden = [B.relu(h) for h in B.dense(w1, b1, inputs)]
         w_out = B.xp.concatenate([self.w2, skip], axis=1)  # [W_2 | U] on [hidden; u]
         out = B.dense(w_out, b2, B.concat_rows(hidden, inputs))
-        return B.learned_step(out[0], out[1], self.alpha, self.beta, self.magnitude_clip)
+        return B.learned_step(
+            out[0], out[1], self.alpha, self.beta, self.magnitude_clip, self.direction_clip
+        )
 
 
 def fold_shared_inputs(weight, bias, shared, start, backend):
@@ -504,6 +508,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         alpha: float = 1e-3,
         beta: float = 1.0,
         magnitude_clip: float = 2.0,
+        direction_clip: float | None = 5.0,
         feature_clip: float = 10.0,
         second_moment_decay: float | None = 0.999,
         epsilon: float = 1e-8,
@@ -527,7 +532,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         num_read = num_heads * value_size if read_out else 0
         self.head = LearnedStepHead(
             num_in + num_read, hidden_size, alpha=alpha, beta=beta,
-            magnitude_clip=magnitude_clip,
+            magnitude_clip=magnitude_clip, direction_clip=direction_clip,
             direction_input=num_in if adaptive and read_out else 0, key=k_head,
         )
         self.step_timescales = tuple(float(t) for t in step_timescales)

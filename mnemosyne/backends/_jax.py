@@ -330,7 +330,9 @@ def unpool(tokens, n, chunk_len_total):
 # ----------------------------------------------------------------------------
 
 
-def learned_step(direction, magnitude, alpha, beta, magnitude_clip):
+def learned_step(direction, magnitude, alpha, beta, magnitude_clip, direction_clip=None):
+    if direction_clip is not None:
+        direction = jnp.clip(direction, -direction_clip, direction_clip)
     s = magnitude_clip * jnp.tanh(magnitude / magnitude_clip)
     return alpha * direction * jnp.exp(beta * s)
 

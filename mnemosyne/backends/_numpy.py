@@ -334,9 +334,13 @@ def unpool(tokens, n, chunk_len_total):
 # ----------------------------------------------------------------------------
 
 
-def learned_step(direction, magnitude, alpha, beta, magnitude_clip):
-    """Eq. (O): the step, $\\alpha\\, d \\exp(\\beta\\, c \\tanh(s / c))$ with $c$ =
-    `magnitude_clip` (a smooth clip that keeps every step bounded)."""
+def learned_step(direction, magnitude, alpha, beta, magnitude_clip, direction_clip=None):
+    """Eq. (O): the step, $\\alpha\\, \\bar d \\exp(\\beta\\, c \\tanh(s / c))$ with $c$ =
+    `magnitude_clip` (a smooth clip) and $\\bar d$ = $d$ clipped to
+    `[-direction_clip, direction_clip]` (v2; unclipped if `None`), so every
+    step is bounded by $\\alpha e^{\\beta c}$ times the direction clip."""
+    if direction_clip is not None:
+        direction = np.clip(direction, -direction_clip, direction_clip)
     s = magnitude_clip * np.tanh(magnitude / magnitude_clip)
     return alpha * direction * np.exp(beta * s)
 

@@ -309,14 +309,14 @@ def _mnemosyne_v1(key):
     from .._lopt import CoordinatewiseMnemosyne
 
     return CoordinatewiseMnemosyne(
-        second_moment_decay=None, alpha=1e-2, magnitude_clip=4.0,
+        second_moment_decay=None, alpha=1e-2, magnitude_clip=4.0, direction_clip=None,
         step_timescales=(10.0, 100.0, 1000.0), key=key,
     )
 
 
 _V1_DESCRIPTION = (
     "CoordinatewiseMnemosyne(second_moment_decay=None, alpha=1e-2, magnitude_clip=4.0, "
-    "step_timescales=(10.0, 100.0, 1000.0))"
+    "direction_clip=None, step_timescales=(10.0, 100.0, 1000.0))"
 )
 
 
