@@ -35,7 +35,16 @@ from ._meta_loss import (
     mean_log_loss,
     mean_loss,
 )
-from ._presets import PRESETS, Preset, PresetFamily, list_presets, train_preset
+from ._presets import (
+    PRESETS,
+    BroadFamily,
+    Preset,
+    PresetFamily,
+    broad_configs,
+    list_presets,
+    train_preset,
+    validation_tasks,
+)
 from ._trainer import MetaTrainer, plot_history, task_config_key
 from ._unroll import (
     AbstractTruncationSchedule,
@@ -55,6 +64,7 @@ __all__ = [
     "AbstractGradientEstimator",
     "AbstractTruncationSchedule",
     "AntitheticES",
+    "BroadFamily",
     "CheckpointError",
     "ConstantTruncationSchedule",
     "IncompatibleCheckpointError",
@@ -70,6 +80,7 @@ __all__ = [
     "TruncationState",
     "UniformTruncationSchedule",
     "UnrollOutput",
+    "broad_configs",
     "expired_truncation_state",
     "get_meta_loss",
     "guard_meta_loss",
@@ -88,4 +99,5 @@ __all__ = [
     "trajectory_keys",
     "truncated_unroll",
     "unroll",
+    "validation_tasks",
 ]
