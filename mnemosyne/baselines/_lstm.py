@@ -21,6 +21,7 @@ import optax
 from .._checks import check_float_leaves
 from .._lopt_base import AbstractLearnedOptimizer
 from .._serialisation import freeze_config, load, register_serialisable
+from .._transform import scaled_by_learning_rate
 from .._types import OptState, Params, PRNGKeyArray, Updates
 from ..backends import get_backend
 
@@ -495,6 +496,4 @@ def lstm(
         lopt = _load_pretrained(variant)
     # Bound methods are pytrees whose leaves are θ (house style H2).
     learned = optax.GradientTransformationExtraArgs(lopt.init, lopt.update)
-    return optax.chain(
-        learned, optax.scale_by_learning_rate(learning_rate, flip_sign=False)
-    )
+    return scaled_by_learning_rate(learned, learning_rate)
