@@ -1,7 +1,5 @@
 """The optax transformations: `scale_by_mnemosyne` and `mnemosyne`."""
 
-from __future__ import annotations
-
 import functools
 from typing import Any
 

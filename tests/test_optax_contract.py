@@ -308,3 +308,17 @@ def test_lstm_alias_keeps_parameter_dtype(rate):
     params = {"b": jnp.ones((2, 2), jnp.bfloat16)}
     updates, _ = tx.update(params, tx.init(params), params)
     assert np.asarray(updates["b"]).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("factory", [mnemosyne.mnemosyne, mnemosyne.baselines.lstm],
+                         ids=["mnemosyne", "lstm"])
+def test_learning_rate_annotation_is_optax_schedule_type(factory):
+    """optax's own test suites decide whether an optimizer accepts schedules by
+    reading the annotation, an object (not the string a
+    `from __future__ import annotations` module leaves):
+    `signature(f).parameters["learning_rate"].annotation in (ScalarOrSchedule, Schedule)`."""
+    import inspect
+
+    lr_arg = inspect.signature(factory).parameters.get("learning_rate", None)
+    assert lr_arg is not None
+    assert lr_arg.annotation in (optax.ScalarOrSchedule, optax.Schedule)

@@ -6,8 +6,6 @@ feature engineering to mitigate catastrophic forgetting", whose exact features
 the public sources do not state (see `research/paper.md` §9).
 """
 
-from __future__ import annotations
-
 import math
 import pathlib
 from typing import Any, Literal, NamedTuple
