@@ -2,8 +2,12 @@
 
 A reconstruction of Jain et al., "Mnemosyne: Learning to Train Transformers with
 Transformers" (NeurIPS 2023). The public API is re-exported here; implementation
-lives in private modules.
+lives in private modules. The subpackages `baselines`, `tasks`, `meta` and
+`evaluation` are imported on first attribute access (`mnemosyne.baselines.lstm()`
+works after a bare `import mnemosyne`), so that import stays fast.
 """
+
+import importlib as _importlib
 
 from ._encoder import HierarchicalPoolingEncoder, PerformerBlock
 from ._lopt import (
@@ -21,6 +25,19 @@ from .backends import sharded_update
 from ._transform import as_gradient_transformation, mnemosyne, scale_by_mnemosyne
 
 __version__ = "0.1.0"
+
+_SUBPACKAGES = ("baselines", "evaluation", "meta", "tasks")
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return _importlib.import_module(f"{__name__}.{name}")  # also sets the attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBPACKAGES))
+
 
 __all__ = [
     "AbstractLearnedOptimizer",

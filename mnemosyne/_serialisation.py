@@ -8,7 +8,9 @@ it needs no skeleton, and refuses anything it cannot load exactly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -17,6 +19,8 @@ import tempfile
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 MAGIC = b"MNEMOSYNE-WEIGHTS\n"
 _CHECKPOINT_MAGIC = b"MNEMOCKP"  # meta-training checkpoints (meta/_checkpoint.py)
@@ -24,6 +28,14 @@ FORMAT_VERSION = 1
 WEIGHTS_DIR = pathlib.Path(__file__).parent / "weights"
 
 _CLASSES: dict[str, type] = {}
+# Where the shipped classes are defined: `load` imports the module on first use,
+# so a weights file loads in a fresh process whatever was imported before. New
+# files also name their class's module in the header (`"module"`).
+_CLASS_MODULES = {
+    "CoordinatewiseMnemosyne": "mnemosyne._lopt",
+    "TensorwiseMnemosyne": "mnemosyne._lopt",
+    "LSTMOptimizer": "mnemosyne.baselines._lstm",
+}
 
 
 class WeightsFileError(ValueError):
@@ -74,6 +86,7 @@ def save(path, lopt: eqx.Module) -> None:
     header = {
         "format_version": FORMAT_VERSION,
         "class": name,
+        "module": type(lopt).__module__,
         "config": {k: v for k, v in lopt.config},
         "payload_bytes": len(payload),
         "sha256": hashlib.sha256(payload).hexdigest(),
@@ -83,6 +96,71 @@ def save(path, lopt: eqx.Module) -> None:
 
 def _thaw(v):
     return tuple(_thaw(x) for x in v) if isinstance(v, list) else v
+
+
+def _resolve_class(header: dict) -> type | None:
+    """The registered class a header names, importing the module that defines it
+    (only modules of this package) if it is not registered yet."""
+    name = header.get("class")
+    if not isinstance(name, str):
+        return None
+    if name not in _CLASSES:
+        modules = [header.get("module"), _CLASS_MODULES.get(name)]
+        for module in modules:
+            if isinstance(module, str) and (module == __package__ or module.startswith(f"{__package__}.")):
+                try:
+                    importlib.import_module(module)
+                except ImportError:
+                    continue
+                if name in _CLASSES:
+                    break
+    return _CLASSES.get(name)
+
+
+def _skeleton(cls, config: dict):
+    """A module of this configuration to read the payload into: built with
+    `eqx.filter_eval_shape` (shapes and dtypes only, no random initialisation
+    computed: seconds saved on every cold start), or, for a class whose
+    constructor needs concrete values (e.g. edits its draws in NumPy), built
+    for real."""
+    build = functools.partial(cls, **config, key=jax.random.key(0))
+    try:
+        return eqx.filter_eval_shape(build)
+    except Exception:  # noqa: BLE001 -- building it for real raises the real error, if any
+        return build()
+
+
+def _read_leaf(f, like):
+    """One leaf of the payload, in the dtype it was stored in.
+
+    The skeleton comes from `eqx.filter_eval_shape`, so its dtypes follow the
+    current `jax_enable_x64` flag; θ must not: only the shape and the kind of
+    number (floating, integer, ...) are checked against it. (A float64 file
+    read with x64 off becomes float32, as any JAX array does.)"""
+    if not isinstance(like, (jax.Array, jax.ShapeDtypeStruct)):
+        return eqx.default_deserialise_filter_spec(f, like)
+    value = np.load(f, allow_pickle=False)
+    if value.shape != like.shape:
+        raise ValueError(f"shape {value.shape} on disk, {like.shape} in the configuration")
+    if value.dtype.kind != np.dtype(like.dtype).kind:
+        raise ValueError(f"dtype {value.dtype} on disk, {like.dtype} in the configuration")
+    return jnp.asarray(value)
+
+
+def _deserialise(payload: bytes, skeleton):
+    """`eqx.tree_deserialise_leaves` (same leaf order), keeping stored dtypes,
+    and refusing a payload with bytes left over."""
+    f = io.BytesIO(payload)
+    paths_and_leaves, treedef = jax.tree_util.tree_flatten_with_path(skeleton)
+    leaves = []
+    for key_path, like in paths_and_leaves:
+        try:
+            leaves.append(_read_leaf(f, like))
+        except Exception as err:
+            raise ValueError(f"at {jax.tree_util.keystr(key_path)}: {err}") from None
+    if f.read(1):
+        raise ValueError("the payload has more leaves than the configuration")
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def load(path) -> eqx.Module:
@@ -131,7 +209,7 @@ def load(path) -> eqx.Module:
         raise WeightsFileError(f"{path} is truncated: {len(payload)} of {expected} payload bytes")
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise WeightsFileError(f"{path} is corrupted: checksum mismatch")
-    cls = _CLASSES.get(header.get("class"))
+    cls = _resolve_class(header)
     if cls is None:
         raise WeightsFileError(f"{path}: unknown optimizer class {header.get('class')!r}")
     config = header.get("config")
@@ -139,14 +217,14 @@ def load(path) -> eqx.Module:
         raise WeightsFileError(f"{path}: the header has no optimizer configuration")
     config = {k: _thaw(v) for k, v in config.items()}
     try:
-        skeleton = cls(**config, key=jax.random.key(0))
+        skeleton = _skeleton(cls, config)
     except (TypeError, ValueError) as err:  # unknown, missing or invalid arguments
         raise WeightsFileError(
             f"{path}: its {cls.__name__} configuration cannot be built by this version "
             f"of mnemosyne ({err}); was it saved by another version?"
         ) from None
     try:
-        return eqx.tree_deserialise_leaves(io.BytesIO(payload), skeleton)
+        return _deserialise(payload, skeleton)
     except Exception as err:  # shape/dtype mismatch between payload and config
         raise WeightsFileError(
             f"{path}: the weights do not match the configuration in the header ({err})"
@@ -157,13 +235,28 @@ def pretrained(name: str = "default") -> eqx.Module:
     """A shipped pretrained learned optimizer.
 
     `"default"` is the coordinate-wise Mnemosyne meta-trained by
-    `mnemosyne meta-train --preset default`.
+    `mnemosyne meta-train --preset default`; `"lstm"` and `"lstm_multiscale"`
+    are the LSTM baselines.
+
+    The file is read once per process (modules are immutable, so every call
+    returns the same module), and again only if it changes on disk; so
+    `optax.inject_hyperparams(mnemosyne.mnemosyne)`, which calls the factory on
+    every step, does not re-read it.
     """
     path = WEIGHTS_DIR / f"{name}.eqx"
-    if not path.exists():
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
         available = sorted(p.stem for p in WEIGHTS_DIR.glob("*.eqx"))
         raise FileNotFoundError(
             f"no pretrained weights named {name!r} (available: {available}); "
             f"produce them with `mnemosyne meta-train --preset {name}`"
-        )
+        ) from None
+    return _load_cached(str(path), stat.st_mtime_ns, stat.st_size,
+                        bool(jax.config.read("jax_enable_x64")))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_cached(path: str, mtime_ns: int, size: int, x64: bool) -> eqx.Module:
+    del mtime_ns, size, x64  # cache keys only: a rewritten file or another x64 mode reloads
     return load(path)

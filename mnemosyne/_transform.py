@@ -1,7 +1,5 @@
 """The optax transformations: `scale_by_mnemosyne` and `mnemosyne`."""
 
-from __future__ import annotations
-
 import functools
 from typing import Any
 
@@ -106,7 +104,33 @@ def mnemosyne(
         >>> updates, state = tx.update({"w": jnp.ones(3)}, state, params)
         >>> params = optax.apply_updates(params, updates)
     """
-    return optax.chain(
-        scale_by_mnemosyne(lopt, backend=backend, memory_dtype=memory_dtype),
-        optax.scale_by_learning_rate(learning_rate, flip_sign=False),
+    return scaled_by_learning_rate(
+        scale_by_mnemosyne(lopt, backend=backend, memory_dtype=memory_dtype), learning_rate
     )
+
+
+def _keep_dtype(update, grad):
+    if update is None or not hasattr(update, "astype") or not hasattr(grad, "dtype"):
+        return update
+    return update.astype(grad.dtype)
+
+
+def scaled_by_learning_rate(
+    learned: optax.GradientTransformationExtraArgs, learning_rate: optax.ScalarOrSchedule
+) -> optax.GradientTransformationExtraArgs:
+    """`learned` followed by `optax.scale_by_learning_rate(learning_rate,
+    flip_sign=False)`, with each update cast back to its gradient's dtype.
+
+    The cast makes the dtype a guarantee rather than a consequence of promotion
+    rules: a NumPy-backend bfloat16 update times a Python or NumPy float, or any
+    update times a float32 learning rate from `optax.inject_hyperparams`, would
+    otherwise follow NumPy's or JAX's promotion of the day.
+    """
+    chain = optax.chain(learned, optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+
+    def update(updates, state, params=None, **extra_args):
+        new, state = chain.update(updates, state, params, **extra_args)
+        is_none = lambda x: x is None
+        return jax.tree.map(_keep_dtype, new, updates, is_leaf=is_none), state
+
+    return optax.GradientTransformationExtraArgs(chain.init, update)

@@ -445,24 +445,28 @@ def test_headline_table_is_the_suite_result():
 
 
 def test_readme_usage_snippet_trains():
-    """The README's "Use it" snippet runs as written, and its `step` lowers
-    the loss of its own least-squares problem."""
-    import jax
-    import jax.numpy as jnp
-
+    """The README's "Use it" snippet runs as written in a fresh interpreter
+    (nothing imported before it, as a user would run it), its `step` lowers
+    the loss of its own least-squares problem, and its LSTM lines give the
+    pretrained LSTM optimizer."""
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Use it") :]
     code = section[section.index("```python") + len("```python") : section.index("```\n", section.index("```python") + 9)]
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    x = jax.random.normal(jax.random.key(0), (32, 3))
-    y = x @ jnp.array([[1.0, -2.0], [0.5, 0.0], [-1.0, 3.0]]) + 0.3
-    params, state = namespace["params"], namespace["state"]
-    losses = []
-    for _ in range(100):
-        params, state, loss = namespace["step"](params, state, x, y)
-        losses.append(float(loss))
-    assert losses[-1] < 0.1 * losses[0], losses[::10]
+    assert "mnemosyne.baselines.lstm()" in code and 'mnemosyne.pretrained("lstm")' in code
+    check = """
+x = jax.random.normal(jax.random.key(0), (32, 3))
+y = x @ jnp.array([[1.0, -2.0], [0.5, 0.0], [-1.0, 3.0]]) + 0.3
+losses = []
+for _ in range(100):
+    params, state, loss = step(params, state, x, y)
+    losses.append(float(loss))
+assert losses[-1] < 0.1 * losses[0], losses[::10]
+assert type(theta).__name__ == "LSTMOptimizer" and callable(lstm.update)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code + check], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_home_headline_numbers_are_quoted():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 
 import equinox as eqx
@@ -390,6 +391,114 @@ def test_resume_refuses_other_config(tmp_path):
     )
     with pytest.raises(meta.IncompatibleCheckpointError, match="config"):
         other.run(3, progress=False)
+
+
+def _settings_trainer(checkpoint_dir, **changes) -> meta.MetaTrainer:
+    """A trainer built from fresh (equal) objects, with `changes` applied."""
+    settings = dict(
+        lopt=LearnableSGD(0.1),
+        task=NoisyQuadraticFamily(dims=(3, 5)),
+        estimator=meta.AntitheticES(std=0.01, num_pairs=2),
+        learning_rate=1e-3,
+        max_grad_norm=1.0,
+        num_tasks=4,
+        unroll_length=3,
+        horizon=8,
+        compiler_options=dict(FAST_COMPILE),
+    )
+    settings.update(changes)
+    lopt, task, estimator = settings.pop("lopt"), settings.pop("task"), settings.pop("estimator")
+    return meta.MetaTrainer(
+        lopt, task, estimator, checkpoint_dir=checkpoint_dir, key=jax.random.PRNGKey(0), **settings
+    )
+
+
+def _mnemosyne(**config):
+    from mnemosyne import CoordinatewiseMnemosyne
+
+    return CoordinatewiseMnemosyne(**{"key": jax.random.key(1), **config})
+
+
+# change -> what the refusal must name
+_OTHER_SETTINGS = {
+    "es_std": (lambda: {"estimator": meta.AntitheticES(std=0.02, num_pairs=2)}, "estimator.std"),
+    "es_num_pairs": (lambda: {"estimator": meta.AntitheticES(std=0.01, num_pairs=4)}, "estimator.num_pairs"),
+    "es_meta_loss": (lambda: {"estimator": meta.AntitheticES(std=0.01, num_pairs=2, meta_loss="mean")}, "estimator.meta_loss"),
+    "estimator_class": (lambda: {"estimator": meta.TruncatedBPTT()}, "estimator.class"),
+    "outer_learning_rate": (lambda: {"learning_rate": 2e-3}, "outer_optimizer.learning_rate"),
+    "gradient_clip": (lambda: {"max_grad_norm": 0.5}, "outer_optimizer.max_grad_norm"),
+    "optax_outer_optimizer": (lambda: {"outer_optimizer": optax.adam(1e-3)}, "outer_optimizer"),
+    "task_family": (lambda: {"task": NoisyQuadraticFamily(dims=(3, 6))}, "task.dims"),
+    "horizon": (lambda: {"horizon": 10}, "schedule.horizon"),
+    "unroll_length": (lambda: {"unroll_length": 4}, "unroll_length"),
+    "num_tasks": (lambda: {"num_tasks": 2}, "num_tasks"),
+    "compiler_options": (lambda: {"compiler_options": {}}, "compiler_options"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(_OTHER_SETTINGS))
+def test_resume_refuses_changed_settings(tmp_path, change):
+    """A checkpoint is resumed only by a trainer with the same settings: any
+    setting that changes the result, changed, is refused with an error naming
+    it (no compile needed: the check reads the header)."""
+    _settings_trainer(tmp_path).save()
+    changes, named = _OTHER_SETTINGS[change]
+    other = _settings_trainer(tmp_path, **changes())
+    with pytest.raises(meta.IncompatibleCheckpointError, match=re.escape(named)):
+        other.run(1, progress=False)
+
+
+def test_resume_accepts_equal_settings_in_fresh_objects(tmp_path):
+    """Equal settings held by new objects (another optax optimizer object with
+    the same hyperparameters, a new family, a new estimator) resume."""
+    path = _settings_trainer(tmp_path, outer_optimizer=optax.adam(0.05)).save()
+    again = _settings_trainer(tmp_path, outer_optimizer=optax.adam(0.05))
+    again.load(path)
+    assert again.step == 0
+    other = _settings_trainer(tmp_path, outer_optimizer=optax.adam(0.1))
+    with pytest.raises(meta.IncompatibleCheckpointError, match="step_size"):
+        other.load(path)
+
+
+def test_resume_refuses_other_optimizer_configuration(tmp_path):
+    """θ's configuration: a static setting (same shapes) or other frozen random
+    projections (not in the checkpoint, which holds the trainable part only)."""
+    path = _settings_trainer(tmp_path, lopt=_mnemosyne()).save()
+    _settings_trainer(tmp_path, lopt=_mnemosyne()).load(path)
+    with pytest.raises(meta.IncompatibleCheckpointError, match="alpha"):
+        _settings_trainer(tmp_path, lopt=_mnemosyne(alpha=2e-2)).load(path)
+    with pytest.raises(meta.IncompatibleCheckpointError, match="omega"):
+        _settings_trainer(tmp_path, lopt=_mnemosyne(key=jax.random.key(2))).load(path)
+
+
+def test_settings_fingerprint_is_the_same_in_another_process():
+    """The fingerprint holds no identities (ids, addresses), so a run killed and
+    resumed in a new process (as `mnemosyne meta-train` does) is accepted:
+    each preset's trainer, built in two interpreters, gives the same one."""
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import json, jax, mnemosyne
+from mnemosyne import meta
+out = {}
+for name, p in sorted(meta.PRESETS.items()):
+    t = meta.MetaTrainer(p.make_lopt(jax.random.key(p.seed)), p.family, p.estimator,
+                         key=jax.random.key(p.seed), **p.trainer)
+    out[name] = t._fingerprint()
+print(json.dumps(out, sort_keys=True))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    here = {}
+    for name, p in sorted(meta.PRESETS.items()):
+        t = meta.MetaTrainer(p.make_lopt(jax.random.key(p.seed)), p.family, p.estimator,
+                             key=jax.random.key(p.seed), **p.trainer)
+        here[name] = t._fingerprint()
+    there = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert there == here
+    assert "lstm" in here and here["lstm"] != here["default"]
 
 
 def _tree():

@@ -20,6 +20,7 @@ import optax
 import pytest
 
 import mnemosyne
+import mnemosyne.baselines
 from helpers import OPTIMIZERS, fast_jit, ranked_params, random_like
 
 NAMES = sorted(OPTIMIZERS)
@@ -277,15 +278,47 @@ def test_untrained_optimizer_decreases_loss(name):
     assert TRACES[(name, "plain")] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mnemosyne(backend='numpy') returns float32 updates for bfloat16 params: "
-    "the alias's optax.scale_by_learning_rate multiplies NumPy bfloat16 arrays by a "
-    "Python float, which NumPy/ml_dtypes promotes to float32",
-)
-def test_alias_numpy_backend_keeps_bfloat16():
+LEARNING_RATES = {
+    "python float": 1.0,
+    "numpy float64": np.float64(0.5),
+    "float32 array": jnp.asarray(0.5, jnp.float32),  # what inject_hyperparams passes
+    "schedule": optax.constant_schedule(0.5),
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+@pytest.mark.parametrize("rate", sorted(LEARNING_RATES))
+def test_alias_keeps_parameter_dtype(rate, backend, dtype):
+    """`mnemosyne(...)` returns updates in each parameter's dtype, whatever the
+    learning rate's type and NumPy's or JAX's promotion rules (an explicit cast,
+    not a consequence of promotion)."""
     lopt = OPTIMIZERS[LEARNED[0]].lopt()
-    tx = mnemosyne.mnemosyne(1.0, lopt=lopt, backend="numpy")
+    tx = mnemosyne.mnemosyne(LEARNING_RATES[rate], lopt=lopt, backend=backend)
+    params = {"b": jnp.ones((2, 2), dtype), "none": None}
+    updates, _ = tx.update(params, tx.init(params), params)
+    assert np.asarray(updates["b"]).dtype == dtype
+    assert updates["none"] is None
+
+
+@pytest.mark.parametrize("rate", sorted(LEARNING_RATES))
+def test_lstm_alias_keeps_parameter_dtype(rate):
+    lopt = mnemosyne.baselines.LSTMOptimizer(key=jax.random.key(0))
+    tx = mnemosyne.baselines.lstm(LEARNING_RATES[rate], lopt=lopt)
     params = {"b": jnp.ones((2, 2), jnp.bfloat16)}
     updates, _ = tx.update(params, tx.init(params), params)
     assert np.asarray(updates["b"]).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("factory", [mnemosyne.mnemosyne, mnemosyne.baselines.lstm],
+                         ids=["mnemosyne", "lstm"])
+def test_learning_rate_annotation_is_optax_schedule_type(factory):
+    """optax's own test suites decide whether an optimizer accepts schedules by
+    reading the annotation, an object (not the string a
+    `from __future__ import annotations` module leaves):
+    `signature(f).parameters["learning_rate"].annotation in (ScalarOrSchedule, Schedule)`."""
+    import inspect
+
+    lr_arg = inspect.signature(factory).parameters.get("learning_rate", None)
+    assert lr_arg is not None
+    assert lr_arg.annotation in (optax.ScalarOrSchedule, optax.Schedule)

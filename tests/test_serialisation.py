@@ -160,3 +160,65 @@ def test_save_overwrites_and_creates_folders(tmp_path):
 def test_pretrained_missing_name():
     with pytest.raises(FileNotFoundError, match="no pretrained weights named"):
         mnemosyne.pretrained("definitely-not-shipped")
+
+
+def test_unknown_class_imports_nothing_outside_the_package(saved):
+    """A header's `module` entry is imported only if it is part of mnemosyne."""
+    import sys
+
+    header, payload = _split(saved.read_bytes())
+    header["class"], header["module"] = "SomethingElse", "antigravity"
+    saved.write_bytes(_join(header, payload))
+    with pytest.raises(mnemosyne.WeightsFileError, match="unknown optimizer class"):
+        mnemosyne.load(saved)
+    assert "antigravity" not in sys.modules
+
+
+def test_load_computes_no_initialisation(saved, monkeypatch):
+    """`load` reads θ into a skeleton of shapes and dtypes (`eqx.filter_eval_shape`):
+    the constructor's random draws (orthogonal projections, QR) are traced, never
+    computed, which took seconds of every cold start."""
+    concrete = []
+    normal = jax.random.normal
+
+    def watched(key, *args, **kwargs):
+        if not isinstance(key, jax.core.Tracer):
+            concrete.append(kwargs.get("shape", args[0] if args else None))
+        return normal(key, *args, **kwargs)
+
+    monkeypatch.setattr(jax.random, "normal", watched)
+    loaded = mnemosyne.load(saved)
+    assert concrete == []
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(loaded))
+
+
+def test_pretrained_is_read_once(monkeypatch):
+    """`pretrained(name)` returns the same module without reading the file again,
+    so `optax.inject_hyperparams(mnemosyne.mnemosyne)`, which calls the factory
+    on every eager `init`/`update`, does not re-read it."""
+    import optax
+
+    reads = []
+    load = _serialisation.load
+    monkeypatch.setattr(_serialisation, "load", lambda path: reads.append(path) or load(path))
+    first = mnemosyne.pretrained("default")
+    assert mnemosyne.pretrained("default") is first
+    tx = optax.inject_hyperparams(mnemosyne.mnemosyne)(learning_rate=0.5)
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    for _ in range(3):
+        _, state = tx.update(params, state, params)
+    assert len(reads) <= 1  # at most once (a test before may have read it already)
+
+
+def test_pretrained_rereads_a_changed_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(_serialisation, "WEIGHTS_DIR", tmp_path)
+    path = tmp_path / "mine.eqx"
+    mnemosyne.save(path, LOPTS["coordinatewise"]())
+    first = mnemosyne.pretrained("mine")
+    assert mnemosyne.pretrained("mine") is first
+    mnemosyne.save(path, _perturbed("coordinatewise"))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    second = mnemosyne.pretrained("mine")
+    assert second is not first
+    assert_tree_equal(jax.tree.leaves(second), jax.tree.leaves(_perturbed("coordinatewise")))

@@ -6,8 +6,6 @@ feature engineering to mitigate catastrophic forgetting", whose exact features
 the public sources do not state (see `research/paper.md` §9).
 """
 
-from __future__ import annotations
-
 import math
 import pathlib
 from typing import Any, Literal, NamedTuple
@@ -20,7 +18,8 @@ import optax
 
 from .._checks import check_float_leaves
 from .._lopt_base import AbstractLearnedOptimizer
-from .._serialisation import freeze_config, load, register_serialisable
+from .._serialisation import freeze_config, pretrained, register_serialisable
+from .._transform import scaled_by_learning_rate
 from .._types import OptState, Params, PRNGKeyArray, Updates
 from ..backends import get_backend
 
@@ -452,7 +451,7 @@ def _load_pretrained(variant: str) -> LSTMOptimizer:
             f"`mnemosyne meta-train --preset {preset}`, or pass an explicit "
             "`lopt=LSTMOptimizer(..., key=key)`."
         )
-    lopt = load(path)
+    lopt = pretrained(path.stem)  # read once per process
     if not isinstance(lopt, LSTMOptimizer) or lopt.features != variant:
         raise ValueError(f"{path} does not hold an LSTMOptimizer with features={variant!r}")
     return lopt
@@ -495,6 +494,4 @@ def lstm(
         lopt = _load_pretrained(variant)
     # Bound methods are pytrees whose leaves are θ (house style H2).
     learned = optax.GradientTransformationExtraArgs(lopt.init, lopt.update)
-    return optax.chain(
-        learned, optax.scale_by_learning_rate(learning_rate, flip_sign=False)
-    )
+    return scaled_by_learning_rate(learned, learning_rate)

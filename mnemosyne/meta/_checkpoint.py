@@ -14,15 +14,21 @@ one, never a partial file under the final name.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import io
 import json
+import math
 import os
 import struct
 import tempfile
+import types
 from typing import Any
 
 import equinox as eqx
+import jax
+import numpy as np
 
 _MAGIC = b"MNEMOCKP"
 _END = b"MNEMOEND"
@@ -180,3 +186,131 @@ def load_checkpoint(path: str | os.PathLike, like: Any) -> tuple[Any, dict]:
             f"Checkpoint {os.fspath(path)!r} does not match the expected structure: {e}"
         ) from e
     return tree, header
+
+
+# --------------------------------------------------------------------------- #
+# Settings fingerprints: what a resumed run must share with the run it resumes
+# --------------------------------------------------------------------------- #
+
+_MAX_DEPTH = 12
+
+
+def describe_settings(obj: Any) -> Any:
+    """A JSON-able description of `obj` that differs whenever a setting in it does.
+
+    Generic, so that new estimators, outer optimizers, schedules and task
+    families are covered without being listed anywhere:
+
+    - dataclasses and Equinox modules: their class and every field (static or
+      not), by name;
+    - functions (optax transformations are pairs of closures): their qualified
+      name and the values they close over, by name (an optax optimizer's
+      hyperparameters live there), and `functools.partial` arguments;
+    - arrays: shape, dtype and a SHA-256 of the values (`jax.ShapeDtypeStruct`:
+      shape and dtype only); numbers, strings, `None` as themselves (non-finite
+      floats as strings, so the description survives JSON);
+    - other objects: their class and their attributes (`vars`), or their `repr`
+      when it holds no memory address.
+
+    Nothing identity-based enters (no `id`, no addresses), so the same settings
+    give the same description in another process.
+    """
+    return _describe(obj, 0, set())
+
+
+def _qualname(x) -> str:
+    return f"{getattr(x, '__module__', '?')}.{getattr(x, '__qualname__', type(x).__name__)}"
+
+
+def _describe(obj: Any, depth: int, active: set) -> Any:
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else repr(obj)
+    if isinstance(obj, (np.generic,)) and obj.shape == ():
+        return _describe(obj.item(), depth, active)
+    if isinstance(obj, jax.ShapeDtypeStruct):
+        return {"shape": list(obj.shape), "dtype": str(obj.dtype)}
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        if isinstance(obj, jax.Array) and jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
+            obj = jax.random.key_data(obj)
+        if isinstance(obj, jax.core.Tracer):
+            return {"shape": list(obj.shape), "dtype": str(obj.dtype)}
+        value = np.ascontiguousarray(np.asarray(obj))
+        return {"shape": list(value.shape), "dtype": str(value.dtype),
+                "sha256": hashlib.sha256(value.tobytes()).hexdigest()}
+    if isinstance(obj, (type, types.ModuleType)):
+        return _qualname(obj) if isinstance(obj, type) else obj.__name__
+    if depth >= _MAX_DEPTH or id(obj) in active:
+        return _qualname(type(obj))
+    active = active | {id(obj)}
+    rec = functools.partial(_describe, depth=depth + 1, active=active)
+    if isinstance(obj, (list, tuple)):
+        items = [rec(x) for x in obj]
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # NamedTuple
+            return {"class": _qualname(type(obj)), **dict(zip(obj._fields, items))}
+        return items
+    if isinstance(obj, (set, frozenset)):
+        return sorted((rec(x) for x in obj), key=lambda d: json.dumps(d, sort_keys=True))
+    if isinstance(obj, dict):
+        return {str(k): rec(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if dataclasses.is_dataclass(obj):  # includes Equinox modules
+        fields = {f.name: rec(getattr(obj, f.name, None)) for f in dataclasses.fields(obj)}
+        return {"class": _qualname(type(obj)), **fields}
+    if isinstance(obj, functools.partial):
+        return {"class": _qualname(type(obj)), "func": rec(obj.func),
+                "args": rec(list(obj.args)), "keywords": rec(dict(obj.keywords))}
+    if isinstance(obj, types.MethodType):
+        return {"method": obj.__func__.__qualname__, "self": rec(obj.__self__)}
+    if isinstance(obj, types.FunctionType):
+        out: dict = {"function": _qualname(obj)}
+        if obj.__closure__:
+            cells = {}
+            for name, cell in zip(obj.__code__.co_freevars, obj.__closure__):
+                try:
+                    cells[name] = rec(cell.cell_contents)
+                except ValueError:  # an empty cell
+                    cells[name] = None
+            out["closure"] = cells
+        if obj.__defaults__:
+            out["defaults"] = rec(list(obj.__defaults__))
+        if obj.__kwdefaults__:
+            out["kwdefaults"] = rec(dict(obj.__kwdefaults__))
+        return out
+    if callable(obj) and not hasattr(obj, "__dict__"):  # builtins
+        return _qualname(obj)
+    attributes = getattr(obj, "__dict__", None)
+    if isinstance(attributes, dict):
+        return {"class": _qualname(type(obj)),
+                **{k: rec(v) for k, v in sorted(attributes.items()) if not k.startswith("__")}}
+    text = repr(obj)
+    return text if " at 0x" not in text else _qualname(type(obj))
+
+
+def differing_settings(saved: Any, current: Any, path: str = "") -> list[str]:
+    """Where two descriptions from `describe_settings` differ, one line each:
+    `path: checkpoint <value>, this trainer <value>` (values shortened)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current)):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in saved:
+                out.append(f"{sub}: not recorded in the checkpoint, this trainer {_short(current[key])}")
+            elif key not in current:
+                out.append(f"{sub}: checkpoint {_short(saved[key])}, not set in this trainer")
+            else:
+                out += differing_settings(saved[key], current[key], sub)
+        return out
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        out = []
+        for i, (a, b) in enumerate(zip(saved, current)):
+            out += differing_settings(a, b, f"{path}[{i}]")
+        return out
+    if saved != current:
+        return [f"{path or '(all)'}: checkpoint {_short(saved)}, this trainer {_short(current)}"]
+    return []
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -19,6 +20,8 @@ from .._types import PRNGKeyArray
 from ._checkpoint import (
     CheckpointError,
     IncompatibleCheckpointError,
+    describe_settings,
+    differing_settings,
     load_checkpoint,
     read_checkpoint_header,
     save_checkpoint,
@@ -382,10 +385,14 @@ class MetaTrainer:
             raise IncompatibleCheckpointError(
                 f"Checkpoint {os.fspath(path)!r} was written with another base key."
             )
-        if header.get("config") != self._fingerprint():
+        fingerprint = self._fingerprint()
+        if header.get("config") != fingerprint:
+            differing = differing_settings(header.get("config"), fingerprint)
             raise IncompatibleCheckpointError(
-                f"Checkpoint {os.fspath(path)!r} was written by a trainer with "
-                f"config {header.get('config')}, not {self._fingerprint()}."
+                f"Checkpoint {os.fspath(path)!r} was written by a differently configured "
+                f"trainer; resuming would silently change these settings: "
+                f"{'; '.join(differing)}. Use the same settings, or start afresh "
+                "(resume=False, or another checkpoint_dir)."
             )
         period = header["states_period"]
         states_like = (
@@ -423,13 +430,27 @@ class MetaTrainer:
     # ------------------------------------------------------------------ #
 
     def _fingerprint(self) -> dict:
-        return {
+        """Every setting that changes the result of a run, as JSON
+        ([`describe_settings`][mnemosyne.meta.describe_settings]): the
+        estimator's fields, the outer optimizer (its fields, or the values its
+        optax closures hold), the task or family, the window, horizon and
+        resampling settings, the compiler options, and θ's configuration (its
+        class and static fields, the shapes and dtypes of its trainable arrays,
+        the values of its frozen ones, which the checkpoint does not hold)."""
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self._trainable)
+        settings = {
+            "lopt": eqx.combine(shapes, self._static),
+            "task": self.task,
+            "estimator": self.estimator,
+            "outer_optimizer": self.outer_optimizer,
             "num_tasks": self.num_tasks,
             "unroll_length": self.unroll_length,
+            "schedule": self.schedule,
             "task_resample_every": self.task_resample_every,
-            "schedule": repr(self.schedule),
-            "estimator": type(self.estimator).__name__,
+            "compiler_options": self.compiler_options,
         }
+        # through JSON, as it is stored: tuples become lists, and so on
+        return json.loads(json.dumps(describe_settings(settings)))
 
     def _saved_at_current_step(self) -> bool:
         return getattr(self, "_last_saved_step", None) == self.step
