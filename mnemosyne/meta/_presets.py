@@ -415,35 +415,57 @@ def train_preset(
     lopt, history = trainer.run(steps, resume=resume, progress=progress)
     wall = time.perf_counter() - start
     if output is not None:
-        from .._serialisation import save
-
-        output = os.fspath(output)
-        save(output, lopt)
-        losses = [x for x in history["meta_loss"] if np.isfinite(x)]
-        tail = losses[-max(1, len(losses) // 10):] if losses else []
-        record = {
-            "preset": name,
-            "config": {**preset.config(), "num_outer_steps": steps},
-            "num_outer_steps": int(trainer.step),
-            "wall_time_s": round(wall, 1),
-            "wall_time_note": "this process only; excludes earlier runs resumed from checkpoints",
-            "final_meta_loss": float(np.mean(tail)) if tail else None,
-            "skipped_steps": int(np.sum(history["skipped"])),
-            "task_kinds": sorted(preset.family.kinds),
-            "task_configurations": sorted({str(t) for t in history["task"]}),
-            "held_out_kinds": sorted(preset.held_out_kinds),
-            "machine": {
-                "cpu_count": os.cpu_count(),
-                "platform": platform.platform(),
-                "processor": platform.processor(),
-                "jax": jax.__version__,
-                "jax_backend": jax.default_backend(),
-            },
-        }
-        with open(output + ".json", "w") as f:
-            json.dump(record, f, indent=2)
-        plot_history(history, output + ".png")
+        save_preset_weights(
+            name, lopt, history, output, num_outer_steps=int(trainer.step), wall_time_s=wall,
+        )
     return lopt, history
+
+
+def save_preset_weights(
+    name: str,
+    lopt,
+    history: dict,
+    output: str | os.PathLike,
+    *,
+    num_outer_steps: int,
+    wall_time_s: float,
+    wall_time_note: str = "this process only; excludes earlier runs resumed from checkpoints",
+    extra: dict | None = None,
+) -> None:
+    """Write a preset's weights with [`mnemosyne.save`][], its training record
+    (`<output>.json`: the preset's configuration, steps, compute, task kinds and
+    configurations seen, machine; plus `extra`) and its meta-training curve
+    (`<output>.png`)."""
+    from .._serialisation import save
+
+    preset = PRESETS[name]
+    output = os.fspath(output)
+    save(output, lopt)
+    losses = [x for x in history["meta_loss"] if np.isfinite(x)]
+    tail = losses[-max(1, len(losses) // 10):] if losses else []
+    record = {
+        "preset": name,
+        "config": {**preset.config(), "num_outer_steps": num_outer_steps},
+        "num_outer_steps": int(num_outer_steps),
+        "wall_time_s": round(float(wall_time_s), 1),
+        "wall_time_note": wall_time_note,
+        "final_meta_loss": float(np.mean(tail)) if tail else None,
+        "skipped_steps": int(np.sum(history["skipped"])),
+        "task_kinds": sorted(preset.family.kinds),
+        "task_configurations": sorted({str(t) for t in history["task"]}),
+        "held_out_kinds": sorted(preset.held_out_kinds),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "jax": jax.__version__,
+            "jax_backend": jax.default_backend(),
+        },
+        **(extra or {}),
+    }
+    with open(output + ".json", "w") as f:
+        json.dump(record, f, indent=2)
+    plot_history(history, output + ".png")
 
 
 def validation_tasks() -> dict[str, Any]:
