@@ -98,6 +98,3 @@ class TeacherRegression(AbstractTask):
         x = jax.random.normal(k_x, (self.batch_size, self.num_inputs))
         return {"x": x, "y": self._targets(x, k_noise)}
 
-    def eval_batch(self):
-        return self.sample_batch(jax.random.key(12345))
-
