@@ -7,7 +7,8 @@ every task of `mnemosyne.meta.validation_tasks()` (configurations in neither the
 meta-training distribution nor the evaluation suite) for `--steps` steps on
 `--seeds`, beside Adam(1e-3), all in one program per task. The score of a θ is
 the mean over tasks of log(final loss / Adam's final loss) (final loss: mean
-over the last 5% of steps and over seeds); a θ with any run ending above 1.5x
+over the last 5% of steps and over seeds, floored at 1e-6 as in the ablation,
+since some runs reach exactly 0 in float32); a θ with any run ending above 1.5x
 its own best window-mean loss (`evaluation.stability_ratio`) or non-finite is
 ineligible. The best eligible θ is reported; the record lists every score.
 """
@@ -23,6 +24,7 @@ import optax
 
 import mnemosyne
 from mnemosyne import evaluation
+from mnemosyne.evaluation._ablation import LOSS_FLOOR
 from mnemosyne.meta import PRESETS, validation_tasks
 
 
@@ -50,7 +52,7 @@ def main() -> None:
     w = evaluation.window_size(args.steps)
     for task_name, task in validation_tasks().items():
         losses, _, _ = evaluation.train_groups(factories, task, lrs, keys, num_steps=args.steps)
-        final = losses[:, :, -w:].mean(axis=(1, 2))
+        final = np.maximum(losses[:, :, -w:].mean(axis=(1, 2)), LOSS_FLOOR)
         per_task[task_name] = {"adam": float(final[0])}
         for i, n in enumerate(names, start=1):
             log_ratio[n].append(float(np.log(final[i] / final[0])))
