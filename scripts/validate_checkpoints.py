@@ -19,6 +19,7 @@ import argparse
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -40,25 +41,31 @@ def main() -> None:
     candidates = {"untrained": preset.make_lopt(jax.random.split(jax.random.key(preset.seed))[0])}
     candidates.update({path: mnemosyne.load(path) for path in args.weights})
     names = list(candidates)
-    factories = [lambda lr: optax.adam(1e-3)] + [
-        (lambda lr, lopt=candidates[n]: mnemosyne.scale_by_mnemosyne(lopt)) for n in names
-    ]
-    keys = jax.vmap(jax.random.key)(np.arange(args.seeds, dtype=np.uint32))
-    keys = jax.numpy.broadcast_to(keys, (len(factories), args.seeds))
-    lrs = np.zeros((len(factories), args.seeds))
+    # One program per task: the candidates' θ stacked on a leading axis, each
+    # run picking its θ by index (passed where train_groups passes learning
+    # rates), so Mnemosyne's step compiles once whatever the candidate count.
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(candidates[n] for n in names))
+    pick = lambda index: jax.tree.map(lambda x: x[index.astype(jnp.int32)], stacked)
+    factories = [lambda lr: optax.adam(1e-3), lambda index: mnemosyne.scale_by_mnemosyne(pick(index))]
+    runs = len(names) * args.seeds
+    seeds = np.tile(np.arange(args.seeds, dtype=np.uint32), len(names))
+    keys = jnp.broadcast_to(jax.vmap(jax.random.key)(seeds), (2, runs))
+    lrs = np.stack([np.zeros(runs), np.repeat(np.arange(len(names)), args.seeds)])
     log_ratio = {n: [] for n in names}
     stability = {n: [] for n in names}
     per_task = {}
     w = evaluation.window_size(args.steps)
     for task_name, task in validation_tasks().items():
         losses, _, _ = evaluation.train_groups(factories, task, lrs, keys, num_steps=args.steps)
-        final = np.maximum(losses[:, :, -w:].mean(axis=(1, 2)), LOSS_FLOOR)
-        per_task[task_name] = {"adam": float(final[0])}
-        for i, n in enumerate(names, start=1):
-            log_ratio[n].append(float(np.log(final[i] / final[0])))
-            stability[n].append(float(np.max(evaluation.stability_ratio(losses[i]))))
-            per_task[task_name][n] = float(final[i])
-        print(task_name, {k: round(v, 4) for k, v in per_task[task_name].items()}, flush=True)
+        adam = max(losses[0, : args.seeds, -w:].mean(), LOSS_FLOOR)
+        per_task[task_name] = {"adam": float(adam)}
+        for i, n in enumerate(names):
+            mine = losses[1, i * args.seeds : (i + 1) * args.seeds]
+            final = max(mine[:, -w:].mean(), LOSS_FLOOR)
+            log_ratio[n].append(float(np.log(final / adam)))
+            stability[n].append(float(np.max(evaluation.stability_ratio(mine))))
+            per_task[task_name][n] = float(final)
+        print(task_name, {k: round(v, 5) for k, v in per_task[task_name].items()}, flush=True)
     scores = {
         n: {
             "mean_log_ratio_vs_adam": float(np.mean(log_ratio[n])),
