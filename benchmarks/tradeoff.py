@@ -45,7 +45,10 @@ def features_and_head_only(lopt) -> optax.GradientTransformation:
 
     def leaf_step(grad, param):
         rms = (B.tensor_rms(grad), B.tensor_rms(param))
-        f, e, _ = lopt.features(grad, param, jnp.zeros((), jnp.int32), B, None, rms)
+        nu = None  # v2: the second moment after this (first) gradient
+        if lopt.second_moment_decay is not None:
+            nu = B.second_moment(jnp.zeros_like(grad), grad, lopt.second_moment_decay)
+        f, e, _ = lopt.features(grad, param, jnp.zeros((), jnp.int32), B, None, rms, nu)
         return -lopt.head(f, e, [jnp.zeros_like(grad)] * width, B)
 
     def update(grads, state, params=None):
@@ -56,7 +59,7 @@ def features_and_head_only(lopt) -> optax.GradientTransformation:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ablation", default="docs/results_ablation/ablation.json")
+    parser.add_argument("--ablation", default="docs/results_ablation_v1/ablation.json")
     parser.add_argument("--size", type=float, default=1e6)
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args(argv)

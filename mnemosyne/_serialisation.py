@@ -252,6 +252,12 @@ def pretrained(name: str = "default") -> eqx.Module:
             f"no pretrained weights named {name!r} (available: {available}); "
             f"produce them with `mnemosyne meta-train --preset {name}`"
         ) from None
+    return read_once(path, stat)
+
+
+def read_once(path, stat=None) -> eqx.Module:
+    """`load(path)`, cached per process until the file changes on disk."""
+    stat = pathlib.Path(path).stat() if stat is None else stat
     return _load_cached(str(path), stat.st_mtime_ns, stat.st_size,
                         bool(jax.config.read("jax_enable_x64")))
 

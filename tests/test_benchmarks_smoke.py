@@ -125,8 +125,8 @@ def test_tradeoff_script(small, capsys):
     lines = capsys.readouterr().out.splitlines()
     rows = [l for l in lines if l.startswith("| h")]
     floats = {r.split(":")[0].strip("| "): float(r.split("|")[2]) for r in rows}
-    # state floats per parameter: heads * r * (value size + 1)
-    assert floats == {"h1_r2": 4.0, "h3_r2": 12.0, "h1_r4": 8.0, "h1_r8": 16.0}
+    # state floats per parameter: heads * r * (value size + 1), + 1 second moment (v2)
+    assert floats == {"h1_r2": 5.0, "h3_r2": 13.0, "h1_r4": 9.0, "h1_r8": 17.0}
     (floor,) = [l for l in lines if l.startswith(f"| {module.WITHOUT_MEMORY}:")]
     assert float(floor.split("|")[3].strip(" x")) > 0
 

@@ -460,10 +460,10 @@ def test_readme_usage_snippet_trains():
 x = jax.random.normal(jax.random.key(0), (32, 3))
 y = x @ jnp.array([[1.0, -2.0], [0.5, 0.0], [-1.0, 3.0]]) + 0.3
 losses = []
-for _ in range(100):
+for _ in range(300):
     params, state, loss = step(params, state, x, y)
     losses.append(float(loss))
-assert losses[-1] < 0.1 * losses[0], losses[::10]
+assert losses[-1] < 0.1 * losses[0], losses[::30]
 assert type(theta).__name__ == "LSTMOptimizer" and callable(lstm.update)
 """
     proc = subprocess.run(

@@ -272,8 +272,10 @@ def test_untrained_optimizer_decreases_loss(name):
     losses.append(_loss_and_grads(params)[0])
     assert np.isfinite(losses[-1])
     # adam(1e-3) moves each coordinate by <= 0.04 in 40 steps (a few % of the loss);
-    # the untrained learned step is alpha = 1e-2 per normalised coordinate: more
-    assert losses[-1] < (0.95 if OPTIMIZERS[name].lopt else 0.99) * losses[0], (losses[0], losses[-1])
+    # untrained Mnemosyne v2 is momentum on Adam-normalised gradients at 1e-3
+    # (so about as fast); the v1-style tensor-wise variant steps 1e-2
+    fast = OPTIMIZERS[name].lopt and name != "coordinatewise_mnemosyne"
+    assert losses[-1] < (0.95 if fast else 0.99) * losses[0], (losses[0], losses[-1])
     assert np.mean(np.diff(losses) < 0) > 0.8  # decreasing on most steps
     assert TRACES[(name, "plain")] == 1
 

@@ -26,6 +26,7 @@ def test_stability_ratio_flags_a_run_that_rises_and_not_one_that_plateaus():
     assert ratios[2] == np.inf
 
 
+@pytest.mark.slow  # one compile per suite task (~5 min on 2 cores); .ci/run runs it
 def test_untrained_v2_reduces_the_loss_of_every_suite_task():
     """The initialised θ is momentum on Adam-normalised gradients with step
     1e-3: a sane optimizer before any meta-training."""

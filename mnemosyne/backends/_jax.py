@@ -156,7 +156,8 @@ def coordinate_features(g, x, g_rms, x_rms, clip):
 
 def second_moment(nu, g, decay):
     """Eq. (V); see the NumPy reference."""
-    return decay * nu + (1.0 - decay) * (g * g)
+    ceiling = 0.5 * float(jnp.finfo(g.dtype).max)
+    return decay * nu + (1.0 - decay) * jnp.minimum(g * g, ceiling)
 
 
 def adaptive_coordinate_features(g, x, nu, count, g_rms, x_rms, decay, eps, clip):

@@ -134,9 +134,12 @@ def coordinate_features(g, x, g_rms, x_rms, clip):
 
 def second_moment(nu, g, decay):
     r"""Eq. (V): the per-coordinate second-moment estimate of Adam (Kingma & Ba
-    2015), $\nu_t = \beta_2 \nu_{t-1} + (1 - \beta_2) g_t^2$."""
+    2015), $\nu_t = \beta_2 \nu_{t-1} + (1 - \beta_2) \min(g_t^2, M/2)$, with
+    $M$ the largest float32 (the storage dtype's range: a gradient beyond
+    ~1e19 saturates instead of overflowing the state to infinity)."""
     g = np.asarray(g, np.float64)
-    return decay * np.asarray(nu, np.float64) + (1.0 - decay) * g * g
+    ceiling = 0.5 * float(np.finfo(np.float32).max)
+    return decay * np.asarray(nu, np.float64) + (1.0 - decay) * np.minimum(g * g, ceiling)
 
 
 def adaptive_coordinate_features(g, x, nu, count, g_rms, x_rms, decay, eps, clip):
