@@ -393,7 +393,7 @@ def test_no_memory_variant_keeps_read_out_weights_at_zero():
     assert np.all(np.asarray(moved.head.w1[:, :start] != lopt.head.w1[:, :start]))
     # the other variants' state sizes: heads * r * (value size + 1)
     sizes = {v.name: v.floats_per_parameter() for v in evaluation.ABLATION_VARIANTS}
-    assert sizes == {"no_memory": 0, "h1_r2": 4, "h3_r2": 12, "h1_r4": 8, "h1_r8": 16}
+    assert sizes == {"no_memory": 0, "h1_r2": 5, "h3_r2": 13, "h1_r4": 9, "h1_r8": 17}  # + 1 second moment (v2)
     assert lopt.memory.floats_per_slot() == 4  # allocated, never read
 
 

@@ -266,4 +266,6 @@ def test_jitted_update_reuses_temporaries_and_writes_the_memory_in_place():
 
     lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), grads)
     num_params = sum(p.size for p in params)
-    assert lowered.compile().memory_analysis().temp_size_in_bytes / 4 / num_params < 2.0
+    # v1 measured 1.2 floats/param; v2 (one more state array, the second moment) 2.0;
+    # keeping every tensor's temporaries alive at once measured 4.8 (v1)
+    assert lowered.compile().memory_analysis().temp_size_in_bytes / 4 / num_params < 2.5

@@ -171,14 +171,16 @@ def test_reference_on_random_pytrees(spec, name):
 @settings(PROFILE)
 @given(
     spec=trees(leaves(dtypes=("float32",))),
-    name=st.sampled_from(["pretrained", "coordinatewise", "tensorwise"]),
+    name=st.sampled_from(["tensorwise"]),
     power=st.integers(-8, 8),
 )
 def test_gradient_scale_invariance(spec, name, power):
     """Multiplying every gradient by 2^power (exact in floating point) changes
-    nothing: the optimizer sees gradients only through g / RMS(g). Gradient
-    scales 10^-8 .. 10^30 (below, the RMS normaliser's +1e-30 shows: see
-    test_reliability.py::test_gradient_scale_invariance_tiny)."""
+    nothing for an optimizer that sees gradients only through g / RMS(g) (v1
+    features: the tensor-wise variant). Gradient scales 10^-8 .. 10^30. v2 (the
+    coordinate-wise default) also reads g / (sqrt(nu) + 1e-8), Adam's
+    normalisation, which is scale-free only while |g| >> 1e-8 and whose state
+    scales with g^2: test_reliability.py::test_gradient_scale_invariance_reference."""
     spec = jax.tree.map(
         lambda s: {**s, "exponent": max(s["exponent"], -8)}, spec, is_leaf=_is_spec
     )

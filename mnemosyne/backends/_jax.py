@@ -156,7 +156,7 @@ def coordinate_features(g, x, g_rms, x_rms, clip):
 
 def second_moment(nu, g, decay):
     """Eq. (V); see the NumPy reference."""
-    ceiling = 0.5 * float(jnp.finfo(g.dtype).max)
+    ceiling = 0.5 * float(np.finfo(np.float32).max)  # as the reference, whatever the dtype
     return decay * nu + (1.0 - decay) * jnp.minimum(g * g, ceiling)
 
 

@@ -106,7 +106,8 @@ def sharded_update(lopt, mesh, param_specs) -> Any:
     def update(grads, state, params):
         s_specs = state_specs(lopt, state, param_specs)
         place = lambda tree, specs: jax.tree.map(
-            lambda x, s: jax.reshard(x, NamedSharding(mesh, s)), tree, specs, is_leaf=is_leaf
+            lambda x, s: x if x is None else jax.reshard(x, NamedSharding(mesh, s)),
+            tree, specs, is_leaf=is_leaf
         )
         grads, params = place(grads, param_specs), place(params, param_specs)
         state = place(state, s_specs)
