@@ -71,7 +71,10 @@ def test_pretrained_noisy_quadratic_falls_to_adams_noise_floor_and_stays():
     assert np.all(evaluation.stability_ratio(ours, final_fraction=0.05) <= STABILITY_LIMIT)
 
 
-@pytest.mark.slow  # every suite task, 3 seeds, 1,000 steps; .ci/run runs it
+@pytest.mark.slow  # every suite task, 3 seeds, 1,000 steps (~15 min); NOT met yet:
+# the suite evaluation measured runs ending above 1.5x their best window on
+# lm_sort, mlp_digits_batch4 and mlp_digits_deep_narrow (docs/results.md), so
+# .ci/run does not run it; `python -m pytest -m slow tests/test_stability.py` does
 def test_pretrained_is_stable_on_every_suite_task():
     tx = mnemosyne.mnemosyne()
     for name in list_tasks():
