@@ -442,7 +442,7 @@ def test_headline_table_is_the_suite_result():
     result = EvaluationResult.load(DOCS / "results_suite" / "results.json")
     record = json.loads(script.WEIGHTS_RECORD.read_text())
     table = script.headline_table(result, record)
-    assert "| cnn_digits | cnn (held out) |" in table
+    assert "| vit_digits | vit (held out) |" in table
     for page in (ROOT / "README.md", DOCS / "results.md"):
         assert table in page.read_text(), f"{page.name} does not hold the current table"
 
@@ -463,7 +463,7 @@ losses = []
 for _ in range(300):
     params, state, loss = step(params, state, x, y)
     losses.append(float(loss))
-assert losses[-1] < 0.1 * losses[0], losses[::30]
+assert losses[-1] < 0.5 * losses[0], losses[::30]  # v2 steps ~1e-3..7e-3, like Adam
 assert type(theta).__name__ == "LSTMOptimizer" and callable(lstm.update)
 """
     proc = subprocess.run(

@@ -162,7 +162,8 @@ def second_moment(nu, g, decay):
 
 def adaptive_coordinate_features(g, x, nu, count, g_rms, x_rms, decay, eps, clip):
     """Eq. (F2); see the NumPy reference. Returns `(4, *g.shape)` in `g`'s dtype."""
-    correction = 1.0 / (1.0 - jnp.power(jnp.asarray(decay, g.dtype), jnp.asarray(count, g.dtype)))
+    # 1 - decay^t as -expm1(t log decay): accurate in float32 (1 - 0.999 is not)
+    correction = 1.0 / -jnp.expm1(jnp.asarray(count, g.dtype) * float(np.log(decay)))
     g_tilde = g * (1.0 / (jnp.sqrt(nu * correction) + eps))
     g_hat = normalise(g, g_rms)
     magnitude, _ = log_sign(g_hat)
