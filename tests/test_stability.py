@@ -32,9 +32,9 @@ def test_untrained_v2_reduces_the_loss_of_every_suite_task():
     1e-3: a sane optimizer before any meta-training."""
     tx = mnemosyne.scale_by_mnemosyne(mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0)))
     for name in list_tasks():
-        losses = np.asarray(evaluation.train(tx, get_task(name), [0], num_steps=25).losses[0])
+        losses = np.asarray(evaluation.train(tx, get_task(name), [0], num_steps=100).losses[0])
         assert np.all(np.isfinite(losses)), name
-        assert losses[-5:].mean() < losses[0], (name, losses[0], losses[-5:])
+        assert losses[-10:].mean() < losses[:10].mean(), (name, losses[:10], losses[-10:])
 
 
 def _noisy_quadratic_losses(tx, num_steps, seed):
