@@ -107,7 +107,8 @@ def _resolve_class(header: dict) -> type | None:
     if name not in _CLASSES:
         modules = [header.get("module"), _CLASS_MODULES.get(name)]
         for module in modules:
-            if isinstance(module, str) and (module == __package__ or module.startswith(f"{__package__}.")):
+            ours = isinstance(module, str) and module.split(".")[0] == __package__
+            if ours:
                 try:
                     importlib.import_module(module)
                 except ImportError:
