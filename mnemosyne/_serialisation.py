@@ -3,7 +3,9 @@
 File layout: a magic line, one line of JSON header (format version, class,
 constructor config, payload size and SHA-256), then the payload written by
 `equinox.tree_serialise_leaves`. `load` rebuilds the module from the header, so
-it needs no skeleton, and refuses anything it cannot load exactly.
+it needs no skeleton from the caller (it builds one of shapes and dtypes only,
+with `eqx.filter_eval_shape`), and refuses anything it cannot load exactly.
+θ keeps the dtype it was stored in, whatever `jax_enable_x64` says.
 """
 
 from __future__ import annotations
@@ -254,7 +256,7 @@ def pretrained(name: str = "default") -> eqx.Module:
             f"produce them with `mnemosyne meta-train --preset {name}`"
         ) from None
     return _load_cached(str(path), stat.st_mtime_ns, stat.st_size,
-                        bool(jax.config.read("jax_enable_x64")))
+                        bool(jax.config.jax_enable_x64))
 
 
 @functools.lru_cache(maxsize=16)
