@@ -51,9 +51,11 @@ class LearnedStepHead(eqx.Module):
     With head inputs $u$ (the coordinate's features and its memory read-out):
     $$[d, s] = W_2\\,\\mathrm{relu}(W_1 u + b_1) + U u + b_2,\\qquad
       \\text{step} = \\alpha\\, d\\, \\exp(\\beta\\, c \\tanh(s / c)).$$
-    Initialised with $U$ selecting the clipped normalised gradient for $d$ and
-    small $W_2$, so the untrained optimizer is normalised gradient descent with
-    step $\\alpha$: small and sane.
+    Initialised with $U$ selecting one input for $d$ (`direction_input`) and
+    small $W_2$: in v2 (the default) the memory read-out, so the untrained
+    optimizer is momentum on Adam-normalised gradients with step $\\alpha =
+    10^{-3}$, a sane hand-designed optimizer that meta-training corrects; in v1
+    the clipped tensor-normalised gradient (normalised gradient descent).
     """
 
     w1: Float[Array, "hidden inputs"]
@@ -64,15 +66,20 @@ class LearnedStepHead(eqx.Module):
     alpha: float = eqx.field(static=True)
     beta: float = eqx.field(static=True)
     magnitude_clip: float = eqx.field(static=True)
+    direction_clip: float | None = eqx.field(static=True, default=None)
 
-    def __init__(self, num_inputs, hidden_size, *, alpha, beta, magnitude_clip=4.0, key):
+    def __init__(
+        self, num_inputs, hidden_size, *, alpha, beta, magnitude_clip=4.0,
+        direction_clip=None, direction_input=0, output_scale=0.01, key,
+    ):
         k1, k2 = jax.random.split(key)
         self.w1 = jax.random.normal(k1, (hidden_size, num_inputs)) / np.sqrt(num_inputs)
         self.b1 = jnp.zeros(hidden_size)
-        self.w2 = 0.01 * jax.random.normal(k2, (2, hidden_size)) / np.sqrt(hidden_size)
-        self.skip = jnp.zeros((2, num_inputs)).at[0, 0].set(1.0)
+        self.w2 = output_scale * jax.random.normal(k2, (2, hidden_size)) / np.sqrt(hidden_size)
+        self.skip = jnp.zeros((2, num_inputs)).at[0, direction_input].set(1.0)
         self.b2 = jnp.zeros(2)
         self.alpha, self.beta, self.magnitude_clip = alpha, beta, magnitude_clip
+        self.direction_clip = direction_clip
 
     def __call__(self, coordinate, shared, read, backend):
         """Step for each coordinate from its features `(4, ...)`, the shared
@@ -87,7 +94,9 @@ class LearnedStepHead(eqx.Module):
         hidden = [B.relu(h) for h in B.dense(w1, b1, inputs)]
         w_out = B.xp.concatenate([self.w2, skip], axis=1)  # [W_2 | U] on [hidden; u]
         out = B.dense(w_out, b2, B.concat_rows(hidden, inputs))
-        return B.learned_step(out[0], out[1], self.alpha, self.beta, self.magnitude_clip)
+        return B.learned_step(
+            out[0], out[1], self.alpha, self.beta, self.magnitude_clip, self.direction_clip
+        )
 
 
 def fold_shared_inputs(weight, bias, shared, start, backend):
@@ -115,6 +124,9 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     step_timescales: eqx.AbstractVar[tuple[float, ...]]
     feature_clip: eqx.AbstractVar[float]
     skip_nonfinite: eqx.AbstractVar[bool]
+    second_moment_decay: eqx.AbstractVar[float | None]
+    epsilon: eqx.AbstractVar[float]
+    read_out: eqx.AbstractVar[bool]
     packs_small_leaves: eqx.AbstractClassVar[bool]
 
     @abc.abstractmethod
@@ -133,19 +145,28 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         n = sum(int(np.prod(x.shape)) for x in leaves)
         per_slot = self.memory.floats_per_slot()
         slots = sum(int(np.prod(self._memory_slots(tuple(x.shape)))) for x in leaves)
-        return per_slot * slots / max(n, 1)
+        second_moment = n if self.second_moment_decay is not None else 0
+        return (per_slot * slots + second_moment) / max(n, 1)
 
-    def features(self, grad, param, step, backend, axis_names=None, rms=None):
-        """Features (F): per-coordinate `(4, *shape)`, the shared step embedding
+    def features(self, grad, param, step, backend, axis_names=None, rms=None, second_moment=None):
+        """Features: per-coordinate `(4, *shape)`, the shared step embedding
         `(S,)`, and the gradient's RMS (non-finite iff the gradient is).
 
-        `rms = (g_rms, x_rms)`, if given, are precomputed tensor RMS values
-        (scalars, or per-coordinate vectors for packed small tensors)."""
+        Eq. (F2) when `second_moment` ($\\nu_t$ of Eq. (V), already updated with
+        this gradient) is given (v2), else Eq. (F) (v1). `rms = (g_rms, x_rms)`,
+        if given, are precomputed tensor RMS values (scalars, or per-coordinate
+        vectors for packed small tensors)."""
         B = backend
         if rms is None:
             rms = (B.tensor_rms(grad, axis_names), B.tensor_rms(param, axis_names))
         g_rms, x_rms = rms
-        coordinate = B.coordinate_features(grad, param, g_rms, x_rms, self.feature_clip)
+        if second_moment is None:
+            coordinate = B.coordinate_features(grad, param, g_rms, x_rms, self.feature_clip)
+        else:
+            coordinate = B.adaptive_coordinate_features(
+                grad, param, second_moment, step + 1, g_rms, x_rms,
+                self.second_moment_decay, self.epsilon, self.feature_clip,
+            )
         shared = B.step_embedding(step, self.step_timescales, grad.dtype)
         return coordinate, shared, g_rms
 
@@ -168,6 +189,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             shape, dtype = leaf_shape_dtype(p)
             store = compute_dtype(dtype) if memory_dtype is None else np.dtype(memory_dtype)
             state = self.memory.init_state(self._memory_slots(shape), store)
+            if self.second_moment_decay is not None:
+                state = state._replace(second_moment=jnp.zeros((1,) + shape, store))
             return follow_sharding(state, p, self._memory_slots(shape) == shape)
 
         memory = jax.tree.map(leaf_state, params, is_leaf=lambda x: x is None)
@@ -336,10 +359,12 @@ class _Pack(NamedTuple):
         )
         grad, param = pack(grads, 0), pack(params, 0)
         segments = np.repeat(np.arange(len(sizes)), sizes)
+        second = memories[0].second_moment
         return cls(
             grad, param,
             MemoryState(pack([m.numerator for m in memories], 3),
-                        pack([m.normaliser for m in memories], 2)),
+                        pack([m.normaliser for m in memories], 2),
+                        None if second is None else pack([m.second_moment for m in memories], 1)),
             B.segment_rms(grad, segments, len(sizes)), B.segment_rms(param, segments, len(sizes)),
             segments, tuple(g.shape for g in grads), tuple(g.dtype for g in grads), store,
         )
@@ -364,7 +389,7 @@ class _Pack(NamedTuple):
         for first in range(0, count, per_chunk):
             last = min(first + per_chunk, count)
             lo, hi = bounds[first], bounds[last]
-            take = lambda u, m: (u[lo:hi], MemoryState(m.numerator[..., lo:hi], m.normaliser[..., lo:hi]))
+            take = lambda u, m: (u[lo:hi], _map_memory(lambda a: a[..., lo:hi], m))
             kept = lambda: take(update, memory)
             dropped = lambda: take(B.xp.zeros_like(update), self.memory)
             chunk_update, chunk_memory = B.cond(finite, kept, dropped if skip_nonfinite else kept)
@@ -373,8 +398,8 @@ class _Pack(NamedTuple):
                 piece = lambda x, lead: x[..., a:b].reshape(x.shape[:lead] + shape)
                 outputs.append((
                     piece(chunk_update, 0).astype(self.dtypes[k]),
-                    _as_dtype(MemoryState(piece(chunk_memory.numerator, 3),
-                                          piece(chunk_memory.normaliser, 2)), self.store, B),
+                    _as_dtype(_map_memory(lambda a: piece(a, a.ndim - 1), chunk_memory),
+                              self.store, B),
                 ))
         return outputs
 
@@ -412,19 +437,35 @@ def _as_tuple(a):
 class CoordinatewiseMnemosyne(AbstractMnemosyne):
     """Mnemosyne with one memory slot per coordinate (the default optimizer).
 
-    For every coordinate $i$ of every tensor, at step $t$:
+    For every coordinate $i$ of every tensor, at step $t$ (v2, the default):
 
-    1. features $f_i$ (F): the gradient and parameter normalised by their
-       tensor's RMS, the log/sign preprocessing, a step embedding;
+    1. the second-moment estimate $\\nu_t$ (V) and the features $f_i$ (F2):
+       the gradient normalised per coordinate by $\\sqrt{\\hat\\nu_t}$ (so steps
+       shrink where the gradient is mostly noise, as Adam's do), the gradient and
+       parameter normalised by their tensor's RMS, a log magnitude, and a step
+       embedding;
     2. token $\\xi_i = W_{in} f_i + b_{in}$;
     3. the compact associative memory of that coordinate (2)-(5), with
        `num_heads` heads of `num_features` random features and one discount
-       per head, returns $o_i$;
-    4. the head maps $[f_i, o_i]$ to the step (H), (O).
+       per head, returns $o_i$: an attention-weighted average of the
+       coordinate's past values;
+    4. the head maps $[f_i, e_t, o_i]$ to a direction $d$ and a log-magnitude
+       $s$ (H), and the step is $-\\alpha\\, d\\, e^{\\beta c \\tanh(s/c)}$ (O),
+       so no step exceeds $\\alpha e^{\\beta c}$ times a clipped direction.
+
+    Untrained (initialised) v2 θ is already a sane optimizer: the token's first
+    channel and the memory's value select $\\tilde g = g/(\\sqrt{\\hat\\nu}+\\epsilon)$,
+    the memory's keys and queries are small, so $o_t$ is the bias-corrected
+    exponential average of $\\tilde g$ with discount $e^{-1/10}$ (momentum
+    0.9), and the head passes $d = o$, $s = 0$: momentum on Adam-normalised
+    gradients with step $\\alpha = 10^{-3}$. Meta-training learns corrections.
+    `second_moment_decay=None` gives v1 (Eq. (F), no second moment; then
+    pass the v1 constants `alpha=1e-2, magnitude_clip=4.0`).
 
     All weights are shared by every coordinate of every tensor, so one θ trains
     any architecture. Optimizer state: `num_heads * num_features * (value_size
-    + 1)` floats per parameter (4 at the defaults; Adam: 2).
+    + 1)` memory floats per parameter, plus one for $\\nu$ (5 at the defaults;
+    Adam: 2).
 
     Example:
         >>> import jax, mnemosyne
@@ -441,6 +482,9 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     step_timescales: tuple[float, ...] = eqx.field(static=True)
     feature_clip: float = eqx.field(static=True)
     skip_nonfinite: bool = eqx.field(static=True)
+    second_moment_decay: float | None = eqx.field(static=True)
+    epsilon: float = eqx.field(static=True)
+    read_out: bool = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -453,27 +497,42 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         value_size: int = 1,
         timescales: tuple[float, ...] | None = None,
         hidden_size: int = 8,
-        step_timescales: tuple[float, ...] = (10.0, 100.0, 1000.0),
-        alpha: float = 1e-2,
+        step_timescales: tuple[float, ...] = (10.0, 100.0, 1000.0, 10000.0),
+        alpha: float = 1e-3,
         beta: float = 1.0,
+        magnitude_clip: float = 2.0,
+        direction_clip: float | None = 5.0,
         feature_clip: float = 10.0,
+        second_moment_decay: float | None = 0.999,
+        epsilon: float = 1e-8,
+        read_out: bool = True,
         skip_nonfinite: bool = True,
         key: PRNGKeyArray,
     ):
         self.config = freeze_config(locals())
         k_embed, k_mem, k_head = jax.random.split(key, 3)
         num_in = NUM_COORDINATE_FEATURES + len(step_timescales)
+        adaptive = second_moment_decay is not None
         self.embed_w = jax.random.normal(k_embed, (d_model, num_in)) / np.sqrt(num_in)
         self.embed_b = jnp.zeros(d_model)
         self.memory = CompactAssociativeMemory(
             d_model, num_heads=num_heads, num_features=num_features, key_size=key_size,
             value_size=value_size, timescales=timescales, key=k_mem,
         )
+        if adaptive:  # token channel 0 is g~, every head's first value reads it
+            self.embed_w = self.embed_w.at[0].set(jnp.zeros(num_in).at[0].set(1.0))
+            self.memory = _momentum_initialised(self.memory)
+        num_read = num_heads * value_size if read_out else 0
         self.head = LearnedStepHead(
-            num_in + num_heads * value_size, hidden_size, alpha=alpha, beta=beta, key=k_head
+            num_in + num_read, hidden_size, alpha=alpha, beta=beta,
+            magnitude_clip=magnitude_clip, direction_clip=direction_clip,
+            direction_input=num_in if adaptive and read_out else 0, key=k_head,
         )
         self.step_timescales = tuple(float(t) for t in step_timescales)
         self.feature_clip = float(feature_clip)
+        self.second_moment_decay = None if not adaptive else float(second_moment_decay)
+        self.epsilon = float(epsilon)
+        self.read_out = bool(read_out)
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):
@@ -481,10 +540,28 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
 
     def _leaf_step(self, grad, param, memory, step, backend, axis_names, rms):
         B = backend
-        f, e, _ = self.features(grad, param, step, B, axis_names, rms)
+        nu = None
+        if self.second_moment_decay is not None:
+            nu = B.second_moment(memory.second_moment[0], grad, self.second_moment_decay)
+        f, e, _ = self.features(grad, param, step, B, axis_names, rms, nu)
+        if nu is not None:
+            memory = memory._replace(second_moment=nu[None])
+        if not self.read_out:
+            return -self.head(f, e, f[:0], B), memory
         embedding = fold_shared_inputs(self.embed_w, self.embed_b, e, len(f), B)
         memory, read = self.memory(memory, f, B, embedding=embedding)
         return -self.head(f, e, read, B), memory
+
+
+def _momentum_initialised(memory: CompactAssociativeMemory) -> CompactAssociativeMemory:
+    """The memory with every head's first value reading token channel 0 and
+    small queries and keys, so its read-out starts as a discounted average of
+    that channel (momentum)."""
+    value = jnp.zeros_like(memory.value).at[:, 0, 0].set(1.0)
+    return eqx.tree_at(
+        lambda m: (m.value, m.query, m.key_proj),
+        memory, (value, 0.1 * memory.query, 0.1 * memory.key_proj),
+    )
 
 
 @register_serialisable
@@ -511,6 +588,9 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
     step_timescales: tuple[float, ...] = eqx.field(static=True)
     feature_clip: float = eqx.field(static=True)
     skip_nonfinite: bool = eqx.field(static=True)
+    second_moment_decay: None = eqx.field(static=True)
+    epsilon: float = eqx.field(static=True)
+    read_out: bool = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -551,6 +631,9 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         )
         self.step_timescales = tuple(float(t) for t in step_timescales)
         self.feature_clip = float(feature_clip)
+        self.second_moment_decay = None
+        self.epsilon = 0.0
+        self.read_out = True
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):
@@ -588,4 +671,9 @@ def _step_dtype(grad_dtype, memory_dtype):
 def _as_dtype(memory: MemoryState, dtype, B) -> MemoryState:
     """The memory in the state's dtype (the float64 NumPy reference computes in
     float64 but keeps the state's dtype stable across steps, as JAX does)."""
-    return MemoryState(*(B.asarray(a, dtype) for a in memory))
+    return _map_memory(lambda a: B.asarray(a, dtype), memory)
+
+
+def _map_memory(fn, memory: MemoryState) -> MemoryState:
+    """`fn` applied to each array of a leaf's memory (`None` fields stay `None`)."""
+    return MemoryState(*(None if a is None else fn(a) for a in memory))

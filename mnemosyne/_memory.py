@@ -19,11 +19,14 @@ class MemoryState(NamedTuple):
 
     `numerator` is $N_t$, `(heads, r, d_v, *slots)`; `normaliser` is $\\Psi_t$,
     `(heads, r, *slots)`. A slot is a coordinate (coordinate-wise Mnemosyne) or
-    a meta-token (tensor-wise Mnemosyne).
+    a meta-token (tensor-wise Mnemosyne). `second_moment` is $\nu_t$ of Eq. (V),
+    `(1, *shape)`, one per coordinate, when the optimizer keeps one (Mnemosyne
+    v2, the default), else `None`.
     """
 
     numerator: Array
     normaliser: Array
+    second_moment: Array | None = None
 
 
 class CompactAssociativeMemory(eqx.Module):
@@ -122,6 +125,8 @@ class CompactAssociativeMemory(eqx.Module):
         k = B.stack_heads([project(self.key_proj[h]) for h in heads])
         v = B.stack_heads([project(self.value[h]) for h in heads])
         decay = B.xp.exp(-B.xp.exp(self.log_tau))
-        numerator, normaliser = B.cam_write(*state, self.features.keys(k, B), v, decay)
+        numerator, normaliser = B.cam_write(
+            state.numerator, state.normaliser, self.features.keys(k, B), v, decay
+        )
         read = B.cam_read(numerator, normaliser, self.features.queries(q, B), self.eps)
-        return MemoryState(numerator, normaliser), read
+        return MemoryState(numerator, normaliser, state.second_moment), read

@@ -175,6 +175,7 @@ def cmd_evaluate(args) -> int:
 def cmd_ablation(args) -> int:
     """Meta-train Mnemosyne's memory variants with one reduced budget and compare them."""
     from .evaluation import ABLATION_OUTER_STEPS, ABLATION_TASKS, memory_ablation
+    from .evaluation._ablation import ABLATION_VARIANTS, design_variants
     from .meta import PRESETS
 
     if args.preset not in PRESETS:
@@ -182,8 +183,11 @@ def cmd_ablation(args) -> int:
     tasks = list(ABLATION_TASKS) if args.tasks is None else _check_tasks(_csv(args.tasks))
     out = _folder(args.out, "--out")
     start = time.perf_counter()
+    design = args.variants == "design"
     memory_ablation(out, num_outer_steps=args.outer_steps or ABLATION_OUTER_STEPS, tasks=tasks,
-                    seeds=args.seeds, num_steps=args.steps, preset=args.preset)
+                    seeds=args.seeds, num_steps=args.steps, preset=args.preset,
+                    variants=design_variants() if design else ABLATION_VARIANTS,
+                    title="Design ablation" if design else "Memory ablation")
     print((out / "ablation.md").read_text())
     print(f"Wrote {out}/ablation.md, ablation.json, ablation.png and the variants' weights "
           f"({time.perf_counter() - start:.0f} s).")
@@ -229,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--steps", type=_positive_int, default=300, help="training steps per run")
     ab.add_argument("--preset", default="default", help="preset the variants follow (default)")
     ab.add_argument("--out", default="ablation_out", help="output folder (ablation_out)")
+    ab.add_argument("--variants", choices=("memory", "design"), default="memory",
+                    help="memory variants (heads, features) or the v2 design choices")
     ab.set_defaults(func=cmd_ablation)
     return parser
 

@@ -14,7 +14,9 @@ import argparse
 import json
 import pathlib
 
-from mnemosyne.evaluation import EvaluationResult
+import numpy as np
+
+from mnemosyne.evaluation import EvaluationResult, stability_ratio
 
 WEIGHTS_RECORD = pathlib.Path(__file__).parents[1] / "mnemosyne" / "weights" / "default.eqx.json"
 
@@ -43,6 +45,7 @@ def headline_table(result: EvaluationResult, record: dict) -> str:
         )
     n = len(result.tasks)
     vs_adam, vs_tuned = result.compare("adam"), result.compare("adam_tuned")
+    lines += ["", *target_table(result)]
     lines += [
         "",
         f"Mean final training loss over seeds {', '.join(map(str, result.seeds))} "
@@ -55,6 +58,38 @@ def headline_table(result: EvaluationResult, record: dict) -> str:
         f"({record['num_outer_steps']} outer steps, preset `{record['preset']}`).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def target_table(result: EvaluationResult) -> list[str]:
+    """The design targets, counted on `result`: final loss against Adam(1e-3),
+    grid-tuned Adam and the LSTM optimizer, and the stability rule on every
+    run (final window-mean loss at most 1.5x the run's best window, no NaN)."""
+    n = len(result.tasks)
+    ours = result.final_losses("mnemosyne")
+    tuned = result.final_losses("adam_tuned")
+    within_2x = sum(ours[t] <= 2 * tuned[t] for t in result.tasks)
+    runs = [result.runs["mnemosyne"][t].losses for t in result.tasks]
+    ratios = np.concatenate([stability_ratio(np.asarray(r)) for r in runs])
+    stable = int(np.sum(ratios <= 1.5))
+    worst = max(zip(result.tasks, [float(np.max(stability_ratio(np.asarray(r)))) for r in runs]),
+                key=lambda x: x[1])
+    pct = lambda k, m: f"**{k} of {m}** ({100 * k / m:.0f}%)"
+    rows = [
+        "| target | measured | goal |",
+        "|---|---|---|",
+        f"| final loss <= Adam(1e-3)'s | {pct(result.compare('adam').wins, n)} | >= 90% |",
+        f"| final loss <= 2x grid-tuned Adam's | {pct(within_2x, n)} | >= 75% |",
+        f"| final loss <= grid-tuned Adam's | {pct(result.compare('adam_tuned').wins, n)} | >= 35% |",
+    ]
+    if "lstm" in result.optimizers:
+        rows.append(
+            f"| final loss <= the LSTM optimizer's | {pct(result.compare('lstm').wins, n)} | >= 75% |"
+        )
+    rows.append(
+        f"| runs ending <= 1.5x their best window, no NaN | {pct(stable, len(ratios))} "
+        f"(worst: {worst[0]}, {worst[1]:.2f}x) | 100% |"
+    )
+    return rows
 
 
 def main(argv=None) -> None:

@@ -188,10 +188,14 @@ def _measured_floats_per_parameter(lopt, params):
     return floats / n
 
 
-def test_default_state_is_four_floats_per_parameter():
+def test_default_state_is_five_floats_per_parameter():
+    """v2: 4 memory floats (1 head, r = 2, d_v = 1) + 1 second moment; v1: 4."""
     lopt = mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(1))
-    assert lopt.state_floats_per_parameter(REALISTIC) == 4.0
-    assert _measured_floats_per_parameter(lopt, REALISTIC) == 4.0
+    assert lopt.state_floats_per_parameter(REALISTIC) == 5.0
+    assert _measured_floats_per_parameter(lopt, REALISTIC) == 5.0
+    v1 = mnemosyne.CoordinatewiseMnemosyne(second_moment_decay=None, key=jax.random.key(1))
+    assert v1.state_floats_per_parameter(REALISTIC) == 4.0
+    assert _measured_floats_per_parameter(v1, REALISTIC) == 4.0
     state = jax.eval_shape(lopt.init, REALISTIC)
     assert state.memory["frozen"] is None
     assert state.memory["dense"][0].numerator.dtype == jnp.float32  # bf16 params: f32 state

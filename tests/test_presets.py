@@ -28,14 +28,29 @@ def _losses(task, tx, steps, seed=0):
 
 
 def test_presets_listed_and_hold_out_kinds():
-    assert {"default", "lstm", "lstm_multiscale", "quick"} <= set(list_presets())
-    default = PRESETS["default"]
-    assert default.held_out_kinds == HELD_OUT_KINDS
-    assert not default.family.kinds & HELD_OUT_KINDS
-    for name in ("lstm", "lstm_multiscale"):  # same meta-training budget
+    assert {"default", "v1", "lstm", "lstm_multiscale", "quick"} <= set(list_presets())
+    default, v1 = PRESETS["default"], PRESETS["v1"]
+    # v2 sees CNNs and causal LMs; ViTs, masked LMs and prompt tuning stay unseen
+    assert default.held_out_kinds == {"vit", "mlm", "prompt"}
+    assert not default.family.kinds & default.held_out_kinds
+    assert {"mlp", "rnn", "cnn", "lm", "regression"} <= default.family.kinds
+    assert v1.held_out_kinds == HELD_OUT_KINDS and not v1.family.kinds & HELD_OUT_KINDS
+    for name in ("lstm", "lstm_multiscale"):  # the recipe their shipped weights came from
         p = PRESETS[name]
-        assert p.family == default.family and p.estimator == default.estimator
-        assert p.trainer == default.trainer and p.num_outer_steps == default.num_outer_steps
+        assert p.family == v1.family and p.estimator == v1.estimator
+        assert p.trainer == v1.trainer and p.num_outer_steps == v1.num_outer_steps
+
+
+def test_broad_family_is_a_fixed_broad_sample():
+    from mnemosyne.meta import BroadFamily, broad_configs
+
+    names = list(broad_configs(24, seed=0))
+    assert names == list(broad_configs(24, seed=0)) and len(set(names)) == 24
+    family = BroadFamily(24, seed=0)
+    drawn = {family.sample(jax.random.key(i)).name for i in range(60)}
+    assert drawn <= set(names) and len(drawn) > 12
+    batches = {int(n.split("_b")[-1].split("_")[0]) for n in names if "_b" in n}
+    assert min(batches) <= 8 and max(batches) >= 256
 
 
 def test_unknown_preset():
@@ -69,7 +84,7 @@ def test_shipped_default_weights_come_from_the_default_preset():
     assert record["config"] == preset.config()  # retrain when the preset changes
     assert record["num_outer_steps"] == preset.num_outer_steps
     assert record["skipped_steps"] == 0
-    assert not set(record["task_kinds"]) & set(HELD_OUT_KINDS)
+    assert not set(record["task_kinds"]) & set(preset.held_out_kinds)
 
 
 @pytest.mark.slow  # ~2.5 min: 17 tasks; .ci/run runs it

@@ -12,7 +12,7 @@ import pytest
 from mnemosyne import tasks
 from mnemosyne.tasks import _data
 
-SYNTHETIC = {"quadratic", "rosenbrock"}
+SYNTHETIC = {"quadratic", "rosenbrock", "regression_teacher"}
 TRANSFORMER_KINDS = {"vit", "lm", "mlm", "prompt"}
 
 
@@ -179,3 +179,36 @@ def test_unknown_names_raise():
         tasks.get_task("nope")
     with pytest.raises(ValueError):
         tasks.get_family("nope")
+
+
+def test_noisy_labels_flip_the_stated_fraction():
+    from mnemosyne.tasks import NoisyLabelMLP, load_dataset
+
+    data = load_dataset("digits")
+    task = NoisyLabelMLP(data, hidden=(8,), activation="relu", batch_size=4096,
+                         label_noise=0.3, name="noisy", kind="mlp")
+    clean = data.sample(jax.random.split(jax.random.key(0), 3)[0], 4096)["y"]
+    noisy = task.sample_batch(jax.random.key(0))["y"]
+    # a flipped label lands on its own class 1 time in 10
+    changed = float(np.mean(np.asarray(noisy) != np.asarray(clean)))
+    assert abs(changed - 0.3 * 0.9) < 0.03
+
+
+def test_rnn_reads_rows_and_its_gradient_reaches_every_weight():
+    task = tasks.get_task("rnn_digits")
+    params = task.init(jax.random.key(0))
+    batch = task.sample_batch(jax.random.key(1))
+    assert task.logits(params, batch["x"]).shape == (task.batch_size, 10)
+    grads = jax.grad(task.loss)(params, batch)
+    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
+
+
+def test_teacher_regression_has_its_noise_floor():
+    from mnemosyne.tasks import TeacherRegression
+
+    task = TeacherRegression.random(0, noise=0.5, batch_size=20000)
+    batch = task.sample_batch(jax.random.key(0))
+    from mnemosyne.tasks._layers import mlp
+
+    teacher = mlp(task.teacher, batch["x"], "tanh")[:, 0]
+    assert float(jnp.mean((teacher - batch["y"]) ** 2)) == pytest.approx(0.25, rel=0.05)

@@ -154,6 +154,22 @@ def coordinate_features(g, x, g_rms, x_rms, clip):
     return [jnp.clip(g_hat, -clip, clip), magnitude, direction, jnp.clip(x_hat, -clip, clip)]
 
 
+def second_moment(nu, g, decay):
+    """Eq. (V); see the NumPy reference."""
+    return decay * nu + (1.0 - decay) * (g * g)
+
+
+def adaptive_coordinate_features(g, x, nu, count, g_rms, x_rms, decay, eps, clip):
+    """Eq. (F2); see the NumPy reference. Returns `(4, *g.shape)` in `g`'s dtype."""
+    correction = 1.0 / (1.0 - jnp.power(jnp.asarray(decay, g.dtype), jnp.asarray(count, g.dtype)))
+    g_tilde = g * (1.0 / (jnp.sqrt(nu * correction) + eps))
+    g_hat = normalise(g, g_rms)
+    magnitude, _ = log_sign(g_hat)
+    x_hat = normalise(x, x_rms)
+    return [jnp.clip(g_tilde, -clip, clip), jnp.clip(g_hat, -clip, clip), magnitude,
+            jnp.clip(x_hat, -clip, clip)]
+
+
 # ----------------------------------------------------------------------------
 # Small dense layers, unrolled
 # ----------------------------------------------------------------------------
@@ -314,7 +330,9 @@ def unpool(tokens, n, chunk_len_total):
 # ----------------------------------------------------------------------------
 
 
-def learned_step(direction, magnitude, alpha, beta, magnitude_clip):
+def learned_step(direction, magnitude, alpha, beta, magnitude_clip, direction_clip=None):
+    if direction_clip is not None:
+        direction = jnp.clip(direction, -direction_clip, direction_clip)
     s = magnitude_clip * jnp.tanh(magnitude / magnitude_clip)
     return alpha * direction * jnp.exp(beta * s)
 

@@ -132,6 +132,38 @@ def coordinate_features(g, x, g_rms, x_rms, clip):
     return np.stack([np.clip(g_hat, -clip, clip), magnitude, direction, np.clip(x_hat, -clip, clip)])
 
 
+def second_moment(nu, g, decay):
+    r"""Eq. (V): the per-coordinate second-moment estimate of Adam (Kingma & Ba
+    2015), $\nu_t = \beta_2 \nu_{t-1} + (1 - \beta_2) g_t^2$."""
+    g = np.asarray(g, np.float64)
+    return decay * np.asarray(nu, np.float64) + (1.0 - decay) * g * g
+
+
+def adaptive_coordinate_features(g, x, nu, count, g_rms, x_rms, decay, eps, clip):
+    r"""Eq. (F2): the per-coordinate features of Mnemosyne v2, `(4, *g.shape)`.
+
+    With $\hat\nu_t = \nu_t / (1 - \beta_2^t)$ (bias-corrected, Eq. (V)),
+    $\tilde g = g / (\sqrt{\hat\nu_t} + \epsilon)$ (Adam's per-coordinate
+    normalisation: it shrinks when the gradient is mostly noise) and the
+    tensor-normalised $\hat g = g/\operatorname{rms}(g)$, $\hat x =
+    x/\operatorname{rms}(x)$:
+
+    $$f_i = [\operatorname{clip}(\tilde g_i),\ \operatorname{clip}(\hat g_i),\
+    \log|\hat g_i| / p,\ \operatorname{clip}(\hat x_i)]$$
+
+    (the third is the magnitude half of (L)). $t$ = `count`, the steps taken
+    including this one.
+    """
+    g = np.asarray(g, np.float64)
+    nu_hat = np.asarray(nu, np.float64) / (1.0 - decay ** np.float64(count))
+    g_tilde = g / (np.sqrt(nu_hat) + eps)
+    g_hat = normalise(g, g_rms)
+    magnitude, _ = log_sign(g_hat)
+    x_hat = normalise(np.asarray(x, np.float64), x_rms)
+    return np.stack([np.clip(g_tilde, -clip, clip), np.clip(g_hat, -clip, clip),
+                     magnitude, np.clip(x_hat, -clip, clip)])
+
+
 # ----------------------------------------------------------------------------
 # Small dense layers, written as matrix products
 # ----------------------------------------------------------------------------
@@ -302,9 +334,13 @@ def unpool(tokens, n, chunk_len_total):
 # ----------------------------------------------------------------------------
 
 
-def learned_step(direction, magnitude, alpha, beta, magnitude_clip):
-    """Eq. (O): the step, $\\alpha\\, d \\exp(\\beta\\, c \\tanh(s / c))$ with $c$ =
-    `magnitude_clip` (a smooth clip that keeps every step bounded)."""
+def learned_step(direction, magnitude, alpha, beta, magnitude_clip, direction_clip=None):
+    """Eq. (O): the step, $\\alpha\\, \\bar d \\exp(\\beta\\, c \\tanh(s / c))$ with $c$ =
+    `magnitude_clip` (a smooth clip) and $\\bar d$ = $d$ clipped to
+    `[-direction_clip, direction_clip]` (v2; unclipped if `None`), so every
+    step is bounded by $\\alpha e^{\\beta c}$ times the direction clip."""
+    if direction_clip is not None:
+        direction = np.clip(direction, -direction_clip, direction_clip)
     s = magnitude_clip * np.tanh(magnitude / magnitude_clip)
     return alpha * direction * np.exp(beta * s)
 

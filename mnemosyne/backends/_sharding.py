@@ -45,7 +45,8 @@ def state_specs(lopt, state, param_specs):
             return None
         if isinstance(lopt, TensorwiseMnemosyne):
             return MemoryState(P(), P())
-        return MemoryState(_lead(spec, 3), _lead(spec, 2))
+        second = None if memory.second_moment is None else _lead(spec, 1)
+        return MemoryState(_lead(spec, 3), _lead(spec, 2), second)
 
     is_leaf = lambda x: x is None or isinstance(x, P)
     treedef = jax.tree.structure(param_specs, is_leaf=is_leaf)

@@ -54,6 +54,7 @@ from ._stats import (
     compare_final_losses,
     default_target,
     diverged,
+    stability_ratio,
     summarize,
     window_size,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "plot_loss_curves",
     "plot_relative",
     "resolve_optimizer",
+    "stability_ratio",
     "summarize",
     "time_per_step",
     "time_steps",

@@ -59,12 +59,15 @@ class AblationVariant:
         kwargs: keyword arguments of `CoordinatewiseMnemosyne` (besides `key`).
         read_out: `False` for the no-memory variant (head weights on the
             memory read-out fixed at zero).
+        estimator: a meta-gradient estimator replacing the preset's (`None`:
+            the preset's).
     """
 
     name: str
     description: str
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     read_out: bool = True
+    estimator: Any = None
 
     def make_lopt(self, key):
         from .._lopt import CoordinatewiseMnemosyne
@@ -74,14 +77,12 @@ class AblationVariant:
 
     def floats_per_parameter(self) -> float:
         """State floats per parameter a dedicated implementation would need."""
+        import jax
+
         if not self.read_out:
             return 0.0
-        heads = self.kwargs.get("num_heads", 1)
-        return (
-            heads
-            * self.kwargs.get("num_features", 2)
-            * (self.kwargs.get("value_size", 1) + 1)
-        )
+        lopt = self.make_lopt(jax.random.key(0))
+        return lopt.state_floats_per_parameter({"w": jax.ShapeDtypeStruct((64, 64), "float32")})
 
 
 #: The variants: no memory; one head (the default, r = 2 random features);
@@ -99,6 +100,28 @@ ABLATION_VARIANTS: tuple[AblationVariant, ...] = (
     AblationVariant("h1_r4", "1 head, r=4, time scale 10", {"num_features": 4}),
     AblationVariant("h1_r8", "1 head, r=8, time scale 10", {"num_features": 8}),
 )
+
+
+def design_variants() -> tuple[AblationVariant, ...]:
+    """The v2 design ablation (issue: each choice justified): v2 (the default),
+    v1's features and head, v2 without the memory read-out, v2 without the
+    second-moment inputs, v2 with no step embedding (a constant learned
+    schedule), and v2 meta-trained by truncated BPTT instead of PES."""
+    from ..meta import TruncatedBPTT
+
+    return (
+        AblationVariant("v2", "v2 (the default)", {}),
+        AblationVariant("v1", "v1 features and head (no second moment, alpha 1e-2, c 4)", {
+            "second_moment_decay": None, "alpha": 1e-2, "magnitude_clip": 4.0,
+            "direction_clip": None, "step_timescales": (10.0, 100.0, 1000.0)}),
+        AblationVariant("v2_no_read_out", "v2 without the memory read-out", {"read_out": False}),
+        AblationVariant("v2_no_second_moment", "v2 without the second-moment inputs",
+                        {"second_moment_decay": None}),
+        AblationVariant("v2_constant_schedule", "v2 without the step embedding",
+                        {"step_timescales": ()}),
+        AblationVariant("v2_bptt", "v2 meta-trained by truncated BPTT", {},
+                        estimator=TruncatedBPTT(stop_gradient_features=True)),
+    )
 
 
 def _read_start(lopt) -> int:
@@ -151,6 +174,8 @@ def _meta_train(
         lopt_description=f"CoordinatewiseMnemosyne(**{variant.kwargs!r})",
         num_outer_steps=num_outer_steps,
     )
+    if variant.estimator is not None:
+        preset = dataclasses.replace(preset, estimator=variant.estimator)
     k_lopt, k_train = jax.random.split(jax.random.key(preset.seed))
     lopt = preset.make_lopt(k_lopt)
     outer = None
@@ -318,6 +343,7 @@ def memory_ablation(
     num_steps: int = 300,
     preset: str = "default",
     progress: bool = True,
+    title: str = "Memory ablation",
 ) -> dict:
     """Meta-train every variant with the same reduced budget, evaluate them beside
     `optax.adam(1e-3)`, and write the outputs.
@@ -337,6 +363,7 @@ def memory_ablation(
         preset: the meta-training preset the variants follow (`"quick"` for a
             seconds-long smoke run).
         progress: progress bars.
+        title: the heading of `ablation.md`.
 
     Returns:
         The dict written to `ablation.json`.
@@ -396,7 +423,7 @@ def memory_ablation(
     baseline = "h1_r2" if any(v.name == "h1_r2" for v in variants) else variants[0].name
     rows = summarize_ablation(result, variants, training, baseline=baseline)
     md = [
-        f"### Memory ablation ({num_outer_steps} outer steps of the `{preset}` preset "
+        f"### {title} ({num_outer_steps} outer steps of the `{preset}` preset "
         f"per variant; {len(seeds)} seeds, {num_steps} steps; geometric means of "
         f"final-loss ratios, losses floored at {LOSS_FLOOR:g})",
         "",

@@ -64,6 +64,26 @@ def window_size(num_steps: int, final_fraction: float = 0.05) -> int:
     return max(1, int(round(final_fraction * num_steps)))
 
 
+def stability_ratio(
+    losses: np.ndarray, final_fraction: float = 0.05, floor: float = 1e-6
+) -> np.ndarray:
+    """Per seed (rows of `losses`): the final window-mean loss over the lowest
+    window-mean loss of the same run (non-overlapping windows of
+    `window_size(num_steps, final_fraction)` steps, the last one ending at the
+    final step), both floored at `floor` (float32 runs can reach exactly 0,
+    and a rise from 1e-9 to 1e-8 ruins nothing). 1 for a run whose loss never
+    rose; a run that ended above 1.5x its own best is what the stability rule
+    forbids. `inf` for a run with a NaN/inf loss."""
+    losses = np.atleast_2d(np.asarray(losses, np.float64))
+    w = window_size(losses.shape[1], final_fraction)
+    usable = losses.shape[1] // w * w
+    windows = losses[:, losses.shape[1] - usable :].reshape(len(losses), -1, w).mean(axis=2)
+    windows = np.maximum(windows, floor)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = windows[:, -1] / windows.min(axis=1)
+    return np.where(np.all(np.isfinite(losses), axis=1), ratio, math.inf)
+
+
 def diverged(losses: np.ndarray, factor: float = DIVERGENCE_FACTOR) -> np.ndarray:
     """Per seed (rows of `losses`), whether the run diverged.
 

@@ -4,8 +4,9 @@ A learned optimizer's θ is trained on a distribution of tasks by unrolling
 inner training (`lax.scan`), scoring each truncated window with a
 meta-objective (mean log inner loss by default), estimating the meta-gradient
 by truncated backpropagation
-([`TruncatedBPTT`][mnemosyne.meta.TruncatedBPTT]) or antithetic evolution
-strategies ([`AntitheticES`][mnemosyne.meta.AntitheticES]), and stepping θ with
+([`TruncatedBPTT`][mnemosyne.meta.TruncatedBPTT]) antithetic evolution
+strategies ([`AntitheticES`][mnemosyne.meta.AntitheticES]) or persistent
+evolution strategies ([`PersistentES`][mnemosyne.meta.PersistentES]), and stepping θ with
 an outer optax optimizer ([`MetaTrainer`][mnemosyne.meta.MetaTrainer]).
 Tasks are duck-typed: `init(key) -> params`, `loss(params, batch) -> scalar`,
 `sample_batch(key) -> batch`; a family has `sample(key) -> task`.
@@ -19,7 +20,13 @@ from ._checkpoint import (
     read_checkpoint_header,
     save_checkpoint,
 )
-from ._estimators import AbstractGradientEstimator, AntitheticES, TruncatedBPTT
+from ._estimators import (
+    AbstractGradientEstimator,
+    AntitheticES,
+    PersistentES,
+    PESState,
+    TruncatedBPTT,
+)
 from ._meta_loss import (
     MetaLoss,
     get_meta_loss,
@@ -29,11 +36,21 @@ from ._meta_loss import (
     mean_log_loss,
     mean_loss,
 )
-from ._presets import PRESETS, Preset, PresetFamily, list_presets, train_preset
+from ._presets import (
+    PRESETS,
+    BroadFamily,
+    Preset,
+    PresetFamily,
+    broad_configs,
+    list_presets,
+    train_preset,
+    validation_tasks,
+)
 from ._trainer import MetaTrainer, plot_history, task_config_key
 from ._unroll import (
     AbstractTruncationSchedule,
     ConstantTruncationSchedule,
+    LogUniformTruncationSchedule,
     TruncationState,
     UniformTruncationSchedule,
     UnrollOutput,
@@ -48,11 +65,15 @@ __all__ = [
     "AbstractGradientEstimator",
     "AbstractTruncationSchedule",
     "AntitheticES",
+    "BroadFamily",
     "CheckpointError",
     "ConstantTruncationSchedule",
     "IncompatibleCheckpointError",
+    "LogUniformTruncationSchedule",
     "MetaLoss",
     "MetaTrainer",
+    "PESState",
+    "PersistentES",
     "PRESETS",
     "Preset",
     "PresetFamily",
@@ -60,6 +81,7 @@ __all__ = [
     "TruncationState",
     "UniformTruncationSchedule",
     "UnrollOutput",
+    "broad_configs",
     "describe_settings",
     "expired_truncation_state",
     "get_meta_loss",
@@ -79,4 +101,5 @@ __all__ = [
     "trajectory_keys",
     "truncated_unroll",
     "unroll",
+    "validation_tasks",
 ]

@@ -17,6 +17,7 @@ from ._unroll import (
     AbstractTruncationSchedule,
     Task,
     TruncationState,
+    expired_truncation_state,
     truncated_unroll,
 )
 
@@ -84,6 +85,14 @@ class AbstractGradientEstimator(eqx.Module):
     meta_loss: eqx.AbstractVar[str | MetaLoss]
     stop_gradient_features: eqx.AbstractVar[bool]
     divergence_penalty: eqx.AbstractVar[float]
+
+    def init_states(self, lopt: AbstractLearnedOptimizer, task: Task, keys) -> Any:
+        """The batch of trajectories a trainer starts a task with, one per key
+        (leading axis): expired placeholders, which the first window replaces
+        by fresh trajectories inside the compiled outer step."""
+        one = expired_truncation_state(lopt, task, keys[0])
+        batched = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(keys), *x.shape)), one)
+        return eqx.tree_at(lambda s: s.key, batched, keys)
 
     @abc.abstractmethod
     def estimate(
@@ -301,5 +310,161 @@ class AntitheticES(AbstractGradientEstimator):
             "num_diverged": jnp.sum(diverged).astype(jnp.int32),
             "num_diverged_pairs": jnp.sum(pair_diverged).astype(jnp.int32),
             "num_valid": jnp.sum(valid_pairs).astype(jnp.int32),
+        }
+        return meta_loss, meta_grads, new_states, diagnostics
+
+
+class PESState(eqx.Module):
+    """The trajectories of [`PersistentES`][mnemosyne.meta.PersistentES] for one
+    task (leading axes added by batching).
+
+    Attributes:
+        particles: `2P` trajectories, the `P` at $\\theta + \\sigma\\varepsilon$
+            then the `P` at $\\theta - \\sigma\\varepsilon$; particle `p` and
+            `P + p` share their key (initialisation, minibatches, horizon).
+        accumulated: per trainable leaf of θ, `(P, *leaf.shape)`: the sum of the
+            pair's perturbation directions $\\varepsilon$ since its trajectory began.
+        num_windows: `(P,)` int32, the windows in that sum.
+    """
+
+    particles: TruncationState
+    accumulated: list
+    num_windows: Array
+
+
+class PersistentES(AbstractGradientEstimator):
+    r"""Persistent evolution strategies (PES, Vicol et al. 2021), antithetic.
+
+    Each task keeps `num_pairs` $=P$ pairs of trajectories unrolled with
+    $\theta \pm \sigma\varepsilon_{p,j}$, a fresh $\varepsilon_{p,j}\sim\mathcal N(0, I)$
+    per truncation window $j$. The states persist across windows, and so does
+    the sum $\xi_p = \sum_{j' \le j} \varepsilon_{p,j'}$ of the pair's
+    directions since its trajectory started; the estimate of window $j$ is
+
+    $$\hat g = \frac1{|V|}\sum_{p \in V} \frac{L^+_{p,j} - L^-_{p,j}}{2\sigma}\,\xi_p ,$$
+
+    an unbiased estimate of the gradient of the Gaussian-smoothed *whole-
+    trajectory* meta-loss however many windows a trajectory spans: no
+    truncation bias, unlike truncated BPTT or per-window ES. With
+    `use_sign=True` the loss difference is replaced by its sign and the sum is
+    divided by $\sqrt{j}$, so every window weighs the same whatever the loss
+    scale of the task (VeLO uses the sign of the loss difference with full
+    ES); the estimate then points along the gradient of the smoothed
+    meta-loss but no longer has its magnitude. Pairs in which either side
+    diverged are dropped, counted and both restarted. Resets must fall on
+    window boundaries: use a horizon schedule whose horizons are multiples of
+    the window length
+    ([`LogUniformTruncationSchedule`][mnemosyne.meta.LogUniformTruncationSchedule]`(multiple_of=K)`).
+
+    Args:
+        std: the perturbation scale $\sigma$.
+        num_pairs: $P$, antithetic pairs per task trajectory.
+        use_sign: use the sign of the loss difference.
+        meta_loss: the per-window meta-objective (default mean log inner loss).
+        stop_gradient_features: irrelevant to ES; kept for a uniform interface.
+        divergence_penalty: meta-loss reported when every trajectory diverged.
+
+    References:
+        Vicol, Metz and Sohl-Dickstein, "Unbiased gradient estimation in
+        unrolled computation graphs with persistent evolution strategies",
+        ICML 2021. Metz et al., "VeLO: training versatile learned optimizers
+        by scaling up", 2022.
+    """
+
+    std: float = eqx.field(static=True, default=0.01)
+    num_pairs: int = eqx.field(static=True, default=4)
+    use_sign: bool = eqx.field(static=True, default=False)
+    meta_loss: str | MetaLoss = eqx.field(static=True, default="mean_log")
+    stop_gradient_features: bool = eqx.field(static=True, default=False)
+    divergence_penalty: float = eqx.field(static=True, default=1e3)
+
+    def __check_init__(self):
+        if self.num_pairs < 1:
+            raise ValueError(f"num_pairs must be >= 1, got {self.num_pairs}.")
+        if not self.std > 0:
+            raise ValueError(f"std must be > 0, got {self.std}.")
+
+    def init_states(self, lopt, task, keys) -> PESState:
+        base = super().init_states(lopt, task, keys)
+        n, pairs = len(keys), self.num_pairs
+        particles = jax.tree.map(
+            lambda x: jnp.broadcast_to(x[:, None], (n, 2 * pairs, *x.shape[1:])), base
+        )
+        trainable = eqx.filter(lopt, trainable_filter(lopt))
+        accumulated = [
+            jnp.zeros((n, pairs, *x.shape), x.dtype) for x in jax.tree.leaves(trainable)
+        ]
+        return PESState(particles, accumulated, jnp.zeros((n, pairs), jnp.int32))
+
+    def estimate(self, lopt, task, states, *, key, num_steps, schedule):
+        trainable, static = eqx.partition(lopt, trainable_filter(lopt))
+        leaves, treedef = jax.tree.flatten(trainable)
+        num_tasks = states.num_windows.shape[0]
+        pairs = self.num_pairs
+        expand = lambda a, x: jnp.reshape(a, a.shape + (1,) * (x.ndim - a.ndim))
+
+        def window(leaves_, particle):
+            lopt_ = eqx.combine(jax.tree.unflatten(treedef, leaves_), static)
+            value, (new_particle, output) = self._window_loss(
+                lopt_, task, particle, num_steps, schedule
+            )
+            value, diverged = guard_meta_loss(output.losses, value, self.divergence_penalty)
+            return value, diverged, new_particle, output.is_reset[0]
+
+        def per_task(state: PESState, task_key):
+            keys = jax.random.split(task_key, max(len(leaves), 1))
+            eps = [
+                jax.random.normal(k, (pairs, *x.shape), x.dtype)
+                for k, x in zip(keys, leaves, strict=False)
+            ]
+            candidates = [
+                jnp.concatenate([x[None] + self.std * e, x[None] - self.std * e])
+                for x, e in zip(leaves, eps, strict=True)
+            ]
+            values, diverged, particles, reset = jax.vmap(window)(candidates, state.particles)
+            restarted = reset[:pairs]  # a pair shares its key: both or neither reset
+            accumulated = [
+                jnp.where(expand(restarted, e), e, a + e)
+                for a, e in zip(state.accumulated, eps, strict=True)
+            ]
+            num_windows = jnp.where(restarted, 1, state.num_windows + 1)
+            pair_diverged = diverged[:pairs] | diverged[pairs:]
+            diff = values[:pairs] - values[pairs:]
+            if self.use_sign:
+                scale = jnp.sign(diff) / jnp.sqrt(num_windows.astype(diff.dtype))
+            else:
+                scale = diff / (2 * self.std)
+            scale = jnp.where(pair_diverged, jnp.zeros_like(scale), scale)
+            contribution = [expand(scale, a).astype(a.dtype) * a for a in accumulated]
+            both = jnp.concatenate([pair_diverged, pair_diverged])
+            particles = eqx.tree_at(  # a diverged pair restarts both its trajectories
+                lambda s: s.inner_step,
+                particles,
+                jnp.where(
+                    both,
+                    jnp.maximum(particles.inner_step, particles.horizon),
+                    particles.inner_step,
+                ),
+            )
+            pair_mean = 0.5 * (values[:pairs] + values[pairs:])
+            mean_value = _masked_mean(pair_mean, ~pair_diverged)
+            new_state = PESState(particles, accumulated, num_windows)
+            return contribution, pair_diverged, mean_value, jnp.all(pair_diverged), new_state
+
+        task_keys = jax.random.split(key, num_tasks)
+        contribution, pair_diverged, values, diverged, new_states = jax.vmap(per_task)(
+            states, task_keys
+        )
+        grad_leaves = _mean_over_valid(contribution, ~pair_diverged)
+        meta_grads = jax.tree.unflatten(treedef, grad_leaves)
+        valid = ~diverged
+        meta_loss = jnp.where(
+            jnp.any(valid),
+            _masked_mean(values, valid),
+            jnp.asarray(self.divergence_penalty, values.dtype),
+        )
+        diagnostics = {
+            "num_diverged": jnp.sum(pair_diverged).astype(jnp.int32),
+            "num_valid": jnp.sum(~pair_diverged).astype(jnp.int32),
         }
         return meta_loss, meta_grads, new_states, diagnostics

@@ -32,8 +32,9 @@ import numpy as np
 
 from .._types import PRNGKeyArray
 from ..tasks import HELD_OUT_KINDS, MLPClassifier, Quadratic, Rosenbrock, load_dataset
-from ._estimators import AbstractGradientEstimator, TruncatedBPTT
+from ._estimators import AbstractGradientEstimator, PersistentES, TruncatedBPTT
 from ._trainer import MetaTrainer, plot_history
+from ._unroll import LogUniformTruncationSchedule
 
 __all__ = ["PRESETS", "Preset", "PresetFamily", "train_preset", "list_presets"]
 
@@ -133,6 +134,123 @@ def _build(name: str, key) -> _ArrayScaledTask:
     return _ArrayScaledTask(builder(k_task), log_uniform(k_init, *init_range), log_uniform(k_loss, *loss_range))
 
 
+# --------------------------------------------------------------------------- #
+# v2: a broad distribution of task configurations
+# --------------------------------------------------------------------------- #
+
+_DATASETS = ("digits", "wine", "breast_cancer", "iris")
+_ACTIVATIONS = ("relu", "tanh", "gelu")
+_WIDTHS = (8, 16, 32, 64, 128, 256, 512)
+_BATCHES = (4, 8, 16, 32, 64, 128, 256, 512)
+_WORK_CAP = 2**22  # batch x parameters of one inner step, to bound a step's cost
+
+
+def _broad_config(rng: np.random.Generator) -> tuple[str, Callable]:
+    """One task configuration of the broad v2 distribution (a name and a
+    `key -> task` builder), drawn with `rng`."""
+    from ..tasks import CNNClassifier, NoisyLabelMLP, RNNClassifier, SequenceLM, TeacherRegression
+
+    kind = str(rng.choice(
+        ["mlp", "mlp", "mlp", "mlp", "logreg", "regression", "rnn", "cnn", "lm", "quadratic"]
+    ))
+    batch = int(rng.choice(_BATCHES))
+    if kind in ("mlp", "logreg"):
+        dataset = str(rng.choice(_DATASETS))
+        depth = 0 if kind == "logreg" else int(rng.integers(1, 9))
+        width = int(rng.choice(_WIDTHS))
+        while depth and batch * (64 * width + (depth - 1) * width * width) > _WORK_CAP:
+            width //= 2
+        activation = str(rng.choice(_ACTIVATIONS))
+        noise = float(rng.choice([0.0, 0.0, 0.1, 0.3]))
+        shape = f"{depth}x{width}_{activation}" if depth else "linear"
+        name = f"{kind}_{dataset}_{shape}_b{batch}_noise{noise:g}"
+        hidden = (width,) * depth
+        return name, lambda key: NoisyLabelMLP(
+            load_dataset(dataset), hidden=hidden, activation=activation, batch_size=batch,
+            label_noise=noise, name=name, kind=kind,
+        )
+    if kind == "regression":
+        width, depth = int(rng.choice(_WIDTHS[:5])), int(rng.integers(1, 4))
+        noise = float(rng.choice([0.01, 0.1, 0.5]))
+        activation = str(rng.choice(_ACTIVATIONS))
+        seed = int(rng.integers(1000))
+        name = f"regression_{depth}x{width}_{activation}_b{batch}_noise{noise:g}"
+        return name, lambda key: TeacherRegression.random(
+            seed, hidden=(width,) * depth, activation=activation, noise=noise,
+            batch_size=batch, name=name,
+        )
+    if kind == "rnn":
+        hidden = int(rng.choice([16, 32, 64]))
+        batch = min(batch, 128)
+        name = f"rnn_digits_h{hidden}_b{batch}"
+        return name, lambda key: RNNClassifier(
+            load_dataset("digits"), hidden=hidden, batch_size=batch, name=name
+        )
+    if kind == "cnn":
+        channels = tuple(int(c) for c in rng.choice([(4, 8), (8, 16)]))
+        batch = min(batch, 64)
+        name = f"cnn_digits_c{channels[0]}_{channels[1]}_b{batch}"
+        return name, lambda key: CNNClassifier(
+            load_dataset("digits"), channels=channels, batch_size=batch, name=name
+        )
+    if kind == "lm":
+        problem = str(rng.choice(["copy", "reverse", "sort"]))
+        d_model, layers = int(rng.choice([16, 32])), int(rng.integers(1, 3))
+        batch = int(rng.choice([8, 16, 32]))
+        name = f"lm_{problem}_d{d_model}_l{layers}_b{batch}"
+        return name, lambda key: SequenceLM(
+            problem, d_model=d_model, num_layers=layers, num_heads=4, batch_size=batch, name=name
+        )
+    dim, noise = int(rng.choice([10, 50, 200])), float(rng.choice([0.0, 0.1, 1.0]))
+    name = f"quadratic_d{dim}_n{noise:g}"
+    return name, _quadratic(dim, noise)
+
+
+def broad_configs(count: int, seed: int = 0) -> dict[str, Callable]:
+    """`count` distinct task configurations of the v2 distribution, drawn with
+    a fixed seed (each costs one compile of the outer step, so the
+    distribution is a finite, broad sample rather than a fresh draw per task)."""
+    rng = np.random.default_rng(seed)
+    configs: dict[str, Callable] = {}
+    while len(configs) < count:
+        name, build = _broad_config(rng)
+        configs.setdefault(name, build)
+    return configs
+
+
+class BroadFamily(eqx.Module):
+    """The v2 meta-training distribution: `count` task configurations drawn
+    once with `seed` by `broad_configs` (MLPs of depth 1-8 and width 8-512,
+    logistic regression, teacher regression, RNNs, CNNs, causal Transformer LMs
+    and quadratics; batch sizes 4-512; label and target noise), each task with
+    log-uniform parameter-scale ([0.2, 5]) and loss-scale ([1e-2, 1e2])
+    augmentation as array leaves."""
+
+    count: int = eqx.field(static=True)
+    seed: int = eqx.field(static=True, default=0)
+    name: str = eqx.field(static=True, default="broad_family", kw_only=True)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(broad_configs(self.count, self.seed))
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset(n.split("_")[0] for n in self.names)
+
+    def sample(self, key) -> _ArrayScaledTask:
+        k_pick, k_task, k_init, k_loss = jax.random.split(key, 4)
+        configs = broad_configs(self.count, self.seed)
+        names = list(configs)
+        index = int(jax.random.randint(k_pick, (), 0, len(names)))
+        log_uniform = lambda k, lo, hi: jnp.exp(
+            jax.random.uniform(k, (), minval=np.log(lo), maxval=np.log(hi))
+        )
+        return _ArrayScaledTask(
+            configs[names[index]](k_task), log_uniform(k_init, 0.2, 5.0),
+            log_uniform(k_loss, 1e-2, 1e2),
+        )
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """A named, reproducible meta-training run.
@@ -187,6 +305,21 @@ def _mnemosyne(key):
     return CoordinatewiseMnemosyne(key=key)
 
 
+def _mnemosyne_v1(key):
+    from .._lopt import CoordinatewiseMnemosyne
+
+    return CoordinatewiseMnemosyne(
+        second_moment_decay=None, alpha=1e-2, magnitude_clip=4.0, direction_clip=None,
+        step_timescales=(10.0, 100.0, 1000.0), key=key,
+    )
+
+
+_V1_DESCRIPTION = (
+    "CoordinatewiseMnemosyne(second_moment_decay=None, alpha=1e-2, magnitude_clip=4.0, "
+    "direction_clip=None, step_timescales=(10.0, 100.0, 1000.0))"
+)
+
+
 def _lstm(features):
     def make(key):
         from ..baselines import LSTMOptimizer
@@ -206,12 +339,30 @@ _TRAINER = dict(
 )
 _OUTER_STEPS = 200
 
+# v2 (the shipped weights): PES over long log-uniform horizons on the broad
+# distribution, sign of the loss difference, element-wise clipping at 3.
+_WINDOW = 50
+_V2_FAMILY = BroadFamily(24, seed=0)
+_V2_ESTIMATOR = PersistentES(std=0.01, num_pairs=4, use_sign=True)
+_V2_TRAINER = dict(
+    learning_rate=2e-3, max_grad_norm=1e3, max_grad_value=3.0, num_tasks=2,
+    unroll_length=_WINDOW, horizon=LogUniformTruncationSchedule(100, 2000, _WINDOW),
+    checkpoint_every=20,
+)
+_V2_OUTER_STEPS = 2000
+
 PRESETS: dict[str, Preset] = {
-    "default": Preset("default", _mnemosyne, "CoordinatewiseMnemosyne()", _FAMILY, _ESTIMATOR, _TRAINER, _OUTER_STEPS),
+    "default": Preset(
+        "default", _mnemosyne, "CoordinatewiseMnemosyne()", _V2_FAMILY, _V2_ESTIMATOR,
+        _V2_TRAINER, _V2_OUTER_STEPS, held_out_kinds=frozenset({"vit", "mlm", "prompt"}),
+    ),
+    # The LSTM baselines still follow the v1 recipe (what their shipped weights
+    # came from); re-meta-training them with the v2 recipe is open work.
     "lstm": Preset("lstm", _lstm("gradient"), 'LSTMOptimizer(features="gradient")', _FAMILY, _ESTIMATOR, _TRAINER, _OUTER_STEPS),
     "lstm_multiscale": Preset(
         "lstm_multiscale", _lstm("multiscale"), 'LSTMOptimizer(features="multiscale")', _FAMILY, _ESTIMATOR, _TRAINER, _OUTER_STEPS
     ),
+    "v1": Preset("v1", _mnemosyne_v1, _V1_DESCRIPTION, _FAMILY, _ESTIMATOR, _TRAINER, _OUTER_STEPS),
     "quick": Preset(
         "quick", _mnemosyne, "CoordinatewiseMnemosyne()", PresetFamily(("quadratic_d20",), name="quick_family"),
         _ESTIMATOR, dict(learning_rate=3e-3, num_tasks=2, unroll_length=5, horizon=10, compiler_options=_FAST_COMPILE), 3,
@@ -264,32 +415,89 @@ def train_preset(
     lopt, history = trainer.run(steps, resume=resume, progress=progress)
     wall = time.perf_counter() - start
     if output is not None:
-        from .._serialisation import save
-
-        output = os.fspath(output)
-        save(output, lopt)
-        losses = [x for x in history["meta_loss"] if np.isfinite(x)]
-        tail = losses[-max(1, len(losses) // 10):] if losses else []
-        record = {
-            "preset": name,
-            "config": {**preset.config(), "num_outer_steps": steps},
-            "num_outer_steps": int(trainer.step),
-            "wall_time_s": round(wall, 1),
-            "wall_time_note": "this process only; excludes earlier runs resumed from checkpoints",
-            "final_meta_loss": float(np.mean(tail)) if tail else None,
-            "skipped_steps": int(np.sum(history["skipped"])),
-            "task_kinds": sorted(preset.family.kinds),
-            "task_configurations": sorted({str(t) for t in history["task"]}),
-            "held_out_kinds": sorted(preset.held_out_kinds),
-            "machine": {
-                "cpu_count": os.cpu_count(),
-                "platform": platform.platform(),
-                "processor": platform.processor(),
-                "jax": jax.__version__,
-                "jax_backend": jax.default_backend(),
-            },
-        }
-        with open(output + ".json", "w") as f:
-            json.dump(record, f, indent=2)
-        plot_history(history, output + ".png")
+        save_preset_weights(
+            name, lopt, history, output, num_outer_steps=int(trainer.step), wall_time_s=wall,
+        )
     return lopt, history
+
+
+def save_preset_weights(
+    name: str,
+    lopt,
+    history: dict,
+    output: str | os.PathLike,
+    *,
+    num_outer_steps: int,
+    wall_time_s: float,
+    wall_time_note: str = "this process only; excludes earlier runs resumed from checkpoints",
+    extra: dict | None = None,
+) -> None:
+    """Write a preset's weights with [`mnemosyne.save`][], its training record
+    (`<output>.json`: the preset's configuration, steps, compute, task kinds and
+    configurations seen, machine; plus `extra`) and its meta-training curve
+    (`<output>.png`)."""
+    from .._serialisation import save
+
+    preset = PRESETS[name]
+    output = os.fspath(output)
+    save(output, lopt)
+    losses = [x for x in history["meta_loss"] if np.isfinite(x)]
+    tail = losses[-max(1, len(losses) // 10):] if losses else []
+    record = {
+        "preset": name,
+        "config": {**preset.config(), "num_outer_steps": num_outer_steps},
+        "num_outer_steps": int(num_outer_steps),
+        "wall_time_s": round(float(wall_time_s), 1),
+        "wall_time_note": wall_time_note,
+        "final_meta_loss": float(np.mean(tail)) if tail else None,
+        "skipped_steps": int(np.sum(history["skipped"])),
+        "task_kinds": sorted(preset.family.kinds),
+        "task_configurations": sorted({str(t) for t in history["task"]}),
+        "held_out_kinds": sorted(preset.held_out_kinds),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "jax": jax.__version__,
+            "jax_backend": jax.default_backend(),
+        },
+        **(extra or {}),
+    }
+    with open(output + ".json", "w") as f:
+        json.dump(record, f, indent=2)
+    plot_history(history, output + ".png")
+
+
+def validation_tasks() -> dict[str, Any]:
+    """Task configurations in neither the v2 training distribution
+    (`BroadFamily(24)`) nor the evaluation suite: what picks the meta-training
+    checkpoint to ship (`scripts/validate_checkpoints.py`)."""
+    from ..tasks import CNNClassifier, RNNClassifier, SequenceLM, TeacherRegression
+
+    return {
+        "val_mlp_wine_64x64_relu_b32": MLPClassifier(
+            load_dataset("wine"), hidden=(64, 64), activation="relu", batch_size=32,
+            name="val_mlp_wine_64x64_relu_b32", kind="mlp",
+        ),
+        "val_mlp_digits_4x48_tanh_b16": MLPClassifier(
+            load_dataset("digits"), hidden=(48,) * 4, activation="tanh", batch_size=16,
+            name="val_mlp_digits_4x48_tanh_b16", kind="mlp",
+        ),
+        "val_rnn_digits_h48_b32": RNNClassifier(
+            load_dataset("digits"), hidden=48, batch_size=32, name="val_rnn_digits_h48_b32"
+        ),
+        "val_lm_reverse_d24_l2_b16": SequenceLM(
+            "reverse", d_model=24, num_layers=2, num_heads=4, batch_size=16,
+            name="val_lm_reverse_d24_l2_b16",
+        ),
+        "val_regression_2x96_tanh_b8": TeacherRegression.random(
+            7, hidden=(96, 96), activation="tanh", noise=0.2, batch_size=8,
+            name="val_regression_2x96_tanh_b8",
+        ),
+        "val_cnn_digits_c6_12_b16": CNNClassifier(
+            load_dataset("digits"), channels=(6, 12), batch_size=16, name="val_cnn_digits_c6_12_b16"
+        ),
+        "val_quadratic_d30_cond1e3": Quadratic.random(
+            jax.random.key(11), 30, 3.0, 0.0, "val_quadratic_d30_cond1e3"
+        ),
+    }

@@ -142,9 +142,12 @@ class _DefaultOuterOptimizer(eqx.Module):
 
     learning_rate: float = eqx.field(static=True)
     max_grad_norm: float = eqx.field(static=True)
+    max_grad_value: float | None = eqx.field(static=True, default=None)
 
     def _tx(self) -> optax.GradientTransformation:
+        clip_values = () if self.max_grad_value is None else (optax.clip(self.max_grad_value),)
         return optax.chain(
+            *clip_values,
             optax.clip_by_global_norm(self.max_grad_norm),
             optax.adam(self.learning_rate),
         )
@@ -194,6 +197,9 @@ class MetaTrainer:
             overrides `learning_rate` and `max_grad_norm`.
         learning_rate: outer Adam learning rate.
         max_grad_norm: meta-gradient clipping by global norm.
+        max_grad_value: element-wise meta-gradient clipping to
+            `[-max_grad_value, max_grad_value]` before the global-norm clip
+            (learned_optimization's VeLO recipe clips element-wise at 3).
         num_tasks: inner trajectories per outer step.
         unroll_length: inner steps per outer step (the truncation window).
         horizon: inner steps per trajectory: an int or a truncation schedule.
@@ -223,6 +229,7 @@ class MetaTrainer:
         outer_optimizer: optax.GradientTransformation | None = None,
         learning_rate: float = 1e-3,
         max_grad_norm: float = 1.0,
+        max_grad_value: float | None = None,
         num_tasks: int = 8,
         unroll_length: int = 20,
         horizon: int | AbstractTruncationSchedule = 100,
@@ -239,7 +246,10 @@ class MetaTrainer:
             )
         self.estimator = TruncatedBPTT() if estimator is None else estimator
         self.outer_optimizer = (
-            _DefaultOuterOptimizer(float(learning_rate), float(max_grad_norm))
+            _DefaultOuterOptimizer(
+                float(learning_rate), float(max_grad_norm),
+                None if max_grad_value is None else float(max_grad_value),
+            )
             if outer_optimizer is None
             else outer_optimizer
         )
@@ -533,11 +543,7 @@ class MetaTrainer:
         # Expired placeholders: the first window of the period resets them
         # inside the compiled outer step (no separate init program to compile).
         keys = jax.random.split(self._stream(_STREAM_STATES, period), self.num_tasks)
-        one = expired_truncation_state(self.lopt, task, keys[0])
-        batched = jax.tree.map(
-            lambda x: jnp.broadcast_to(x, (self.num_tasks, *x.shape)), one
-        )
-        return eqx.tree_at(lambda s: s.key, batched, keys)
+        return self.estimator.init_states(self.lopt, task, keys)
 
     def _one_step(self) -> None:
         period = self._period(self.step)

@@ -86,6 +86,43 @@ class UniformTruncationSchedule(AbstractTruncationSchedule):
         return self.max_horizon_
 
 
+class LogUniformTruncationSchedule(AbstractTruncationSchedule):
+    """Horizons drawn log-uniformly in `[min_horizon, max_horizon]`, rounded to
+    a multiple of `multiple_of` (at least one multiple).
+
+    Long and short inner runs alike (Celo and VeLO draw unroll lengths this
+    way, against the short-horizon bias of Wu et al. 2018). With
+    `multiple_of` equal to the trainer's window length every reset falls on a
+    window boundary, which [`PersistentES`][mnemosyne.meta.PersistentES] relies on.
+    """
+
+    min_horizon: int = eqx.field(static=True)
+    max_horizon_: int = eqx.field(static=True)
+    multiple_of: int = eqx.field(static=True)
+
+    def __init__(self, min_horizon: int, max_horizon: int, multiple_of: int = 1):
+        if not 1 <= min_horizon <= max_horizon or multiple_of < 1:
+            raise ValueError(
+                "Need 1 <= min_horizon <= max_horizon and multiple_of >= 1, got "
+                f"{min_horizon}, {max_horizon}, {multiple_of}."
+            )
+        self.min_horizon = min_horizon
+        self.max_horizon_ = max_horizon
+        self.multiple_of = multiple_of
+
+    def sample(self, key: PRNGKeyArray) -> Int[Array, ""]:
+        log_h = jax.random.uniform(
+            key, (), minval=jnp.log(self.min_horizon), maxval=jnp.log(self.max_horizon_)
+        )
+        m = self.multiple_of
+        steps = jnp.maximum(jnp.round(jnp.exp(log_h) / m), 1).astype(jnp.int32)
+        return jnp.minimum(steps * m, max(m, self.max_horizon_ // m * m))
+
+    @property
+    def max_horizon(self) -> int:
+        return max(self.multiple_of, self.max_horizon_ // self.multiple_of * self.multiple_of)
+
+
 def as_truncation_schedule(
     horizon: int | AbstractTruncationSchedule,
 ) -> AbstractTruncationSchedule:

@@ -19,6 +19,7 @@ from ._classification import (
     ViTClassifier,
 )
 from ._data import DATASETS, ClassificationData, load_dataset
+from ._extra import NoisyLabelMLP, RNNClassifier, TeacherRegression
 from ._families import (
     FixedTasksFamily,
     MixedFamily,
@@ -45,13 +46,16 @@ __all__ = [
     "MixedFamily",
     "MLPClassifier",
     "MLPFamily",
+    "NoisyLabelMLP",
     "PromptTuning",
     "Quadratic",
     "QuadraticFamily",
     "Rosenbrock",
+    "RNNClassifier",
     "RosenbrockFamily",
     "ScaledTask",
     "SequenceLM",
+    "TeacherRegression",
     "ViTClassifier",
     "get_family",
     "get_task",

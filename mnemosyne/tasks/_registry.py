@@ -9,6 +9,7 @@ import jax
 from ._base import AbstractTask, AbstractTaskFamily
 from ._classification import CNNClassifier, MLPClassifier, ViTClassifier
 from ._data import load_dataset
+from ._extra import NoisyLabelMLP, RNNClassifier, TeacherRegression
 from ._families import (
     FixedTasksFamily,
     MixedFamily,
@@ -64,6 +65,19 @@ _TASKS: dict[str, Callable[[], AbstractTask]] = {
     "lm_recall": lambda: _lm("recall", n=4, vocab=16),
     "mlm_synthetic": lambda: MaskedLM.markov(seed=_SEED),
     "prompt_tuning": lambda: PromptTuning.random(seed=_SEED),
+    # what failed in v1: tiny and huge batches, deep narrow nets, noisy labels,
+    # regression, recurrence
+    "mlp_digits_batch4": lambda: _mlp("digits", (32,), name="mlp_digits_batch4", batch_size=4),
+    "mlp_digits_batch512": lambda: _mlp("digits", (32,), name="mlp_digits_batch512", batch_size=512),
+    "mlp_digits_deep_narrow": lambda: _mlp(
+        "digits", (16,) * 8, "relu", "mlp_digits_deep_narrow", 32
+    ),
+    "mlp_digits_noisy_labels": lambda: NoisyLabelMLP(
+        load_dataset("digits"), hidden=(32,), activation="relu", batch_size=32,
+        label_noise=0.2, name="mlp_digits_noisy_labels", kind="mlp",
+    ),
+    "regression_teacher": lambda: TeacherRegression.random(seed=_SEED),
+    "rnn_digits": lambda: RNNClassifier(load_dataset("digits")),
 }
 
 

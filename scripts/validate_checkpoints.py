@@ -1,0 +1,90 @@
+"""Pick the meta-training checkpoint to ship on held-out validation tasks.
+
+    python scripts/validate_checkpoints.py SNAPSHOT.eqx [...] --out record.json
+
+Each θ file (and the untrained θ of the default preset, as `untrained`) trains
+every task of `mnemosyne.meta.validation_tasks()` (configurations in neither the
+meta-training distribution nor the evaluation suite) for `--steps` steps on
+`--seeds`, beside Adam(1e-3), all in one program per task. The score of a θ is
+the mean over tasks of log(final loss / Adam's final loss) (final loss: mean
+over the last 5% of steps and over seeds, floored at 1e-6 as in the ablation,
+since some runs reach exactly 0 in float32); a θ with any run ending above 1.5x
+its own best window-mean loss (`evaluation.stability_ratio`) or non-finite is
+ineligible. The best eligible θ is reported; the record lists every score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import mnemosyne
+from mnemosyne import evaluation
+from mnemosyne.evaluation._ablation import LOSS_FLOOR
+from mnemosyne.meta import PRESETS, validation_tasks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights", nargs="*", help="θ files to compare")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--out", default=None, help="JSON record to write")
+    args = parser.parse_args()
+
+    preset = PRESETS["default"]
+    candidates = {"untrained": preset.make_lopt(jax.random.split(jax.random.key(preset.seed))[0])}
+    candidates.update({path: mnemosyne.load(path) for path in args.weights})
+    names = list(candidates)
+    # One program per task: the candidates' θ stacked on a leading axis, each
+    # run picking its θ by index (passed where train_groups passes learning
+    # rates), so Mnemosyne's step compiles once whatever the candidate count.
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(candidates[n] for n in names))
+    pick = lambda index: jax.tree.map(lambda x: x[index.astype(jnp.int32)], stacked)
+    factories = [lambda lr: optax.adam(1e-3), lambda index: mnemosyne.scale_by_mnemosyne(pick(index))]
+    runs = len(names) * args.seeds
+    seeds = np.tile(np.arange(args.seeds, dtype=np.uint32), len(names))
+    keys = jnp.broadcast_to(jax.vmap(jax.random.key)(seeds), (2, runs))
+    lrs = np.stack([np.zeros(runs), np.repeat(np.arange(len(names)), args.seeds)])
+    log_ratio = {n: [] for n in names}
+    stability = {n: [] for n in names}
+    per_task = {}
+    w = evaluation.window_size(args.steps)
+    for task_name, task in validation_tasks().items():
+        losses, _, _ = evaluation.train_groups(factories, task, lrs, keys, num_steps=args.steps)
+        adam = max(losses[0, : args.seeds, -w:].mean(), LOSS_FLOOR)
+        per_task[task_name] = {"adam": float(adam)}
+        for i, n in enumerate(names):
+            mine = losses[1, i * args.seeds : (i + 1) * args.seeds]
+            final = max(mine[:, -w:].mean(), LOSS_FLOOR)
+            log_ratio[n].append(float(np.log(final / adam)))
+            stability[n].append(float(np.max(evaluation.stability_ratio(mine))))
+            per_task[task_name][n] = float(final)
+        print(task_name, {k: round(v, 5) for k, v in per_task[task_name].items()}, flush=True)
+    scores = {
+        n: {
+            "mean_log_ratio_vs_adam": float(np.mean(log_ratio[n])),
+            "wins_vs_adam": int(np.sum(np.asarray(log_ratio[n]) <= 0)),
+            "worst_stability_ratio": float(np.max(stability[n])),
+            "eligible": bool(np.all(np.isfinite(log_ratio[n])) and np.max(stability[n]) <= 1.5),
+        }
+        for n in names
+    }
+    eligible = [n for n in names if scores[n]["eligible"]]
+    best = min(eligible, key=lambda n: scores[n]["mean_log_ratio_vs_adam"]) if eligible else None
+    for n in names:
+        print(n, scores[n], flush=True)
+    print("best:", best)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"steps": args.steps, "seeds": args.seeds, "scores": scores,
+                       "final_losses": per_task, "best": best}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Mnemosyne v2's behaviour as an optimizer: the untrained θ is already sane,
+and the shipped θ keeps falling to a noise floor and never ruins a run."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import mnemosyne
+from mnemosyne import evaluation
+from mnemosyne.tasks import Quadratic, get_task, list_tasks
+
+STABILITY_LIMIT = 1.5  # final window-mean loss <= 1.5x the run's best window
+
+
+def test_stability_ratio_flags_a_run_that_rises_and_not_one_that_plateaus():
+    steps = np.arange(1000.0)
+    falling = 1.0 / (1.0 + steps / 100)
+    rising = np.minimum(falling, 0.1) + np.maximum(steps - 500, 0) * 1e-3
+    ratios = evaluation.stability_ratio(np.stack([falling, rising, falling * np.nan]))
+    assert ratios[0] == 1.0
+    assert ratios[1] > STABILITY_LIMIT
+    assert ratios[2] == np.inf
+
+
+def test_untrained_v2_reduces_the_loss_of_every_suite_task():
+    """The initialised θ is momentum on Adam-normalised gradients with step
+    1e-3: a sane optimizer before any meta-training."""
+    tx = mnemosyne.scale_by_mnemosyne(mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0)))
+    for name in list_tasks():
+        losses = np.asarray(evaluation.train(tx, get_task(name), [0], num_steps=25).losses[0])
+        assert np.all(np.isfinite(losses)), name
+        assert losses[-5:].mean() < losses[0], (name, losses[0], losses[-5:])
+
+
+def _noisy_quadratic_losses(tx, num_steps, seed):
+    """Exact loss (no noise term) of a run on gradients with Gaussian noise."""
+    task = Quadratic.random(jax.random.key(3), dim=20, log10_cond=2.0, noise=0.3)
+    delta_loss = lambda p: 0.5 * (p["x"] - task.optimum) @ task.matrix @ (p["x"] - task.optimum)
+
+    @jax.jit
+    def run(key):
+        k_init, k_data = jax.random.split(key)
+        params = task.init(k_init)
+
+        def step(carry, k):
+            params, state = carry
+            grads = jax.grad(task.loss)(params, task.sample_batch(k))
+            updates, state = tx.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), delta_loss(params)
+
+        _, losses = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(k_data, num_steps))
+        return losses
+
+    return np.asarray(run(jax.random.key(seed)))
+
+
+@pytest.mark.slow  # 5,000 steps x 3 seeds x 2 optimizers; .ci/run runs it
+def test_pretrained_noisy_quadratic_falls_to_adams_noise_floor_and_stays():
+    steps, window = 5000, 250
+    ours = np.stack([_noisy_quadratic_losses(mnemosyne.mnemosyne(), steps, s) for s in range(3)])
+    adam = np.stack([_noisy_quadratic_losses(optax.adam(1e-3), steps, s) for s in range(3)])
+    per_window = lambda x: x.reshape(3, -1, window).mean(axis=(0, 2))
+    ours_w, adam_w = per_window(ours), per_window(adam)
+    assert ours_w[-1] <= adam_w[-1], (ours_w[-1], adam_w[-1])  # floor no higher than Adam's
+    assert ours_w[-1] <= 1.1 * ours_w.min(), ours_w  # no rise over the run
+    assert np.all(evaluation.stability_ratio(ours, final_fraction=0.05) <= STABILITY_LIMIT)
+
+
+@pytest.mark.slow  # every suite task, 3 seeds, 1,000 steps; .ci/run runs it
+def test_pretrained_is_stable_on_every_suite_task():
+    tx = mnemosyne.mnemosyne()
+    for name in list_tasks():
+        losses = np.asarray(evaluation.train(tx, get_task(name), [0, 1, 2], num_steps=1000).losses)
+        assert np.all(np.isfinite(losses)), name
+        ratios = evaluation.stability_ratio(losses)
+        assert np.all(ratios <= STABILITY_LIMIT), (name, ratios)
+
+
+@pytest.mark.slow  # 10,000 constant-rate steps on 3 tasks; .ci/run runs it
+@pytest.mark.parametrize("name", ["mlp_iris", "logreg_wine", "regression_teacher"])
+def test_pretrained_is_stable_over_ten_thousand_steps(name):
+    losses = np.asarray(
+        evaluation.train(mnemosyne.mnemosyne(), get_task(name), [0], num_steps=10_000).losses
+    )
+    assert np.all(np.isfinite(losses))
+    assert np.all(evaluation.stability_ratio(losses) <= STABILITY_LIMIT), name
+
+
+def test_pretrained_step_is_bounded_by_the_design():
+    """Whatever θ, a step is at most alpha * e^(beta * c) times the clipped
+    direction: with the shipped constants, |update| <= 1e-3 * e^2 * |d|."""
+    lopt = mnemosyne.pretrained("default")
+    assert lopt.head.alpha * np.exp(lopt.head.beta * lopt.head.magnitude_clip) <= 1e-2
+    params = {"w": jnp.ones((64, 64)), "b": jnp.zeros(64)}
+    grads = jax.tree.map(lambda p: 1e6 * jax.random.normal(jax.random.key(0), p.shape), params)
+    state = lopt.init(params)
+    for _ in range(3):
+        updates, state = lopt.update(grads, state, params)
+        assert max(float(jnp.max(jnp.abs(u))) for u in jax.tree.leaves(updates)) < 1.0
