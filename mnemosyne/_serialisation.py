@@ -255,6 +255,14 @@ def pretrained(name: str = "default") -> eqx.Module:
             f"no pretrained weights named {name!r} (available: {available}); "
             f"produce them with `mnemosyne meta-train --preset {name}`"
         ) from None
+    return load_once(path, stat)
+
+
+def load_once(path, stat: os.stat_result | None = None) -> eqx.Module:
+    """`load(path)`, read once per process: the same module again while the
+    file is unchanged on disk (same modification time and size)."""
+    path = pathlib.Path(path)
+    stat = path.stat() if stat is None else stat
     return _load_cached(str(path), stat.st_mtime_ns, stat.st_size,
                         bool(jax.config.jax_enable_x64))
 
