@@ -126,7 +126,7 @@ def test_jit_with_sharded_params_equals_single_device(make, init, any_mesh):
             state = jax.jit(tx.init)(p_sh)
     for k, (shape, spec) in SHAPES_AND_SPECS.items():  # the memory is placed like its leaf
         want = spec if isinstance(lopt, mnemosyne.CoordinatewiseMnemosyne) else P()
-        for mem in state.memory[k]:
+        for mem in jax.tree.leaves(state.memory[k]):  # (a None field has no leaf)
             assert _same_spec(mem.sharding, P(*(None,) * (mem.ndim - len(shape)), *want), mem.ndim), k
 
     updates, new_state = jax.jit(tx.update)(g_sh, state, p_sh)
