@@ -1,13 +1,14 @@
-"""Ship a validated meta-training snapshot as `mnemosyne/weights/<preset>.eqx`.
+"""Ship a validated θ of a preset's run as `mnemosyne/weights/<preset>.eqx`.
 
-    python scripts/ship_snapshot.py SNAPSHOT.eqx CHECKPOINT.eqx --preset default \
+    python scripts/ship_snapshot.py THETA.eqx CHECKPOINT.eqx --preset default \
         --steps N --wall-time-s S --validation validation.json
 
-`SNAPSHOT.eqx` is θ after `N` outer steps of `mnemosyne meta-train --preset
-<preset>` (saved every few steps by the run), `CHECKPOINT.eqx` a later trainer
-checkpoint of the same run, whose header holds the meta-training history (cut
-at `N`), and `validation.json` the record of `scripts/validate_checkpoints.py`
-that picked the snapshot; it is copied into the weights' record.
+`THETA.eqx` is what `mnemosyne meta-train --preset <preset>` ships after `N`
+outer steps (with the preset's averaging and shrinkage; computed from the
+run's snapshots), `CHECKPOINT.eqx` a trainer checkpoint of the same run at or
+after step `N`, whose header holds the meta-training history (cut at `N`), and
+`validation.json` the record of `scripts/validate_checkpoints.py` that picked
+it; it is copied into the weights' record.
 """
 
 from __future__ import annotations

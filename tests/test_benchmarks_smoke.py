@@ -120,7 +120,7 @@ def test_update_anatomy_script(small, capsys):
 
 def test_tradeoff_script(small, capsys):
     module = importlib.import_module("benchmarks.tradeoff")
-    ablation = str(ROOT / "docs" / "results_ablation" / "ablation.json")
+    ablation = str(ROOT / "docs" / "results_ablation_v1" / "ablation.json")
     assert module.main(["--size", "1e4", "--repeats", "1", "--ablation", ablation]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [l for l in lines if l.startswith("| h")]
