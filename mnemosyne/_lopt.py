@@ -9,7 +9,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float
 
 from ._checks import check_state_like, check_update_inputs, compute_dtype, leaf_shape_dtype
@@ -17,6 +16,13 @@ from ._encoder import HierarchicalPoolingEncoder
 from ._lopt_base import AbstractLearnedOptimizer
 from ._serialisation import freeze_config, register_serialisable
 from ._memory import CompactAssociativeMemory, MemoryState
+from ._placement import (
+    follow_sharding,
+    may_be_split,
+    place_step,
+    replicate_explicit,
+    replicate_like_params,
+)
 from ._types import OptState, Params, PRNGKeyArray, Updates
 from .backends import get_backend
 
@@ -185,10 +191,10 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             state = self.memory.init_state(self._memory_slots(shape), store)
             if self.second_moment_decay is not None:
                 state = state._replace(second_moment=jnp.zeros((1,) + shape, store))
-            return _follow_sharding(state, p, self._memory_slots(shape) == shape)
+            return follow_sharding(state, p, self._memory_slots(shape) == shape)
 
         memory = jax.tree.map(leaf_state, params, is_leaf=lambda x: x is None)
-        zero = jnp.zeros((), jnp.int32)
+        zero = replicate_like_params(jnp.zeros((), jnp.int32), params)
         return MnemosyneState(step=zero, memory=memory, skipped=zero)
 
     def update(
@@ -260,7 +266,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         for i, (g, m, a) in enumerate(zip(g_leaves, m_leaves, a_leaves)):
             if g is None:
                 continue
-            packable = a is None and g.size <= PACK_MAX_SIZE and not _is_split(g)
+            packable = a is None and g.size <= PACK_MAX_SIZE and not may_be_split(g)
             if self.packs_small_leaves and packable:
                 groups.setdefault((np.dtype(g.dtype), m.numerator.dtype), []).append(i)
             else:
@@ -303,7 +309,12 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             update, new_memory = self._leaf_step(
                 *_cast_leaf(grad, param, memory, B), step, B, axis_names, rms
             )
-            return update.astype(grad.dtype), _as_dtype(new_memory, memory.numerator.dtype, B)
+            update = update.astype(grad.dtype)
+            new_memory = _as_dtype(new_memory, memory.numerator.dtype, B)
+            if B.xp is jnp:  # the skipped branch's types, shardings included (Explicit axes)
+                per_coordinate = self._memory_slots(tuple(grad.shape)) == tuple(grad.shape)
+                update, new_memory = place_step(update, new_memory, grad, memory, per_coordinate)
+            return update, new_memory
 
         if not self.skip_nonfinite:
             return taken()
@@ -391,24 +402,6 @@ class _Pack(NamedTuple):
                               self.store, B),
                 ))
         return outputs
-
-
-def _follow_sharding(state: MemoryState, param, per_coordinate: bool) -> MemoryState:
-    """Place a leaf's memory like the leaf: split the same way when the memory
-    has one slot per coordinate, replicated on the same mesh otherwise."""
-    if isinstance(param, jax.core.Tracer):  # (and first: `.sharding` of a tracer is slow)
-        return state
-    sharding = getattr(param, "sharding", None)
-    if not isinstance(sharding, jax.sharding.NamedSharding):
-        return state
-    spec = tuple(sharding.spec) + (None,) * (len(param.shape) - len(sharding.spec))
-
-    def place(x):
-        lead = x.ndim - len(param.shape)
-        s = P(*((None,) * lead + spec)) if per_coordinate else P()
-        return jax.device_put(x, jax.sharding.NamedSharding(sharding.mesh, s))
-
-    return jax.tree.map(place, state)
 
 
 def _cast_theta(lopt, backend):
@@ -655,7 +648,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         B = backend
         shape = grad.shape
         if B.xp is jnp:
-            (grad, param), spec = _replicate_explicit(grad, param)
+            (grad, param), spec = replicate_explicit(grad, param)
         f, e, _ = self.features(grad, param, step, B, rms=rms)
         f = B.reshape_rows(f, (grad.size,))
         embedding = fold_shared_inputs(self.embed_w, self.embed_b, e, len(f), B)
@@ -684,23 +677,3 @@ def _as_dtype(memory: MemoryState, dtype, B) -> MemoryState:
 def _map_memory(fn, memory: MemoryState) -> MemoryState:
     """`fn` applied to each array of a leaf's memory (`None` fields stay `None`)."""
     return MemoryState(*(None if a is None else fn(a) for a in memory))
-
-
-def _is_split(x) -> bool:
-    """Whether `x` is split across devices of an Explicit-axes mesh."""
-    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None) if isinstance(
-        x, jax.Array
-    ) else None
-    return spec is not None and any(s is not None for s in spec)
-
-
-def _replicate_explicit(*arrays):
-    """Under an Explicit-axes mesh, gather tensors split across devices (the
-    encoder pools over a whole tensor); return them and the original spec."""
-    sharding = getattr(jax.typeof(arrays[0]), "sharding", None)
-    spec = getattr(sharding, "spec", None)
-    if spec is None or all(s is None for s in spec):
-        return arrays, None
-    mesh = sharding.mesh
-    replicated = jax.sharding.NamedSharding(mesh, P())
-    return tuple(jax.reshard(a, replicated) for a in arrays), jax.sharding.NamedSharding(mesh, spec)

@@ -3,7 +3,9 @@
 File layout: a magic line, one line of JSON header (format version, class,
 constructor config, payload size and SHA-256), then the payload written by
 `equinox.tree_serialise_leaves`. `load` rebuilds the module from the header, so
-it needs no skeleton, and refuses anything it cannot load exactly.
+it needs no skeleton from the caller (it builds one of shapes and dtypes only,
+with `eqx.filter_eval_shape`), and refuses anything it cannot load exactly.
+θ keeps the dtype it was stored in, whatever `jax_enable_x64` says.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def _resolve_class(header: dict) -> type | None:
     if name not in _CLASSES:
         modules = [header.get("module"), _CLASS_MODULES.get(name)]
         for module in modules:
-            if isinstance(module, str) and (module == __package__ or module.startswith(f"{__package__}.")):
+            ours = isinstance(module, str) and module.split(".")[0] == __package__
+            if ours:
                 try:
                     importlib.import_module(module)
                 except ImportError:
@@ -252,14 +255,16 @@ def pretrained(name: str = "default") -> eqx.Module:
             f"no pretrained weights named {name!r} (available: {available}); "
             f"produce them with `mnemosyne meta-train --preset {name}`"
         ) from None
-    return read_once(path, stat)
+    return load_once(path, stat)
 
 
-def read_once(path, stat=None) -> eqx.Module:
-    """`load(path)`, cached per process until the file changes on disk."""
-    stat = pathlib.Path(path).stat() if stat is None else stat
+def load_once(path, stat: os.stat_result | None = None) -> eqx.Module:
+    """`load(path)`, read once per process: the same module again while the
+    file is unchanged on disk (same modification time and size)."""
+    path = pathlib.Path(path)
+    stat = path.stat() if stat is None else stat
     return _load_cached(str(path), stat.st_mtime_ns, stat.st_size,
-                        bool(jax.config.read("jax_enable_x64")))
+                        bool(jax.config.jax_enable_x64))
 
 
 @functools.lru_cache(maxsize=16)

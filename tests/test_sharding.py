@@ -1,5 +1,7 @@
 """Sharded updates on 8 host CPU devices equal the single-device update."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,6 +51,13 @@ def mesh():
     return jax.make_mesh((8,), ("d",), axis_types=(AxisType.Explicit,))
 
 
+@pytest.fixture(scope="module", params=[AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
+def any_mesh(request):
+    """Explicit axes (`jax.make_mesh`'s default in current JAX: shardings are
+    part of the types) and Auto axes (the compiler propagates them)."""
+    return jax.make_mesh((8,), ("d",), axis_types=(request.param,))
+
+
 def _place(tree, specs, mesh):
     return jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), tree, specs)
 
@@ -71,20 +80,67 @@ def test_shard_map_update_equals_single_device(make, mesh):
         assert _same_spec(u2[k].sharding, spec, u2[k].ndim), k
 
 
+@functools.cache
+def _single_device_update(make):
+    tx = mnemosyne.scale_by_mnemosyne(make())
+    params, grads, _ = _problem()
+    return jax.device_get(jax.jit(tx.update)(grads, tx.init(params), params)[0])
+
+
+def _explicit(mesh) -> bool:
+    return AxisType.Explicit in tuple(mesh.axis_types)
+
+
+def _assert_same_placement(got, want, what):
+    """Same structure, and per leaf the same type (shardings included, under
+    Explicit axes) and an equivalent sharding."""
+    assert jax.tree.structure(got) == jax.tree.structure(want), what
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert jax.typeof(a) == jax.typeof(b), (what, jax.typeof(a), jax.typeof(b))
+        assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (what, a.sharding, b.sharding)
+
+
+@pytest.mark.parametrize("init", ["eager", "jit"])
 @pytest.mark.parametrize("make", [coordinatewise, tensorwise], ids=["coordinatewise", "tensorwise"])
-def test_jit_with_sharded_params_equals_single_device(make, mesh):
+def test_jit_with_sharded_params_equals_single_device(make, init, any_mesh):
+    """With parameters sharded on an Explicit or Auto mesh, `init` and the
+    jitted `update` give states with identical structure, shapes, dtypes and
+    shardings (the sharding in the type, under Explicit axes), so a
+    `lax.scan` (and the skip conditional inside `update`) can carry the state;
+    the update equals the single-device one. `init` runs eagerly (no mesh
+    context), or under `jit` inside `jax.set_mesh` (the only way a jitted init
+    can place arrays on a mesh: JAX refuses it otherwise, for optax's own
+    optimizers too)."""
+    mesh = any_mesh
+    if init == "jit" and not _explicit(mesh):
+        pytest.skip("under Auto axes a traced init cannot see the parameters' shardings")
     lopt = make()
+    tx = mnemosyne.scale_by_mnemosyne(lopt)
     params, grads, specs = _problem()
-    u1, s1 = jax.jit(lambda g, s, p: lopt.update(g, s, p))(grads, lopt.init(params), params)
-    p_sh = _place(params, specs, mesh)
-    state = lopt.init(p_sh)
-    u2, s2 = jax.jit(lambda g, s, p: lopt.update(g, s, p))(_place(grads, specs, mesh), state, p_sh)
-    assert_allclose_tree(u2, u1, rtol=RTOL, atol=1e-7)
-    per_coordinate = isinstance(lopt, mnemosyne.CoordinatewiseMnemosyne)
-    for k, (shape, spec) in SHAPES_AND_SPECS.items():
-        assert _same_spec(u2[k].sharding, spec, u2[k].ndim), k
-        if per_coordinate:  # the memory is split like its parameter, after init and update
-            want = tuple(P(None, None, None, *spec)) + (None,) * (len(shape) - len(spec))
-            for mem in (state.memory[k].numerator, s2.memory[k].numerator):
-                got = tuple(mem.sharding.spec) + (None,) * (mem.ndim - len(mem.sharding.spec))
-                assert got == want, (k, got, want)
+    expected = _single_device_update(make)
+    p_sh, g_sh = _place(params, specs, mesh), _place(grads, specs, mesh)
+    if init == "eager":  # no mesh context needed
+        state = tx.init(p_sh)
+    else:
+        with jax.set_mesh(mesh):
+            state = jax.jit(tx.init)(p_sh)
+    for k, (shape, spec) in SHAPES_AND_SPECS.items():  # the memory is placed like its leaf
+        want = spec if isinstance(lopt, mnemosyne.CoordinatewiseMnemosyne) else P()
+        for mem in jax.tree.leaves(state.memory[k]):  # (a None field has no leaf)
+            assert _same_spec(mem.sharding, P(*(None,) * (mem.ndim - len(shape)), *want), mem.ndim), k
+
+    updates, new_state = jax.jit(tx.update)(g_sh, state, p_sh)
+    assert_allclose_tree(updates, expected, rtol=RTOL, atol=1e-7)
+    _assert_same_placement(new_state, state, "state after update")
+    if isinstance(lopt, mnemosyne.CoordinatewiseMnemosyne) or _explicit(mesh):
+        # (Auto: the compiler places the tensor-wise step, computed from whole tensors)
+        for k, (_, spec) in SHAPES_AND_SPECS.items():
+            assert _same_spec(updates[k].sharding, spec, updates[k].ndim), k
+
+    if _explicit(mesh):  # (Auto axes keep shardings out of the types: nothing to check)
+        def two_steps(grads, params, state):
+            def body(state, _):
+                return tx.update(grads, state, params)[1], None
+            return jax.lax.scan(body, state, None, length=2)[0]
+
+        _assert_same_placement(jax.jit(two_steps)(g_sh, p_sh, state), state, "state after scan")

@@ -59,14 +59,13 @@ def step(params, state):
     return optax.apply_updates(params, updates), state, loss
 
 
-# Under jax.set_mesh the state's scalars (the step counter) are placed on
-# the mesh too, so the state's shardings do not change after a step and
-# the step compiles once.
-with jax.set_mesh(mesh):
-    state = tx.init(params)  # the memory follows each parameter's sharding
-    print("memory of w:", state[0].memory["w"].numerator.sharding.spec)
-    for _ in range(STEPS):
-        params, state, loss = step(params, state)
+# init places each memory like its parameter and the step counters on the
+# mesh; every step returns a state of the same types and shardings, so the
+# step compiles once (and lax.scan / lax.cond can carry the state).
+state = tx.init(params)
+print("memory of w:", state[0].memory["w"].numerator.sharding.spec)
+for _ in range(STEPS):
+    params, state, loss = step(params, state)
 print("jit: loss", float(loss), "w sharding", params["w"].sharding.spec)
 # --8<-- [end:jit]
 

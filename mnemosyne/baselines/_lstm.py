@@ -18,7 +18,7 @@ import optax
 
 from .._checks import check_float_leaves
 from .._lopt_base import AbstractLearnedOptimizer
-from .._serialisation import freeze_config, read_once, register_serialisable
+from .._serialisation import freeze_config, load_once, register_serialisable
 from .._transform import scaled_by_learning_rate
 from .._types import OptState, Params, PRNGKeyArray, Updates
 from ..backends import get_backend
@@ -451,7 +451,7 @@ def _load_pretrained(variant: str) -> LSTMOptimizer:
             f"`mnemosyne meta-train --preset {preset}`, or pass an explicit "
             "`lopt=LSTMOptimizer(..., key=key)`."
         )
-    lopt = read_once(path)  # read once per process
+    lopt = load_once(path)  # read once per process
     if not isinstance(lopt, LSTMOptimizer) or lopt.features != variant:
         raise ValueError(f"{path} does not hold an LSTMOptimizer with features={variant!r}")
     return lopt

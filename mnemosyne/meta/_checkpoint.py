@@ -295,7 +295,9 @@ def differing_settings(saved: Any, current: Any, path: str = "") -> list[str]:
         for key in sorted(set(saved) | set(current)):
             sub = f"{path}.{key}" if path else str(key)
             if key not in saved:
-                out.append(f"{sub}: not recorded in the checkpoint, this trainer {_short(current[key])}")
+                out.append(
+                    f"{sub}: not recorded in the checkpoint, this trainer {_short(current[key])}"
+                )
             elif key not in current:
                 out.append(f"{sub}: checkpoint {_short(saved[key])}, not set in this trainer")
             else:
