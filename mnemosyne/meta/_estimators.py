@@ -44,6 +44,20 @@ def _mean_over_valid(tree, valid):
     return jax.tree.map(reduce, tree)
 
 
+def _reported_meta_loss(values, valid, penalty):
+    """The mean meta-loss over the valid samples, or `penalty` if none is."""
+    return jnp.where(
+        jnp.any(valid), _masked_mean(values, valid), jnp.asarray(penalty, values.dtype)
+    )
+
+
+def _check_perturbations(num_pairs: int, std: float) -> None:
+    if num_pairs < 1:
+        raise ValueError(f"num_pairs must be >= 1, got {num_pairs}.")
+    if not std > 0:
+        raise ValueError(f"std must be > 0, got {std}.")
+
+
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
@@ -172,11 +186,7 @@ class TruncatedBPTT(AbstractGradientEstimator):
         values, grads, new_states, diverged = jax.vmap(per_task)(states)
         valid = ~diverged
         meta_grads = _mean_over_valid(grads, valid)
-        meta_loss = jnp.where(
-            jnp.any(valid),
-            _masked_mean(values, valid),
-            jnp.asarray(self.divergence_penalty, values.dtype),
-        )
+        meta_loss = _reported_meta_loss(values, valid, self.divergence_penalty)
         diagnostics = {
             "num_diverged": jnp.sum(diverged).astype(jnp.int32),
             "num_valid": jnp.sum(valid).astype(jnp.int32),
@@ -229,10 +239,7 @@ class AntitheticES(AbstractGradientEstimator):
     divergence_penalty: float = eqx.field(static=True, default=1e3)
 
     def __check_init__(self):
-        if self.num_pairs < 1:
-            raise ValueError(f"num_pairs must be >= 1, got {self.num_pairs}.")
-        if not self.std > 0:
-            raise ValueError(f"std must be > 0, got {self.std}.")
+        _check_perturbations(self.num_pairs, self.std)
 
     def estimate(self, lopt, task, states, *, key, num_steps, schedule):
         trainable, static = eqx.partition(lopt, trainable_filter(lopt))
@@ -301,11 +308,7 @@ class AntitheticES(AbstractGradientEstimator):
         grad_leaves = _mean_over_valid(contribution, valid_pairs)
         meta_grads = jax.tree.unflatten(treedef, grad_leaves)
         valid = ~diverged
-        meta_loss = jnp.where(
-            jnp.any(valid),
-            _masked_mean(values, valid),
-            jnp.asarray(self.divergence_penalty, values.dtype),
-        )
+        meta_loss = _reported_meta_loss(values, valid, self.divergence_penalty)
         diagnostics = {
             "num_diverged": jnp.sum(diverged).astype(jnp.int32),
             "num_diverged_pairs": jnp.sum(pair_diverged).astype(jnp.int32),
@@ -379,10 +382,7 @@ class PersistentES(AbstractGradientEstimator):
     divergence_penalty: float = eqx.field(static=True, default=1e3)
 
     def __check_init__(self):
-        if self.num_pairs < 1:
-            raise ValueError(f"num_pairs must be >= 1, got {self.num_pairs}.")
-        if not self.std > 0:
-            raise ValueError(f"std must be > 0, got {self.std}.")
+        _check_perturbations(self.num_pairs, self.std)
 
     def init_states(self, lopt, task, keys) -> PESState:
         base = super().init_states(lopt, task, keys)
@@ -458,11 +458,7 @@ class PersistentES(AbstractGradientEstimator):
         grad_leaves = _mean_over_valid(contribution, ~pair_diverged)
         meta_grads = jax.tree.unflatten(treedef, grad_leaves)
         valid = ~diverged
-        meta_loss = jnp.where(
-            jnp.any(valid),
-            _masked_mean(values, valid),
-            jnp.asarray(self.divergence_penalty, values.dtype),
-        )
+        meta_loss = _reported_meta_loss(values, valid, self.divergence_penalty)
         diagnostics = {
             "num_diverged": jnp.sum(pair_diverged).astype(jnp.int32),
             "num_valid": jnp.sum(~pair_diverged).astype(jnp.int32),

@@ -18,6 +18,7 @@ minutes on two CPU cores.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -206,10 +207,12 @@ def _broad_config(rng: np.random.Generator) -> tuple[str, Callable]:
     return name, _quadratic(dim, noise)
 
 
+@functools.lru_cache(maxsize=8)
 def broad_configs(count: int, seed: int = 0) -> dict[str, Callable]:
     """`count` distinct task configurations of the v2 distribution, drawn with
     a fixed seed (each costs one compile of the outer step, so the
-    distribution is a finite, broad sample rather than a fresh draw per task)."""
+    distribution is a finite, broad sample rather than a fresh draw per task).
+    Cached: a family draws from it on every sample; do not mutate the result."""
     rng = np.random.default_rng(seed)
     configs: dict[str, Callable] = {}
     while len(configs) < count:
