@@ -27,6 +27,9 @@ from ._types import OptState, Params, PRNGKeyArray, Updates
 from .backends import get_backend
 
 NUM_COORDINATE_FEATURES = 4  # clip(g^), log|g^|/p, sign-ish(g^), clip(x^)
+#: Which coordinate features flip sign with the gradient: Eq. (F2)'s g~ and g^
+#: (v2), or Eq. (F)'s clipped g^ and the sign half of (L) (v1).
+ODD_FEATURES = {True: (True, True, False, False), False: (True, False, True, False)}
 PACK_MAX_SIZE = 4096  # leaves up to this size are updated packed together
 
 
@@ -67,10 +70,11 @@ class LearnedStepHead(eqx.Module):
     beta: float = eqx.field(static=True)
     magnitude_clip: float = eqx.field(static=True)
     direction_clip: float | None = eqx.field(static=True, default=None)
+    odd_inputs: tuple[bool, ...] | None = eqx.field(static=True, default=None)
 
     def __init__(
         self, num_inputs, hidden_size, *, alpha, beta, magnitude_clip=4.0,
-        direction_clip=None, direction_input=0, output_scale=0.01, key,
+        direction_clip=None, direction_input=0, output_scale=0.01, odd_inputs=None, key,
     ):
         k1, k2 = jax.random.split(key)
         self.w1 = jax.random.normal(k1, (hidden_size, num_inputs)) / np.sqrt(num_inputs)
@@ -80,6 +84,7 @@ class LearnedStepHead(eqx.Module):
         self.b2 = jnp.zeros(2)
         self.alpha, self.beta, self.magnitude_clip = alpha, beta, magnitude_clip
         self.direction_clip = direction_clip
+        self.odd_inputs = None if odd_inputs is None else tuple(bool(o) for o in odd_inputs)
 
     def __call__(self, coordinate, shared, read, backend):
         """Step for each coordinate from its features `(4, ...)`, the shared
@@ -91,12 +96,41 @@ class LearnedStepHead(eqx.Module):
         inputs = B.concat_rows(coordinate, read)
         w1, b1 = fold_shared_inputs(self.w1, self.b1, shared, start, B)
         skip, b2 = fold_shared_inputs(self.skip, self.b2, shared, start, B)
-        hidden = [B.relu(h) for h in B.dense(w1, b1, inputs)]
-        w_out = B.xp.concatenate([self.w2, skip], axis=1)  # [W_2 | U] on [hidden; u]
-        out = B.dense(w_out, b2, B.concat_rows(hidden, inputs))
+        if self.odd_inputs is None:
+            hidden = [B.relu(h) for h in B.dense(w1, b1, inputs)]
+            w_out = B.xp.concatenate([self.w2, skip], axis=1)  # [W_2 | U] on [hidden; u]
+            direction, magnitude = B.dense(w_out, b2, B.concat_rows(hidden, inputs))
+        else:
+            direction, magnitude = self._symmetric_outputs(inputs, w1, b1, skip, b2, B)
         return B.learned_step(
-            out[0], out[1], self.alpha, self.beta, self.magnitude_clip, self.direction_clip
+            direction, magnitude, self.alpha, self.beta, self.magnitude_clip,
+            self.direction_clip,
         )
+
+    def _symmetric_outputs(self, inputs, w1, b1, skip, b2, B):
+        r"""Eq. (H±): the head's odd part for the direction and its even part for
+        the log-magnitude, under the sign flip $S$ of the odd inputs $u_o$ (the
+        signed gradient features and the memory read-out); $u_e$ are the rest.
+        With $a = W_1^e u_e + b_1$ and $c = W_1^o u_o$:
+        $$d = W_2^d\,\tfrac{1}{2}[\mathrm{relu}(a + c) - \mathrm{relu}(a - c)] + U^d_o u_o,$$
+        $$s = W_2^s\,\tfrac{1}{2}[\mathrm{relu}(a + c) + \mathrm{relu}(a - c)] + U^s_e u_e + b_2^s,$$
+        so $d(Su) = -d(u)$ and $s(Su) = s(u)$: no gradient, no step (no drift
+        at a stationary point), and the step's size never depends on a sign."""
+        odd = np.flatnonzero(self.odd_inputs)
+        even = np.flatnonzero(~np.asarray(self.odd_inputs))
+        u_odd, u_even = [inputs[i] for i in odd], [inputs[i] for i in even]
+        a = B.dense(w1[:, even], b1, u_even)
+        c = B.dense(w1[:, odd], B.xp.zeros_like(b1), u_odd)
+        plus = [B.relu(x + y) for x, y in zip(a, c)]
+        minus = [B.relu(x - y) for x, y in zip(a, c)]
+        odd_hidden = [0.5 * (p - m) for p, m in zip(plus, minus)]
+        even_hidden = [0.5 * (p + m) for p, m in zip(plus, minus)]
+        xp = B.xp
+        w_d = xp.concatenate([self.w2[:1], skip[:1, odd]], axis=1)
+        w_s = xp.concatenate([self.w2[1:], skip[1:, even]], axis=1)
+        (direction,) = B.dense(w_d, xp.zeros_like(b2[:1]), B.concat_rows(odd_hidden, u_odd))
+        (magnitude,) = B.dense(w_s, b2[1:], B.concat_rows(even_hidden, u_even))
+        return direction, magnitude
 
 
 def fold_shared_inputs(weight, bias, shared, start, backend):
@@ -485,6 +519,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     second_moment_decay: float | None = eqx.field(static=True)
     epsilon: float = eqx.field(static=True)
     read_out: bool = eqx.field(static=True)
+    sign_symmetric: bool = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -506,6 +541,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         second_moment_decay: float | None = 0.999,
         epsilon: float = 1e-8,
         read_out: bool = True,
+        sign_symmetric: bool = True,
         skip_nonfinite: bool = True,
         key: PRNGKeyArray,
     ):
@@ -523,16 +559,19 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             self.embed_w = self.embed_w.at[0].set(jnp.zeros(num_in).at[0].set(1.0))
             self.memory = _momentum_initialised(self.memory)
         num_read = num_heads * value_size if read_out else 0
+        odd = ODD_FEATURES[adaptive] + (True,) * num_read if sign_symmetric else None
         self.head = LearnedStepHead(
             num_in + num_read, hidden_size, alpha=alpha, beta=beta,
             magnitude_clip=magnitude_clip, direction_clip=direction_clip,
-            direction_input=num_in if adaptive and read_out else 0, key=k_head,
+            direction_input=num_in if adaptive and read_out else 0, odd_inputs=odd,
+            key=k_head,
         )
         self.step_timescales = tuple(float(t) for t in step_timescales)
         self.feature_clip = float(feature_clip)
         self.second_moment_decay = None if not adaptive else float(second_moment_decay)
         self.epsilon = float(epsilon)
         self.read_out = bool(read_out)
+        self.sign_symmetric = bool(sign_symmetric)
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):
@@ -549,7 +588,8 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         if not self.read_out:
             return -self.head(f, e, f[:0], B), memory
         embedding = fold_shared_inputs(self.embed_w, self.embed_b, e, len(f), B)
-        memory, read = self.memory(memory, f, B, embedding=embedding)
+        odd = ODD_FEATURES[nu is not None] if self.sign_symmetric else None
+        memory, read = self.memory(memory, f, B, embedding=embedding, odd_inputs=odd)
         return -self.head(f, e, read, B), memory
 
 

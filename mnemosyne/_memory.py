@@ -100,7 +100,7 @@ class CompactAssociativeMemory(eqx.Module):
         return self.num_heads * self.num_features * (self.value_size + 1)
 
     def __call__(
-        self, state: MemoryState, inputs, backend, *, embedding=None
+        self, state: MemoryState, inputs, backend, *, embedding=None, odd_inputs=None
     ) -> tuple[MemoryState, Array]:
         """Write the tokens (Eq. 4), then read (Eq. 5).
 
@@ -111,6 +111,12 @@ class CompactAssociativeMemory(eqx.Module):
                 $\\xi = W u + b$. The projections (2) are then composed with it,
                 $q = (W_Q W) u + W_Q b$, so per-slot tokens are never materialised.
             backend: the kernel module.
+            odd_inputs: optional static mask over the inputs $u$ (needs
+                `embedding`): the values then read only the odd inputs $u_o$,
+                linearly and with no bias, and the queries and keys only the
+                others, $u_e$: $v = (W_V W)_o u_o$, $q = (W_Q W)_e u_e + W_Q b$
+                (Eq. 2±). The read-out (5) is then odd in $u_o$: flipping the
+                sign of every past gradient flips the read-out's sign.
 
         Returns:
             The new state and the read-out, `heads * d_v` rows of shape `slots`.
@@ -118,12 +124,21 @@ class CompactAssociativeMemory(eqx.Module):
         B = backend
         heads = range(self.num_heads)
         project = lambda w: B.dense(w, B.xp.zeros(w.shape[0], inputs[0].dtype), inputs)
+        project_value = project_context = project
         if embedding is not None:
             embed_w, embed_b = embedding
             project = lambda w: B.dense(w @ embed_w, w @ embed_b, inputs)
-        q = B.stack_heads([project(self.query[h]) for h in heads])
-        k = B.stack_heads([project(self.key_proj[h]) for h in heads])
-        v = B.stack_heads([project(self.value[h]) for h in heads])
+            project_value = project_context = project
+        if odd_inputs is not None:
+            odd = np.flatnonzero(odd_inputs)
+            even = np.flatnonzero(~np.asarray(odd_inputs))
+            u_odd, u_even = [inputs[i] for i in odd], [inputs[i] for i in even]
+            project_value = lambda w: B.dense(
+                (w @ embed_w)[:, odd], B.xp.zeros(w.shape[0], inputs[0].dtype), u_odd)
+            project_context = lambda w: B.dense((w @ embed_w)[:, even], w @ embed_b, u_even)
+        q = B.stack_heads([project_context(self.query[h]) for h in heads])
+        k = B.stack_heads([project_context(self.key_proj[h]) for h in heads])
+        v = B.stack_heads([project_value(self.value[h]) for h in heads])
         decay = B.xp.exp(-B.xp.exp(self.log_tau))
         numerator, normaliser = B.cam_write(
             state.numerator, state.normaliser, self.features.keys(k, B), v, decay

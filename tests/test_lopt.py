@@ -269,3 +269,45 @@ def test_jitted_update_reuses_temporaries_and_writes_the_memory_in_place():
     # v1 measured 1.2 floats/param; v2 (one more state array, the second moment) 2.0;
     # keeping every tensor's temporaries alive at once measured 4.8 (v1)
     assert lowered.compile().memory_analysis().temp_size_in_bytes / 4 / num_params < 2.5
+
+
+def _perturbed(lopt, seed, scale=0.3):
+    """`lopt` with every float array moved by Gaussian noise: a θ with nonzero
+    biases everywhere, like a meta-trained one."""
+    arrays, static = eqx.partition(lopt, eqx.is_inexact_array)
+    leaves, treedef = jax.tree.flatten(arrays)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    moved = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    return eqx.combine(jax.tree.unflatten(treedef, moved), static)
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_sign_symmetric_step_is_odd_in_the_gradient_history(backend):
+    """Eq. (H±), (2±): for any θ, flipping the sign of every gradient so far
+    flips the sign of the update (parameters fixed), and a zero gradient gives a
+    zero step: the optimizer cannot drift at a stationary point. Without the
+    symmetry (v2 `sign_symmetric=False`) the same θ drifts."""
+    params = {**ranked_params(), "big": jnp.linspace(-1.0, 1.0, 80 * 64).reshape(80, 64)}
+    grads = [random_like(params, seed) for seed in range(1, 5)]
+    negate = lambda t: jax.tree.map(lambda x: -x, t)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    rtol = 1e-5 if backend == "jax" else 1e-12
+    for symmetric in (True, False):
+        lopt = _perturbed(
+            mnemosyne.CoordinatewiseMnemosyne(sign_symmetric=symmetric, key=jax.random.key(0)), 1)
+        tx = mnemosyne.mnemosyne(lopt=lopt, backend=backend)
+        update = jit_tx_update if backend == "jax" else (lambda tx, g, s, p: tx.update(g, s, p))
+        s_plus = s_minus = tx.init(params)
+        for g in grads:
+            u_plus, s_plus = update(tx, g, s_plus, params)
+            u_minus, s_minus = update(tx, negate(g), s_minus, params)
+        u_zero, _ = update(tx, zeros, tx.init(params), params)
+        largest = max(float(np.max(np.abs(np.asarray(u)))) for u in jax.tree.leaves(u_plus))
+        assert largest > 1e-5  # a real step, not a vanishing one
+        odd = all(np.allclose(np.asarray(a), -np.asarray(b), rtol=rtol, atol=rtol * largest)
+                  for a, b in zip(jax.tree.leaves(u_plus), jax.tree.leaves(u_minus)))
+        drift = max(float(np.max(np.abs(np.asarray(u)))) for u in jax.tree.leaves(u_zero))
+        if symmetric:
+            assert odd and drift == 0.0
+        else:
+            assert not odd and drift > 1e-6
