@@ -494,7 +494,13 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     0.9), and the head passes $d = o$, $s = 0$: momentum on Adam-normalised
     gradients with step $\\alpha = 10^{-3}$. Meta-training learns corrections.
     `second_moment_decay=None` gives v1 (Eq. (F), no second moment; then
-    pass the v1 constants `alpha=1e-2, magnitude_clip=4.0`).
+    pass the v1 constants `alpha=1e-2, magnitude_clip=4.0, direction_clip=None,
+    sign_symmetric=False`).
+
+    `sign_symmetric` (default) makes the step odd in the gradient history
+    (Eq. (H±), (2±)): the direction flips with the sign of every past
+    gradient, the magnitude does not, and a zero gradient gives a zero step, so
+    no θ can make a parameter drift where it sees no gradient.
 
     All weights are shared by every coordinate of every tensor, so one θ trains
     any architecture. Optimizer state: `num_heads * num_features * (value_size

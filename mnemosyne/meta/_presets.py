@@ -324,13 +324,13 @@ def _mnemosyne_v1(key):
 
     return CoordinatewiseMnemosyne(
         second_moment_decay=None, alpha=1e-2, magnitude_clip=4.0, direction_clip=None,
-        step_timescales=(10.0, 100.0, 1000.0), key=key,
+        step_timescales=(10.0, 100.0, 1000.0), sign_symmetric=False, key=key,
     )
 
 
 _V1_DESCRIPTION = (
     "CoordinatewiseMnemosyne(second_moment_decay=None, alpha=1e-2, magnitude_clip=4.0, "
-    "direction_clip=None, step_timescales=(10.0, 100.0, 1000.0))"
+    "direction_clip=None, step_timescales=(10.0, 100.0, 1000.0), sign_symmetric=False)"
 )
 
 
