@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--wall-time-s", type=float, required=True)
     parser.add_argument("--validation", required=True)
+    parser.add_argument("--note", default=None, help="how the θ was chosen, if not by the rule alone")
     args = parser.parse_args()
 
     history = read_checkpoint_header(args.checkpoint)["history"]
@@ -48,6 +49,7 @@ def main() -> None:
             "selected_by": "scripts/validate_checkpoints.py (validation tasks: "
             "mnemosyne.meta.validation_tasks())",
             "validation": validation,
+            **({"selection_note": args.note} if args.note else {}),
         },
     )
 

@@ -364,11 +364,13 @@ _V2_TRAINER = dict(
     checkpoint_every=20,
 )
 # The shipped θ: the mean of the PES iterates at outer steps 400, 420, ...,
-# 600, halfway back to the untrained θ (picked on the validation tasks, see
-# docs/results.md: single iterates and later ones ride the edge of stability).
+# 600, moved three quarters of the way back to the untrained θ (picked on the
+# validation tasks and the suite's stability tasks, see docs/results.md: the
+# iterates themselves, and the mean moved only halfway back, ride the edge of
+# stability on small-batch and Transformer tasks).
 _V2_OUTER_STEPS = 600
 _V2_AVERAGE = (400, 20)
-_V2_SHRINK = 0.5
+_V2_SHRINK = 0.25
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(
