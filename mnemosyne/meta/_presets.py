@@ -256,7 +256,7 @@ class BroadFamily(eqx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """A named, reproducible meta-training run.
+    r"""A named, reproducible meta-training run.
 
     Attributes:
         name: the preset's name.
