@@ -35,10 +35,10 @@ def configurations() -> dict:
             seed=0, hidden=(64, 64), activation="tanh", batch_size=4, noise=0.1),
         "iris MLP 32x32 tanh, batch 4": MLPClassifier(
             load_dataset("iris"), hidden=(32, 32), activation="tanh", batch_size=4,
-            name="iris_long"),
+            name="iris_long", kind="mlp"),
         "digits MLP 6x16 relu, batch 8": MLPClassifier(
             load_dataset("digits"), hidden=(16,) * 6, activation="relu", batch_size=8,
-            name="digits_long"),
+            name="digits_long", kind="mlp"),
     }
 
 

@@ -88,11 +88,7 @@ def test_pretrained_is_stable_on_every_suite_task():
 @pytest.mark.parametrize("name", [
     "mlp_iris",
     "logreg_wine",
-    pytest.param("regression_teacher", marks=pytest.mark.xfail(
-        strict=True,
-        reason="not met yet: with a constant learning rate the shipped v2 ends "
-        "1.66x above its best window on teacher regression after 10,000 steps "
-        "(docs/results.md)")),
+    "regression_teacher",  # failed (1.66x) before the sign symmetry (H±)
 ])
 def test_pretrained_is_stable_over_ten_thousand_steps(name):
     losses = np.asarray(
@@ -113,3 +109,17 @@ def test_pretrained_step_is_bounded_by_the_design():
     for _ in range(3):
         updates, state = lopt.update(grads, state, params)
         assert max(float(jnp.max(jnp.abs(u))) for u in jax.tree.leaves(updates)) < 1.0
+
+
+@pytest.mark.slow  # 6,000 steps, 2 seeds; NOT met yet, so .ci/run does not run it
+@pytest.mark.xfail(strict=True, reason="not met yet: on a deep narrow ReLU MLP at "
+                   "batch 8 the shipped θ reaches 0.012 by step 4,000, then climbs "
+                   "(0.33 at 6,000; Adam(1e-3): 0.0099); see docs/results.md")
+def test_pretrained_is_stable_on_a_long_deep_narrow_small_batch_run():
+    from mnemosyne.tasks import MLPClassifier, load_dataset
+
+    task = MLPClassifier(load_dataset("digits"), hidden=(16,) * 6, activation="relu",
+                         batch_size=8, name="digits_long", kind="mlp")
+    losses = np.asarray(evaluation.train(mnemosyne.mnemosyne(), task, [0, 1], num_steps=6000).losses)
+    assert np.all(np.isfinite(losses))
+    assert np.all(evaluation.stability_ratio(losses) <= STABILITY_LIMIT)
