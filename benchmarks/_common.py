@@ -22,6 +22,7 @@ import mnemosyne
 import mnemosyne.baselines
 import mnemosyne.meta
 import mnemosyne.tasks
+from mnemosyne._training import run_steps
 
 OPTIMIZERS = ("mnemosyne", "mnemosyne_bf16", "mnemosyne_tensorwise", "lstm", "adam")
 # optimizer name -> dtype its memory is stored in (default: the compute dtype)
@@ -75,17 +76,22 @@ def make_params(num_params: int, dtype: Any = jnp.float32, *, seed: int = 0) -> 
         for i, (name, shape) in enumerate(shapes.items()):
             k = jax.random.fold_in(key, 100 * b + i)
             scale = 1.0 / math.sqrt(shape[0]) if len(shape) == 2 else 0.02
-            block[name] = (scale * jax.random.normal(k, shape, jnp.float32)).astype(dtype)
+            block[name] = (scale * jax.random.normal(k, shape, jnp.float32)).astype(
+                dtype
+            )
         blocks.append(block)
     return {"blocks": blocks}
 
 
 def make_grads(params: dict, *, seed: int = 1) -> dict:
-    """Gradient-like values (small, random) with the structure and dtypes of `params`."""
+    """Gradient-like values (small, random) with the structure and dtypes of
+    `params`."""
     leaves, treedef = jax.tree.flatten(params)
     key = jax.random.key(seed)
     out = [
-        (1e-3 * jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)).astype(x.dtype)
+        (
+            1e-3 * jax.random.normal(jax.random.fold_in(key, i), x.shape, jnp.float32)
+        ).astype(x.dtype)
         for i, x in enumerate(leaves)
     ]
     return jax.tree.unflatten(treedef, out)
@@ -96,7 +102,11 @@ def count_params(tree) -> int:
 
 
 def tree_bytes(tree) -> int:
-    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
+    return sum(
+        int(x.size) * x.dtype.itemsize
+        for x in jax.tree.leaves(tree)
+        if hasattr(x, "dtype")
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -190,7 +200,9 @@ def state_floats_per_param(name: str, num_params: int = 10**6) -> float:
     if hasattr(lopt, "state_floats_per_parameter"):
         return float(lopt.state_floats_per_parameter(params))
     state = lopt.init(params)  # e.g. the LSTM optimizer: count the state's floats
-    floats = sum(x.size for x in jax.tree.leaves(state) if hasattr(x, "ndim") and x.ndim > 0)
+    floats = sum(
+        x.size for x in jax.tree.leaves(state) if hasattr(x, "ndim") and x.ndim > 0
+    )
     return floats / count_params(params)
 
 
@@ -204,7 +216,9 @@ def median_time(fn: Callable[[], None], repeats: int = 7, number: int = 1) -> fl
     return statistics.median(timeit.repeat(fn, repeat=repeats, number=number)) / number
 
 
-def interleaved_times(fns: dict[str, Callable[[], None]], repeats: int = 7, number: int = 1) -> dict:
+def interleaved_times(
+    fns: dict[str, Callable[[], None]], repeats: int = 7, number: int = 1
+) -> dict:
     """Median time (s) of each callable, sampled alternately so that a noisy
     machine's slow spells hit every contestant alike."""
     samples: dict[str, list[float]] = {k: [] for k in fns}
@@ -220,12 +234,17 @@ def auto_number(fn: Callable[[], None], target_s: float = 0.05) -> int:
     return max(1, int(target_s / max(t, 1e-6)))
 
 
-def update_ratio(name: str, num_params: int, baseline: str = "adam", repeats: int = 7) -> dict:
+def update_ratio(
+    name: str, num_params: int, baseline: str = "adam", repeats: int = 7
+) -> dict:
     """Time `name` and `baseline` update+apply in the same process.
 
     Returns a dict with `ms` (per name), `ratio` and the runners.
     """
-    runners = {baseline: UpdateRunner(baseline, num_params), name: UpdateRunner(name, num_params)}
+    runners = {
+        baseline: UpdateRunner(baseline, num_params),
+        name: UpdateRunner(name, num_params),
+    }
     number = auto_number(runners[baseline])
     times = interleaved_times(runners, repeats=repeats, number=number)
     return {"times": times, "ratio": times[name] / times[baseline], "runners": runners}
@@ -308,8 +327,13 @@ class TrainStepRunner:
         jax.block_until_ready((self.params, self.state))
 
 
-def train_step_ratio(task_name: str, name: str = "mnemosyne", baseline: str = "adam", repeats: int = 7) -> dict:
-    runners = {baseline: TrainStepRunner(task_name, baseline), name: TrainStepRunner(task_name, name)}
+def train_step_ratio(
+    task_name: str, name: str = "mnemosyne", baseline: str = "adam", repeats: int = 7
+) -> dict:
+    runners = {
+        baseline: TrainStepRunner(task_name, baseline),
+        name: TrainStepRunner(task_name, name),
+    }
     number = auto_number(runners[baseline])
     times = interleaved_times(runners, repeats=repeats, number=number)
     return {"times": times, "ratio": times[name] / times[baseline]}
@@ -336,15 +360,23 @@ def make_meta_trainer(small: bool = False):
     lopt = mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0))
     if small:
         task = mnemosyne.tasks.get_task("mlp_digits")
-        return meta.MetaTrainer(lopt, task, num_tasks=1, unroll_length=2, horizon=4, key=jax.random.key(0))
+        return meta.MetaTrainer(
+            lopt, task, num_tasks=1, unroll_length=2, horizon=4, key=jax.random.key(0)
+        )
     preset = meta.PRESETS["default"]
     k_lopt, k_train = jax.random.split(jax.random.key(preset.seed))
     return meta.MetaTrainer(
-        preset.make_lopt(k_lopt), preset.family, preset.estimator, key=k_train, **preset.trainer
+        preset.make_lopt(k_lopt),
+        preset.family,
+        preset.estimator,
+        key=k_train,
+        **preset.trainer,
     )
 
 
-def run_quality(task_name: str, lopt, num_steps: int, *, seed: int = 0, memory_dtype=None) -> float:
+def run_quality(
+    task_name: str, lopt, num_steps: int, *, seed: int = 0, memory_dtype=None
+) -> float:
     """Final training loss of `task_name` after `num_steps` steps with `lopt`
     (a learned optimizer module, or None for Adam at lr 1e-3), fixed seed."""
     task = mnemosyne.tasks.get_task(task_name)
@@ -354,13 +386,8 @@ def run_quality(task_name: str, lopt, num_steps: int, *, seed: int = 0, memory_d
         tx = mnemosyne.mnemosyne(lopt=lopt, memory_dtype=memory_dtype)
     params = task.init(jax.random.key(seed))
     state = tx.init(params)
-
-    def body(carry, key):
-        params, state = carry
-        loss, grads = jax.value_and_grad(task.loss)(params, task.sample_batch(key))
-        updates, state = tx.update(grads, state, params)
-        return (optax.apply_updates(params, updates), state), loss
-
     keys = jax.random.split(jax.random.key(seed + 1), num_steps)
-    (params, _), losses = jax.jit(lambda c, k: jax.lax.scan(body, c, k))((params, state), keys)
+    (params, _), losses = jax.jit(
+        lambda p, s, k: run_steps(task, tx, p, s, k)
+    )(params, state, keys)
     return float(losses[-1])

@@ -1,4 +1,5 @@
-"""Cold start: what `mnemosyne.mnemosyne()` costs in a fresh process beyond `import jax`."""
+"""Cold start: what `mnemosyne.mnemosyne()` costs in a fresh process beyond `import
+jax`."""
 
 from .cold_start import BASELINE, STATEMENT, measure
 
@@ -14,11 +15,13 @@ class ColdStart:
     small = False
 
     def timeraw_mnemosyne_after_jax(self):
-        """asv times the statement in a fresh process; the setup (`import jax`) is not timed."""
+        """asv times the statement in a fresh process; the setup (`import jax`) is not
+        timed."""
         return STATEMENT, BASELINE
 
     def track_beyond_import_jax(self):
-        """Median over fresh processes of the statement's wall time minus `import jax`'s."""
+        """Median over fresh processes of the statement's wall time minus `import
+        jax`'s."""
         row = measure({"this checkout": None}, 1 if self.small else 5)["this checkout"]
         return row["mnemosyne"] - row["jax"]
 

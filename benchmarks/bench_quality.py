@@ -20,6 +20,8 @@ class FinalLoss:
         self.lopt = pretrained_or_skip("default") if optimizer != "adam" else None
 
     def track_final_loss(self, task, optimizer):
-        return run_quality(task, self.lopt, self.num_steps, memory_dtype=MEMORY_DTYPES.get(optimizer))
+        return run_quality(
+            task, self.lopt, self.num_steps, memory_dtype=MEMORY_DTYPES.get(optimizer)
+        )
 
     track_final_loss.unit = "loss"

@@ -6,7 +6,8 @@ outside: `python -c "import jax"` against
 `--repeats` runs. The difference is what a user waits for beyond JAX itself.
 
     python benchmarks/cold_start.py                      # this checkout
-    python benchmarks/cold_start.py --checkout OTHER_DIR # also another checkout (before/after)
+    python benchmarks/cold_start.py --checkout OTHER_DIR # also another checkout
+    (before/after)
 
 `--checkout` puts another source tree first on `PYTHONPATH`, so the same
 interpreter imports that tree's `mnemosyne` (e.g. a `git worktree` of an older
@@ -36,7 +37,9 @@ def run_once(code: str, checkout: pathlib.Path | None = None) -> float:
             [str(checkout)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         )
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=checkout or ROOT)
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env=env, cwd=checkout or ROOT
+    )
     return time.perf_counter() - start
 
 
@@ -50,7 +53,8 @@ def measure(checkouts: dict[str, pathlib.Path | None], repeats: int) -> dict[str
             times[name]["jax"].append(run_once(BASELINE, checkout))
             times[name]["mnemosyne"].append(run_once(STATEMENT, checkout))
     return {
-        name: {k: statistics.median(v) for k, v in row.items()} for name, row in times.items()
+        name: {k: statistics.median(v) for k, v in row.items()}
+        for name, row in times.items()
     }
 
 

@@ -1,6 +1,7 @@
 """Time and memory against quality for the memory-ablation variants (no asv needed).
 
-    python benchmarks/tradeoff.py [--ablation docs/results_ablation/ablation.json] [--size 1e6]
+    python benchmarks/tradeoff.py [--ablation docs/results_ablation/ablation.json]
+    [--size 1e6]
 
 For each variant of `mnemosyne ablation` (no memory; 1 or 3 heads; r = 2, 4,
 8 random features): its state floats per parameter, its update+apply time
@@ -27,6 +28,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as c  # noqa: E402
+
 import mnemosyne  # noqa: E402
 from mnemosyne.backends import get_backend  # noqa: E402
 from mnemosyne.evaluation import ABLATION_VARIANTS  # noqa: E402
@@ -74,8 +76,12 @@ def main(argv=None) -> int:
         tx = mnemosyne.scale_by_mnemosyne(variant.make_lopt(jax.random.key(0)))
         runners[variant.name] = c.UpdateRunner(variant.name, size, tx=tx)
     default = mnemosyne.pretrained("default")
-    runners[WITHOUT_MEMORY] = c.UpdateRunner(WITHOUT_MEMORY, size, tx=features_and_head_only(default))
-    times = c.interleaved_times(runners, repeats=args.repeats, number=c.auto_number(runners["adam"]))
+    runners[WITHOUT_MEMORY] = c.UpdateRunner(
+        WITHOUT_MEMORY, size, tx=features_and_head_only(default)
+    )
+    times = c.interleaved_times(
+        runners, repeats=args.repeats, number=c.auto_number(runners["adam"])
+    )
 
     print(f"| variant | state floats / param | update / Adam ({args.size:.0e} params) "
           "| final loss / default | held-out tasks: final loss / default | meta-loss |")
@@ -86,10 +92,18 @@ def main(argv=None) -> int:
             (f"{row['vs_baseline_all']:.3g}", f"{row['vs_baseline_held_out']:.3g}",
              f"{row['final_meta_loss']:.3g}") if row else ("–", "–", "–")
         )
-        print(f"| {variant.name}: {variant.description} | {variant.floats_per_parameter():g} "
-              f"| {times[variant.name] / times['adam']:.2f}x | {loss} | {held_out} | {meta} |")
-    print(f"| {WITHOUT_MEMORY}: the default's features and head alone, no memory (a dedicated "
-          f"program, timing only) | 0 | {times[WITHOUT_MEMORY] / times['adam']:.2f}x | – | – | – |")
+        print(
+            f"| {variant.name}: {variant.description} | "
+            f"{variant.floats_per_parameter():g} "
+            f"| {times[variant.name] / times['adam']:.2f}x | {loss} | {held_out} | "
+            f"{meta} |"
+        )
+    print(
+        f"| {WITHOUT_MEMORY}: the default's features and head alone, no memory (a "
+        "dedicated "
+        f"program, timing only) | 0 | {times[WITHOUT_MEMORY] / times['adam']:.2f}x | – "
+        "| – | – |"
+    )
     return 0
 
 

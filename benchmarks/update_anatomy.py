@@ -36,8 +36,12 @@ def hlo_bytes_per_param(runner: c.UpdateRunner) -> float:
     """Bytes read and written by the loops of the compiled update: the fusions
     (and custom calls) of the entry computation and of the taken branch of its
     conditionals (the update of each tensor runs inside one)."""
-    hlo = runner.step.lower(runner.params, runner.grads, runner.state).compile().as_text()
-    computations = dict(re.findall(r"\n(?:ENTRY )?%(\S+) [^\n]*\{\n(.*?)\n\}", hlo, re.S))
+    hlo = (
+        runner.step.lower(runner.params, runner.grads, runner.state).compile().as_text()
+    )
+    computations = dict(
+        re.findall(r"\n(?:ENTRY )?%(\S+) [^\n]*\{\n(.*?)\n\}", hlo, re.S)
+    )
     entry = re.search(r"\nENTRY %(\S+) ", hlo).group(1)
     return _loop_bytes(computations, entry) / runner.num_params
 
@@ -63,8 +67,12 @@ def _loop_bytes(computations: dict, computation: str) -> int:
 def _shape_bytes(shape: str) -> int:
     width = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "pred": 1, "f64": 8, "u32": 4}
     total = 0
-    for dtype, dims in re.findall(r"(f32|bf16|f16|s32|pred|f64|u32)\[([\d,]*)\]", shape):
-        total += width[dtype] * int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
+    for dtype, dims in re.findall(
+        r"(f32|bf16|f16|s32|pred|f64|u32)\[([\d,]*)\]", shape
+    ):
+        total += width[dtype] * int(
+            np.prod([int(d) for d in dims.split(",") if d] or [1])
+        )
     return total
 
 
@@ -84,7 +92,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
     n = int(args.size)
-    runners = {name: c.UpdateRunner(name, n) for name in ("adam", "mnemosyne", "mnemosyne_bf16")}
+    runners = {
+        name: c.UpdateRunner(name, n)
+        for name in ("adam", "mnemosyne", "mnemosyne_bf16")
+    }
     kernels = {
         "stream x <- 0.5x + 1": _Elementwise(lambda x: 0.5 * x + 1.0, n),
         "log": _Elementwise(lambda x: jnp.log(jnp.abs(x) + 1.0), n),
@@ -93,12 +104,19 @@ def main(argv=None) -> int:
     }
     times = c.interleaved_times({**runners, **kernels}, repeats=args.repeats)
     adam = times["adam"]
-    print(f"# {n:.3g} float32 parameters, jax {jax.__version__} on {jax.default_backend()}, "
-          f"{os.cpu_count()} CPU cores; times in units of Adam's update ({1e3 * adam:.2f} ms)")
+    print(
+        f"# {n:.3g} float32 parameters, jax {jax.__version__} on "
+        f"{jax.default_backend()}, "
+        f"{os.cpu_count()} CPU cores; times in units of Adam's update "
+        f"({1e3 * adam:.2f} ms)"
+    )
     print("| what | x Adam | bytes/param moved (HLO) |")
     print("|---|---|---|")
     for name, runner in runners.items():
-        print(f"| {name} update+apply | {times[name] / adam:.2f} | {hlo_bytes_per_param(runner):.0f} |")
+        print(
+            f"| {name} update+apply | {times[name] / adam:.2f} | "
+            f"{hlo_bytes_per_param(runner):.0f} |"
+        )
     for name in kernels:
         print(f"| one pass of {name} | {times[name] / adam:.2f} | 8 |")
     floor = sum(k * times[name] for name, k in TRANSCENDENTALS.items()) / adam

@@ -27,30 +27,38 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--optimizer", default="mnemosyne", choices=c.OPTIMIZERS)
     parser.add_argument("--stream-size", type=float, default=5e7)
-    parser.add_argument("--no-train", action="store_true", help="skip the ViT train step")
+    parser.add_argument(
+        "--no-train", action="store_true", help="skip the ViT train step"
+    )
     args = parser.parse_args(argv)
 
-    print(f"# {datetime.date.today()}  {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPU cores, jax {c.jax.__version__} on {c.jax.default_backend()}")
+    print(
+        f"# {datetime.date.today()}  {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPU cores, jax {c.jax.__version__} on "
+        f"{c.jax.default_backend()}"
+    )
     stream = c.StreamKernel(int(args.stream_size))
     floats = c.state_floats_per_param(args.optimizer, 10**5)
     rows = []
     for size in args.sizes:
         result = c.update_ratio(args.optimizer, int(size), repeats=args.repeats)
         runner = result["runners"][args.optimizer]
+        adam_runner = result["runners"]["adam"]
         t_stream = c.median_time(stream, repeats=args.repeats)
         bandwidth = stream.bytes_per_call() / t_stream
         times = result["times"]
-        rows.append((
-            f"{runner.num_params:.3g}",
-            f"{1e3 * times['adam']:.2f}",
-            f"{1e3 * times[args.optimizer]:.2f}",
-            f"{result['ratio']:.2f}",
-            f"{floats:.2f}",
-            f"{c.bandwidth_fraction(runner, times[args.optimizer], bandwidth):.2f}",
-            f"{c.bandwidth_fraction(result['runners']['adam'], times['adam'], bandwidth):.2f}",
-            f"{bandwidth / 1e9:.1f}",
-        ))
+        rows.append(
+            (
+                f"{runner.num_params:.3g}",
+                f"{1e3 * times['adam']:.2f}",
+                f"{1e3 * times[args.optimizer]:.2f}",
+                f"{result['ratio']:.2f}",
+                f"{floats:.2f}",
+                f"{c.bandwidth_fraction(runner, times[args.optimizer], bandwidth):.2f}",
+                f"{c.bandwidth_fraction(adam_runner, times['adam'], bandwidth):.2f}",
+                f"{bandwidth / 1e9:.1f}",
+            )
+        )
         del result, runner
     header = ("params", "Adam ms", f"{args.optimizer} ms", "ratio", "floats/param",
               "bw fraction", "Adam bw fraction", "stream GB/s")
@@ -61,8 +69,12 @@ def main(argv=None) -> int:
     if not args.no_train:
         r = c.train_step_ratio("vit_digits", args.optimizer, repeats=args.repeats)
         t = r["times"]
-        print(f"\nvit_digits train step, batch {c.TRAIN_BATCH}: Adam {1e3 * t['adam']:.2f} ms, "
-              f"{args.optimizer} {1e3 * t[args.optimizer]:.2f} ms, ratio {r['ratio']:.2f}x")
+        print(
+            f"\nvit_digits train step, batch {c.TRAIN_BATCH}: Adam "
+            f"{1e3 * t['adam']:.2f} ms, "
+            f"{args.optimizer} {1e3 * t[args.optimizer]:.2f} ms, ratio "
+            f"{r['ratio']:.2f}x"
+        )
     return 0
 
 

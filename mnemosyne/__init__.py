@@ -10,10 +10,10 @@ works after a bare `import mnemosyne`), so that import stays fast.
 import importlib as _importlib
 
 from ._encoder import HierarchicalPoolingEncoder, PerformerBlock
+from ._head import LearnedStepHead
 from ._lopt import (
     AbstractMnemosyne,
     CoordinatewiseMnemosyne,
-    LearnedStepHead,
     MnemosyneState,
     TensorwiseMnemosyne,
 )
@@ -21,7 +21,7 @@ from ._lopt_base import AbstractLearnedOptimizer, Frozen, trainable_filter
 from ._memory import CompactAssociativeMemory, MemoryState
 from ._random_features import RandomFeatureMap
 from ._serialisation import WeightsFileError, load, pretrained, save
-from .backends import sharded_update
+from ._sharding import sharded_update, state_specs
 from ._transform import as_gradient_transformation, mnemosyne, scale_by_mnemosyne
 
 __version__ = "0.1.0"
@@ -60,5 +60,6 @@ __all__ = [
     "save",
     "scale_by_mnemosyne",
     "sharded_update",
+    "state_specs",
     "trainable_filter",
 ]

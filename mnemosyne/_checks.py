@@ -26,17 +26,22 @@ def check_float_leaves(tree, what: str) -> None:
     """Raise `TypeError` naming the first leaf that is not real floating point."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if not hasattr(leaf, "dtype"):
-            raise TypeError(f"{what}{_path(path)} is a {type(leaf).__name__}, not an array")
+            raise TypeError(
+                f"{what}{_path(path)} is a {type(leaf).__name__}, not an array"
+            )
         dtype = np.dtype(leaf.dtype)
         if jnp.issubdtype(dtype, jnp.complexfloating):
             raise TypeError(
-                f"{what}{_path(path)} is complex ({dtype}); learned optimizers take real "
+                f"{what}{_path(path)} is complex ({dtype}); learned optimizers take "
+                "real "
                 "parameters: split complex parameters into real and imaginary parts"
             )
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(
-                f"{what}{_path(path)} has dtype {dtype}; only floating-point leaves can be "
-                "optimised. Filter them out first, e.g. eqx.filter(model, eqx.is_inexact_array), "
+                f"{what}{_path(path)} has dtype {dtype}; only floating-point leaves "
+                "can be "
+                "optimised. Filter them out first, e.g. eqx.filter(model, "
+                "eqx.is_inexact_array), "
                 "or wrap the optimizer in optax.masked"
             )
 
@@ -55,9 +60,11 @@ def check_same_structure(a, b, name_a: str, name_b: str) -> None:
             f"{name_a} and {name_b} have different pytree structures: "
             f"only in {name_a}: {only_a[:5]}, only in {name_b}: {only_b[:5]}"
         )
-    for (path, x), (_, y) in zip(leaves_a, leaves_b):
+    for (path, x), (_, y) in zip(leaves_a, leaves_b, strict=False):
         if (x is None) != (y is None):
-            raise ValueError(f"{name_a}{_path(path)} and {name_b}{_path(path)}: one is None")
+            raise ValueError(
+                f"{name_a}{_path(path)} and {name_b}{_path(path)}: one is None"
+            )
         if x is not None and tuple(x.shape) != tuple(y.shape):
             raise ValueError(
                 f"shape mismatch at {_path(path)}: {name_a} has {tuple(x.shape)}, "
@@ -65,7 +72,9 @@ def check_same_structure(a, b, name_a: str, name_b: str) -> None:
             )
 
 
-def check_state_like(state, expected, what: str = "state", *, dtypes: bool = True) -> None:
+def check_state_like(
+    state, expected, what: str = "state", *, dtypes: bool = True
+) -> None:
     """Raise `ValueError` naming the first leaf of `state` whose shape (or, if
     `dtypes`, dtype) differs from `expected` (e.g. `jax.eval_shape(opt.init,
     params)`), or the first path where their structures differ."""
@@ -81,16 +90,20 @@ def check_state_like(state, expected, what: str = "state", *, dtypes: bool = Tru
             f"the optimizer {what} does not match these parameters: unexpected "
             f"{extra}, missing {missing}; was it initialised for other parameters?"
         )
-    for (path, x), (_, y) in zip(leaves, wanted):
+    for (path, x), (_, y) in zip(leaves, wanted, strict=False):
         if (x is None) != (y is None):
-            raise ValueError(f"{what}{_path(path)}: one of state and expected state is None")
+            raise ValueError(
+                f"{what}{_path(path)}: one of state and expected state is None"
+            )
         if x is None or not hasattr(x, "shape"):
             continue
         dtype_differs = dtypes and np.dtype(x.dtype) != np.dtype(y.dtype)
         if tuple(x.shape) != tuple(y.shape) or dtype_differs:
             raise ValueError(
-                f"{what}{_path(path)} has shape {tuple(x.shape)} and dtype {np.dtype(x.dtype)}, "
-                f"expected {tuple(y.shape)} and {np.dtype(y.dtype)} for these parameters: "
+                f"{what}{_path(path)} has shape {tuple(x.shape)} and dtype "
+                f"{np.dtype(x.dtype)}, "
+                f"expected {tuple(y.shape)} and {np.dtype(y.dtype)} for these "
+                "parameters: "
                 "was the state initialised for other parameters?"
             )
 
@@ -103,7 +116,8 @@ def check_update_inputs(grads, state, params, expected_state=None) -> None:
     """
     if params is None:
         raise ValueError(
-            "this learned optimizer reads the parameters: call update(grads, state, params)"
+            "this learned optimizer reads the parameters: call update(grads, state, "
+            "params)"
         )
     check_float_leaves(grads, "grads")
     check_float_leaves(params, "params")

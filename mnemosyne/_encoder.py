@@ -30,7 +30,9 @@ class PerformerBlock(eqx.Module):
     b2: Float[Array, " d_model"]
     features: RandomFeatureMap
 
-    def __init__(self, d_model: int, *, key_size: int, num_features: int, key: PRNGKeyArray):
+    def __init__(
+        self, d_model: int, *, key_size: int, num_features: int, key: PRNGKeyArray
+    ):
         ks = jax.random.split(key, 7)
         d_ff = 2 * d_model
         self.wq = _init_matrix(ks[0], key_size, d_model)
@@ -47,7 +49,9 @@ class PerformerBlock(eqx.Module):
         """`x`: `(d_model, chunks, chunk_len)`; `mask`: `(chunks, chunk_len)`."""
         B = backend
         omega = B.stop_gradient(self.features.omega.value)[0]
-        x = x + B.chunk_attention(B.layer_norm(x), mask, self.wq, self.wk, self.wv, self.wo, omega)
+        x = x + B.chunk_attention(
+            B.layer_norm(x), mask, self.wq, self.wk, self.wv, self.wo, omega
+        )
         hidden = B.relu(B.stack_rows(B.dense(self.w1, self.b1, B.layer_norm(x))))
         return x + B.stack_rows(B.dense(self.w2, self.b2, hidden))
 

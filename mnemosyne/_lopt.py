@@ -1,4 +1,9 @@
-"""Mnemosyne learned optimizers: coordinate-wise and tensor-wise."""
+"""Mnemosyne learned optimizers: the shared step (`AbstractMnemosyne`) and its
+two variants, coordinate-wise and tensor-wise.
+
+The head is in `_head.py`, the packing of small leaves and dtype handling in
+`_packing.py`, state placement on meshes in `_placement.py`.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,25 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._checks import check_state_like, check_update_inputs, compute_dtype, leaf_shape_dtype
+from ._checks import (
+    check_state_like,
+    check_update_inputs,
+    compute_dtype,
+    leaf_shape_dtype,
+)
 from ._encoder import HierarchicalPoolingEncoder
+from ._head import LearnedStepHead, fold_shared_inputs
 from ._lopt_base import AbstractLearnedOptimizer
-from ._serialisation import freeze_config, register_serialisable
 from ._memory import CompactAssociativeMemory, MemoryState
+from ._packing import (
+    PACK_MAX_SIZE,
+    Pack,
+    all_finite,
+    as_dtype,
+    cast_leaf,
+    cast_theta,
+    step_dtype,
+)
 from ._placement import (
     follow_sharding,
     may_be_split,
@@ -23,6 +42,7 @@ from ._placement import (
     replicate_explicit,
     replicate_like_params,
 )
+from ._serialisation import freeze_config, register_serialisable
 from ._types import OptState, Params, PRNGKeyArray, Updates
 from .backends import get_backend
 
@@ -30,7 +50,6 @@ NUM_COORDINATE_FEATURES = 4  # clip(g^), log|g^|/p, sign-ish(g^), clip(x^)
 #: Which coordinate features flip sign with the gradient: Eq. (F2)'s g~ and g^
 #: (v2), or Eq. (F)'s clipped g^ and the sign half of (L) (v1).
 ODD_FEATURES = {True: (True, True, False, False), False: (True, False, True, False)}
-PACK_MAX_SIZE = 4096  # leaves up to this size are updated packed together
 
 
 class MnemosyneState(NamedTuple):
@@ -46,101 +65,6 @@ class MnemosyneState(NamedTuple):
     step: Array
     memory: Any
     skipped: Array
-
-
-class LearnedStepHead(eqx.Module):
-    """The head (H): a small MLP with a linear skip path, then the output (O).
-
-    With head inputs $u$ (the coordinate's features and its memory read-out):
-    $$[d, s] = W_2\\,\\mathrm{relu}(W_1 u + b_1) + U u + b_2,\\qquad
-      \\text{step} = \\alpha\\, d\\, \\exp(\\beta\\, c \\tanh(s / c)).$$
-    Initialised with $U$ selecting one input for $d$ (`direction_input`) and
-    small $W_2$: in v2 (the default) the memory read-out, so the untrained
-    optimizer is momentum on Adam-normalised gradients with step $\\alpha =
-    10^{-3}$, a sane hand-designed optimizer that meta-training corrects; in v1
-    the clipped tensor-normalised gradient (normalised gradient descent).
-    """
-
-    w1: Float[Array, "hidden inputs"]
-    b1: Float[Array, " hidden"]
-    w2: Float[Array, "2 hidden"]
-    skip: Float[Array, "2 inputs"]
-    b2: Float[Array, " 2"]
-    alpha: float = eqx.field(static=True)
-    beta: float = eqx.field(static=True)
-    magnitude_clip: float = eqx.field(static=True)
-    direction_clip: float | None = eqx.field(static=True, default=None)
-    odd_inputs: tuple[bool, ...] | None = eqx.field(static=True, default=None)
-
-    def __init__(
-        self, num_inputs, hidden_size, *, alpha, beta, magnitude_clip=4.0,
-        direction_clip=None, direction_input=0, output_scale=0.01, odd_inputs=None, key,
-    ):
-        k1, k2 = jax.random.split(key)
-        self.w1 = jax.random.normal(k1, (hidden_size, num_inputs)) / np.sqrt(num_inputs)
-        self.b1 = jnp.zeros(hidden_size)
-        self.w2 = output_scale * jax.random.normal(k2, (2, hidden_size)) / np.sqrt(hidden_size)
-        self.skip = jnp.zeros((2, num_inputs)).at[0, direction_input].set(1.0)
-        self.b2 = jnp.zeros(2)
-        self.alpha, self.beta, self.magnitude_clip = alpha, beta, magnitude_clip
-        self.direction_clip = direction_clip
-        self.odd_inputs = None if odd_inputs is None else tuple(bool(o) for o in odd_inputs)
-
-    def __call__(self, coordinate, shared, read, backend):
-        """Step for each coordinate from its features `(4, ...)`, the shared
-        step embedding `(S,)` and its memory read-out `(H d_v, ...)`. The head
-        input is $u = [f, e, o]$; $e$ is the same for every coordinate, so its
-        columns are folded into the biases."""
-        B = backend
-        start = len(coordinate)
-        inputs = B.concat_rows(coordinate, read)
-        w1, b1 = fold_shared_inputs(self.w1, self.b1, shared, start, B)
-        skip, b2 = fold_shared_inputs(self.skip, self.b2, shared, start, B)
-        if self.odd_inputs is None:
-            hidden = [B.relu(h) for h in B.dense(w1, b1, inputs)]
-            w_out = B.xp.concatenate([self.w2, skip], axis=1)  # [W_2 | U] on [hidden; u]
-            direction, magnitude = B.dense(w_out, b2, B.concat_rows(hidden, inputs))
-        else:
-            direction, magnitude = self._symmetric_outputs(inputs, w1, b1, skip, b2, B)
-        return B.learned_step(
-            direction, magnitude, self.alpha, self.beta, self.magnitude_clip,
-            self.direction_clip,
-        )
-
-    def _symmetric_outputs(self, inputs, w1, b1, skip, b2, B):
-        r"""Eq. (H±): the head's odd part for the direction and its even part for
-        the log-magnitude, under the sign flip $S$ of the odd inputs $u_o$ (the
-        signed gradient features and the memory read-out); $u_e$ are the rest.
-        With $a = W_1^e u_e + b_1$ and $c = W_1^o u_o$:
-        $$d = W_2^d\,\tfrac{1}{2}[\mathrm{relu}(a + c) - \mathrm{relu}(a - c)] + U^d_o u_o,$$
-        $$s = W_2^s\,\tfrac{1}{2}[\mathrm{relu}(a + c) + \mathrm{relu}(a - c)] + U^s_e u_e + b_2^s,$$
-        so $d(Su) = -d(u)$ and $s(Su) = s(u)$: no gradient, no step (no drift
-        at a stationary point), and the step's size never depends on a sign."""
-        odd = np.flatnonzero(self.odd_inputs)
-        even = np.flatnonzero(~np.asarray(self.odd_inputs))
-        u_odd, u_even = [inputs[i] for i in odd], [inputs[i] for i in even]
-        a = B.dense(w1[:, even], b1, u_even)
-        c = B.dense(w1[:, odd], B.xp.zeros_like(b1), u_odd)
-        plus = [B.relu(x + y) for x, y in zip(a, c)]
-        minus = [B.relu(x - y) for x, y in zip(a, c)]
-        odd_hidden = [0.5 * (p - m) for p, m in zip(plus, minus)]
-        even_hidden = [0.5 * (p + m) for p, m in zip(plus, minus)]
-        xp = B.xp
-        w_d = xp.concatenate([self.w2[:1], skip[:1, odd]], axis=1)
-        w_s = xp.concatenate([self.w2[1:], skip[1:, even]], axis=1)
-        (direction,) = B.dense(w_d, xp.zeros_like(b2[:1]), B.concat_rows(odd_hidden, u_odd))
-        (magnitude,) = B.dense(w_s, b2[1:], B.concat_rows(even_hidden, u_even))
-        return direction, magnitude
-
-
-def fold_shared_inputs(weight, bias, shared, start, backend):
-    """Split off the columns `start : start + len(shared)` of an affine map whose
-    inputs there are the same for every coordinate:
-    $W u + b = W_{\\setminus} u_{\\setminus} + (b + W_{:, e}\\, e)$."""
-    xp = backend.xp
-    stop = start + shared.shape[0]
-    rest = xp.concatenate([weight[:, :start], weight[:, stop:]], axis=1)
-    return rest, bias + weight[:, start:stop] @ shared
 
 
 class AbstractMnemosyne(AbstractLearnedOptimizer):
@@ -162,13 +86,18 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     epsilon: eqx.AbstractVar[float]
     read_out: eqx.AbstractVar[bool]
     packs_small_leaves: eqx.AbstractClassVar[bool]
+    #: Whether a leaf's memory has one slot per coordinate (so, under sharding,
+    #: it is split like the leaf and updated shard by shard).
+    memory_per_coordinate: eqx.AbstractClassVar[bool]
 
     @abc.abstractmethod
     def _memory_slots(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """Slot shape of the memory for a parameter of this shape."""
 
     @abc.abstractmethod
-    def _leaf_step(self, grad, param, memory: MemoryState, step, backend, axis_names, rms):
+    def _leaf_step(
+        self, grad, param, memory: MemoryState, step, backend, axis_names, rms
+    ):
         """`(update, new memory)` for one tensor, in the compute dtype; `rms` as
         in `features`."""
 
@@ -182,7 +111,9 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         second_moment = n if self.second_moment_decay is not None else 0
         return (per_slot * slots + second_moment) / max(n, 1)
 
-    def features(self, grad, param, step, backend, axis_names=None, rms=None, second_moment=None):
+    def features(
+        self, grad, param, step, backend, axis_names=None, rms=None, second_moment=None
+    ):
         """Features: per-coordinate `(4, *shape)`, the shared step embedding
         `(S,)`, and the gradient's RMS (non-finite iff the gradient is).
 
@@ -195,7 +126,9 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             rms = (B.tensor_rms(grad, axis_names), B.tensor_rms(param, axis_names))
         g_rms, x_rms = rms
         if second_moment is None:
-            coordinate = B.coordinate_features(grad, param, g_rms, x_rms, self.feature_clip)
+            coordinate = B.coordinate_features(
+                grad, param, g_rms, x_rms, self.feature_clip
+            )
         else:
             coordinate = B.adaptive_coordinate_features(
                 grad, param, second_moment, step + 1, g_rms, x_rms,
@@ -215,13 +148,17 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 for float64 parameters). Default: that compute dtype.
         """
         if memory_dtype is not None and not jnp.issubdtype(memory_dtype, jnp.floating):
-            raise TypeError(f"memory_dtype must be a floating dtype, got {memory_dtype!r}")
+            raise TypeError(
+                f"memory_dtype must be a floating dtype, got {memory_dtype!r}"
+            )
 
         def leaf_state(p):
             if p is None:
                 return None
             shape, dtype = leaf_shape_dtype(p)
-            store = compute_dtype(dtype) if memory_dtype is None else np.dtype(memory_dtype)
+            store = (
+                compute_dtype(dtype) if memory_dtype is None else np.dtype(memory_dtype)
+            )
             state = self.memory.init_state(self._memory_slots(shape), store)
             if self.second_moment_decay is not None:
                 state = state._replace(second_moment=jnp.zeros((1,) + shape, store))
@@ -263,16 +200,20 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         expected = jax.eval_shape(self.init, params)
         check_state_like(state.memory, expected.memory, "state.memory", dtypes=False)
         B = get_backend(backend)
-        theta = _cast_theta(self, B)
+        theta = cast_theta(self, B)
         treedef = jax.tree.structure(grads, is_leaf=lambda x: x is None)
         g_leaves = treedef.flatten_up_to(grads)
         p_leaves = treedef.flatten_up_to(params)
         m_leaves = treedef.flatten_up_to(state.memory)
         a_leaves = (
-            [None] * len(g_leaves) if axis_names is None else treedef.flatten_up_to(axis_names)
+            [None] * len(g_leaves)
+            if axis_names is None
+            else treedef.flatten_up_to(axis_names)
         )
         step = state.step
-        outputs, finite = theta._step_leaves(g_leaves, p_leaves, m_leaves, a_leaves, step, B)
+        outputs, finite = theta._step_leaves(
+            g_leaves, p_leaves, m_leaves, a_leaves, step, B
+        )
         updates = treedef.unflatten([None if o is None else o[0] for o in outputs])
         memory = treedef.unflatten([None if o is None else o[1] for o in outputs])
         if not theta.skip_nonfinite:
@@ -291,13 +232,13 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         leaves of at most `PACK_MAX_SIZE` entries are packed into one vector per
         dtype and updated together, with per-tensor statistics computed by
         segment: identical results, but the traced program no longer grows with
-        the number of small leaves (biases, norms, scalars); see `_Pack.unpack`
+        the number of small leaves (biases, norms, scalars); see `Pack.unpack`
         for how it is split up again.
         """
         outputs: list = [None] * len(g_leaves)
         groups: dict = {}
         single = []
-        for i, (g, m, a) in enumerate(zip(g_leaves, m_leaves, a_leaves)):
+        for i, (g, m, a) in enumerate(zip(g_leaves, m_leaves, a_leaves, strict=False)):
             if g is None:
                 continue
             packable = a is None and g.size <= PACK_MAX_SIZE and not may_be_split(g)
@@ -307,27 +248,38 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 single.append(i)
         rms = {}
         for i in single:
-            dtype = _step_dtype(g_leaves[i].dtype, m_leaves[i].numerator.dtype)
+            dtype = step_dtype(g_leaves[i].dtype, m_leaves[i].numerator.dtype)
             rms[i] = tuple(B.tensor_rms(B.asarray(x, dtype), a_leaves[i])
                            for x in (g_leaves[i], p_leaves[i]))
         packs = [
-            _Pack.of([g_leaves[i] for i in members], [p_leaves[i] for i in members],
+            Pack.of([g_leaves[i] for i in members], [p_leaves[i] for i in members],
                      [m_leaves[i] for i in members], B)
             for members in groups.values()
         ]
-        finite = _all_finite([rms[i][0] for i in single] + [pack.g_rms for pack in packs], B, a_leaves)
+        finite = all_finite(
+            [rms[i][0] for i in single] + [pack.g_rms for pack in packs], B, a_leaves
+        )
         for i in single:
             outputs[i] = self._step_unless_skipped(
-                g_leaves[i], p_leaves[i], m_leaves[i], step, B, a_leaves[i], rms[i], finite
+                g_leaves[i],
+                p_leaves[i],
+                m_leaves[i],
+                step,
+                B,
+                a_leaves[i],
+                rms[i],
+                finite,
             )
-        for members, pack in zip(groups.values(), packs):
+        for members, pack in zip(groups.values(), packs, strict=False):
             update, memory = self._packed_step(pack, step, B)
             unpacked = pack.unpack(update, memory, finite, self.skip_nonfinite, B)
-            for i, out in zip(members, unpacked):
+            for i, out in zip(members, unpacked, strict=False):
                 outputs[i] = out
         return outputs, finite
 
-    def _step_unless_skipped(self, grad, param, memory, step, B, axis_names, rms, finite):
+    def _step_unless_skipped(
+        self, grad, param, memory, step, B, axis_names, rms, finite
+    ):
         """`_leaf_step` (cast to the compute dtype and back) inside a
         conditional on `finite`: if not `finite` (and `skip_nonfinite`), a zero
         update and `memory` unchanged.
@@ -341,130 +293,24 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         parameters, 1.2x at 10^6 (docs/performance.md)."""
         def taken():  # in the compute dtype inside, the leaf's own dtypes outside
             update, new_memory = self._leaf_step(
-                *_cast_leaf(grad, param, memory, B), step, B, axis_names, rms
+                *cast_leaf(grad, param, memory, B), step, B, axis_names, rms
             )
             update = update.astype(grad.dtype)
-            new_memory = _as_dtype(new_memory, memory.numerator.dtype, B)
-            if B.xp is jnp:  # the skipped branch's types, shardings included (Explicit axes)
-                per_coordinate = self._memory_slots(tuple(grad.shape)) == tuple(grad.shape)
-                update, new_memory = place_step(update, new_memory, grad, memory, per_coordinate)
-            return update, new_memory
+            new_memory = as_dtype(new_memory, memory.numerator.dtype, B)
+            # the skipped branch's types, shardings included (Explicit axes);
+            # NumPy arrays (the reference) pass through unchanged
+            per_coordinate = self._memory_slots(tuple(grad.shape)) == tuple(grad.shape)
+            return place_step(update, new_memory, grad, memory, per_coordinate)
 
         if not self.skip_nonfinite:
             return taken()
         return B.cond(finite, taken, lambda: (B.xp.zeros_like(grad), memory))
 
-    def _packed_step(self, pack: "_Pack", step, B):
+    def _packed_step(self, pack: Pack, step, B):
         """`(update, memory)` of a packed group, still packed (the skip is
-        applied by `_Pack.unpack`)."""
+        applied by `Pack.unpack`)."""
         rms = (pack.g_rms[pack.segments], pack.x_rms[pack.segments])
         return self._leaf_step(pack.grad, pack.param, pack.memory, step, B, None, rms)
-
-
-def _cast_leaf(grad, param, memory: MemoryState, B):
-    """A leaf's gradient, parameter and memory in the dtype its step is computed in."""
-    dtype = _step_dtype(grad.dtype, memory.numerator.dtype)
-    return B.asarray(grad, dtype), B.asarray(param, dtype), _as_dtype(memory, dtype, B)
-
-
-class _Pack(NamedTuple):
-    """Small tensors of one dtype as one vector (see `AbstractMnemosyne._step_leaves`):
-    gradients, parameters and memory packed along the coordinate axis, in the
-    compute dtype, with each tensor's RMS computed by segment."""
-
-    grad: Array
-    param: Array
-    memory: MemoryState
-    g_rms: Array  # one per tensor
-    x_rms: Array
-    segments: np.ndarray  # tensor index of each packed coordinate
-    shapes: tuple
-    dtypes: tuple
-    store: Any  # the memory's storage dtype
-
-    @classmethod
-    def of(cls, grads, params, memories, B) -> "_Pack":
-        store = memories[0].numerator.dtype
-        dtype = _step_dtype(grads[0].dtype, store)
-        sizes = [int(np.prod(g.shape)) for g in grads]
-        pack = lambda xs, lead: B.xp.concatenate(
-            [B.asarray(x, dtype).reshape(x.shape[:lead] + (n,)) for x, n in zip(xs, sizes)],
-            axis=lead,
-        )
-        grad, param = pack(grads, 0), pack(params, 0)
-        segments = np.repeat(np.arange(len(sizes)), sizes)
-        second = memories[0].second_moment
-        return cls(
-            grad, param,
-            MemoryState(pack([m.numerator for m in memories], 3),
-                        pack([m.normaliser for m in memories], 2),
-                        None if second is None else pack([m.second_moment for m in memories], 1)),
-            B.segment_rms(grad, segments, len(sizes)), B.segment_rms(param, segments, len(sizes)),
-            segments, tuple(g.shape for g in grads), tuple(g.dtype for g in grads), store,
-        )
-
-    def unpack(self, update, memory: MemoryState, finite, skip_nonfinite: bool, B) -> list:
-        """Each tensor's `(update, memory)`, in its own shape and dtypes; if
-        `skip_nonfinite` and not `finite`, zero updates and the old memory.
-
-        In two levels, through conditionals on `finite`, whose outputs XLA
-        must materialise: the packed vectors into about sqrt(#tensors) chunks,
-        each chunk into its tensors. Slicing every tensor straight out of the
-        packed step makes XLA copy the whole step into each slice, and many
-        slices of one buffer compile superlinearly (10^3 scalar leaves: 195 s
-        to compile before, 3000 slices of one buffer 48 s flat vs 4 s in two
-        levels, measured on 2 CPU cores).
-        """
-        count = len(self.shapes)
-        sizes = [int(np.prod(shape)) for shape in self.shapes]
-        bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        per_chunk = max(1, int(np.ceil(np.sqrt(count))))
-        outputs = []
-        for first in range(0, count, per_chunk):
-            last = min(first + per_chunk, count)
-            lo, hi = bounds[first], bounds[last]
-            take = lambda u, m: (u[lo:hi], _map_memory(lambda a: a[..., lo:hi], m))
-            kept = lambda: take(update, memory)
-            dropped = lambda: take(B.xp.zeros_like(update), self.memory)
-            chunk_update, chunk_memory = B.cond(finite, kept, dropped if skip_nonfinite else kept)
-            for k in range(first, last):
-                a, b, shape = bounds[k] - lo, bounds[k + 1] - lo, self.shapes[k]
-                piece = lambda x, lead: x[..., a:b].reshape(x.shape[:lead] + shape)
-                outputs.append((
-                    piece(chunk_update, 0).astype(self.dtypes[k]),
-                    _as_dtype(_map_memory(lambda a: piece(a, a.ndim - 1), chunk_memory),
-                              self.store, B),
-                ))
-        return outputs
-
-
-def _cast_theta(lopt, backend):
-    """θ in the backend's arrays: float64 NumPy for the reference; unchanged for JAX."""
-    if backend.xp is jnp:
-        return lopt
-    return jax.tree.map(lambda a: np.asarray(a, np.float64) if eqx.is_array(a) else a, lopt)
-
-
-def _all_finite(grad_rms, B, axis_names):
-    """Whether every gradient is finite, i.e. every tensor's (overflow-safe)
-    gradient RMS is: one reduction over all of them (a chain of `&`s would be
-    copied into every per-leaf select by XLA: compile time quadratic in the
-    leaf count). Under `shard_map`, agreed across the mesh axes in use."""
-    if not grad_rms:
-        return B.xp.asarray(True)
-    flat = [B.xp.reshape(B.xp.asarray(r, np.float64 if B.xp is np else None), (-1,)) for r in grad_rms]
-    finite = B.xp.all(B.xp.isfinite(B.xp.concatenate(flat)))
-    if B.xp is jnp:
-        names = tuple(sorted({n for a in jax.tree.leaves(axis_names) for n in _as_tuple(a)}))
-        if names:
-            finite = jax.lax.pmin(finite.astype(jnp.int32), names).astype(bool)
-    return finite
-
-
-def _as_tuple(a):
-    if a is None:
-        return ()
-    return (a,) if isinstance(a, str) else tuple(a)
 
 
 @register_serialisable
@@ -507,14 +353,56 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     + 1)` memory floats per parameter, plus one for $\\nu$ (5 at the defaults;
     Adam: 2).
 
-    Example:
-        >>> import jax, mnemosyne
+    Args:
+        d_model: token width (the embedding $W_{in}$ has `d_model` rows).
+        num_heads: memory heads $H$, each with its own discount.
+        num_features: random features per head ($r$; $2r$ positive features).
+        key_size: width of the queries and keys.
+        value_size: width of each head's values ($d_v$).
+        timescales: per-head memory timescales $1/\\tau_h$ (default: spread
+            geometrically over 10 to 100 steps).
+        hidden_size: width of the head's hidden layer.
+        step_timescales: timescales of the step embedding (a constant schedule
+            if empty).
+        alpha: step scale $\\alpha$ of (O).
+        beta: magnitude scale $\\beta$ of (O).
+        magnitude_clip: the smooth clip $c$ of the log-magnitude.
+        direction_clip: clip of the direction (`None`: unclipped, v1).
+        feature_clip: clip of the normalised features.
+        second_moment_decay: decay of $\\nu$ (V); `None` gives v1's features.
+        epsilon: $\\epsilon$ of the second-moment normalisation.
+        read_out: feed the memory read-out to the head (`False`: no memory).
+        sign_symmetric: make the step odd in the gradient history (H±), (2±).
+        skip_nonfinite: skip a step whose gradient is not finite.
+        key: PRNG key for θ.
+
+    Returns:
+        The learned optimizer, an `eqx.Module` whose array fields are θ; use it
+        with [`mnemosyne.mnemosyne`][]`(lopt=...)` or meta-train it.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mnemosyne
         >>> lopt = mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0))
         >>> lopt.memory.floats_per_slot()
         4
+        >>> params = {"w": jnp.ones((4, 3))}
+        >>> lopt.state_floats_per_parameter(params)  # memory + second moment
+        5.0
+        >>> tx = mnemosyne.mnemosyne(lopt=lopt)
+        >>> updates, state = tx.update(params, tx.init(params), params)
+        >>> updates["w"].shape
+        (4, 3)
+
+    References:
+        Jain, Choromanski, Dubey, Singh, Sindhwani, Zhang, Tan, "Mnemosyne:
+        Learning to Train Transformers with Transformers", NeurIPS 2023
+        (arXiv 2302.01128): the compact associative memory and the two
+        variants. Choromanski et al., "Rethinking Attention with Performers",
+        ICLR 2021 (arXiv 2009.14794): the positive random features.
     """
 
     packs_small_leaves: ClassVar[bool] = True
+    memory_per_coordinate: ClassVar[bool] = True
     embed_w: Float[Array, "d_model features"]
     embed_b: Float[Array, " d_model"]
     memory: CompactAssociativeMemory
@@ -555,8 +443,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         k_embed, k_mem, k_head = jax.random.split(key, 3)
         num_in = NUM_COORDINATE_FEATURES + len(step_timescales)
         adaptive = second_moment_decay is not None
-        self.embed_w = jax.random.normal(k_embed, (d_model, num_in)) / np.sqrt(num_in)
-        self.embed_b = jnp.zeros(d_model)
+        self.embed_w, self.embed_b = _token_embedding(k_embed, d_model, num_in)
         self.memory = CompactAssociativeMemory(
             d_model, num_heads=num_heads, num_features=num_features, key_size=key_size,
             value_size=value_size, timescales=timescales, key=k_mem,
@@ -587,7 +474,9 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         B = backend
         nu = None
         if self.second_moment_decay is not None:
-            nu = B.second_moment(memory.second_moment[0], grad, self.second_moment_decay)
+            nu = B.second_moment(
+                memory.second_moment[0], grad, self.second_moment_decay
+            )
         f, e, _ = self.features(grad, param, step, B, axis_names, rms, nu)
         if nu is not None:
             memory = memory._replace(second_moment=nu[None])
@@ -597,6 +486,13 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         odd = ODD_FEATURES[nu is not None] if self.sign_symmetric else None
         memory, read = self.memory(memory, f, B, embedding=embedding, odd_inputs=odd)
         return -self.head(f, e, read, B), memory
+
+
+def _token_embedding(key, d_model: int, num_inputs: int):
+    """The token embedding $\\xi = W_{in} f + b_{in}$ of both variants:
+    $W_{in} \\sim \\mathcal N(0, 1/\\text{inputs})$, $b_{in} = 0$."""
+    weight = jax.random.normal(key, (d_model, num_inputs)) / np.sqrt(num_inputs)
+    return weight, jnp.zeros(d_model)
 
 
 def _momentum_initialised(memory: CompactAssociativeMemory) -> CompactAssociativeMemory:
@@ -623,9 +519,52 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
     features and the memory read-out of the meta-token it was pooled into.
     State: $b \\cdot H r (d_v + 1)$ floats per tensor, a small fraction of a float
     per parameter.
+
+    Args:
+        d_model: token width.
+        num_levels: levels $L$ of the hierarchical pooling encoder.
+        chunk_len: tokens per chunk $c$ (each level pools $c$ tokens into one).
+        encoder_features: random features of the encoder's Performer blocks.
+        num_heads: memory heads $H$.
+        num_features: random features per memory head ($r$).
+        key_size: width of the memory's queries and keys.
+        value_size: width of each head's values ($d_v$).
+        timescales: per-head memory timescales (default: spread
+            geometrically over 10 to 100 steps).
+        hidden_size: width of the head's hidden layer.
+        step_timescales: timescales of the step embedding.
+        alpha: step scale $\\alpha$ of (O).
+        beta: magnitude scale $\\beta$ of (O).
+        feature_clip: clip of the normalised features.
+        skip_nonfinite: skip a step whose gradient is not finite.
+        key: PRNG key for θ.
+
+    Returns:
+        The learned optimizer, an `eqx.Module` whose array fields are θ.
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, mnemosyne
+        >>> lopt = mnemosyne.TensorwiseMnemosyne(key=jax.random.key(0))
+        >>> lopt.encoder.num_meta_tokens(1000)  # 1000 coordinates, 16**2 pooled
+        4
+        >>> params = {"w": jnp.ones((10, 100))}
+        >>> tx = mnemosyne.mnemosyne(lopt=lopt)
+        >>> updates, _ = tx.update(params, tx.init(params), params)
+        >>> updates["w"].shape
+        (10, 100)
+        >>> lopt.init(params).memory["w"].numerator.shape[-1]  # one slot a meta-token
+        4
+
+    References:
+        The hierarchical pooling encoder and the memory per meta-token: Jain et
+        al., NeurIPS 2023, "Mnemosyne: Learning to Train Transformers with
+        Transformers" (arXiv 2302.01128), Fig. 1. The encoder's and the
+        memory's positive random features: Choromanski et al., ICLR 2021,
+        "Rethinking Attention with Performers" (arXiv 2009.14794).
     """
 
     packs_small_leaves: ClassVar[bool] = False
+    memory_per_coordinate: ClassVar[bool] = False
     embed_w: Float[Array, "d_model features"]
     embed_b: Float[Array, " d_model"]
     encoder: HierarchicalPoolingEncoder
@@ -662,8 +601,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         self.config = freeze_config(locals())
         k_embed, k_enc, k_mem, k_head = jax.random.split(key, 4)
         num_in = NUM_COORDINATE_FEATURES + len(step_timescales)
-        self.embed_w = jax.random.normal(k_embed, (d_model, num_in)) / np.sqrt(num_in)
-        self.embed_b = jnp.zeros(d_model)
+        self.embed_w, self.embed_b = _token_embedding(k_embed, d_model, num_in)
         self.encoder = HierarchicalPoolingEncoder(
             d_model, num_levels=num_levels, chunk_len=chunk_len,
             num_features=encoder_features, key=k_enc,
@@ -673,7 +611,11 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
             value_size=value_size, timescales=timescales, key=k_mem,
         )
         self.head = LearnedStepHead(
-            num_in + num_heads * value_size, hidden_size, alpha=alpha, beta=beta, key=k_head
+            num_in + num_heads * value_size,
+            hidden_size,
+            alpha=alpha,
+            beta=beta,
+            key=k_head,
         )
         self.step_timescales = tuple(float(t) for t in step_timescales)
         self.feature_clip = float(feature_clip)
@@ -693,8 +635,8 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
             )
         B = backend
         shape = grad.shape
-        if B.xp is jnp:
-            (grad, param), spec = replicate_explicit(grad, param)
+        # whole tensors (a NumPy reference leaf is one already: spec None)
+        (grad, param), spec = replicate_explicit(grad, param)
         f, e, _ = self.features(grad, param, step, B, rms=rms)
         f = B.reshape_rows(f, (grad.size,))
         embedding = fold_shared_inputs(self.embed_w, self.embed_b, e, len(f), B)
@@ -703,23 +645,8 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         pooled = self.encoder.chunk_len ** len(self.encoder.levels)
         read = B.unpool(read, grad.size, pooled)
         update = -self.head(f, e, read, B).reshape(shape)
-        if B.xp is jnp and spec is not None:
+        if spec is not None:
             update = jax.reshard(update, spec)
         return update, memory
 
 
-def _step_dtype(grad_dtype, memory_dtype):
-    """The dtype a step is computed in: at least float32, and at least the
-    precision of the stored memory."""
-    return np.dtype(jnp.promote_types(compute_dtype(grad_dtype), memory_dtype))
-
-
-def _as_dtype(memory: MemoryState, dtype, B) -> MemoryState:
-    """The memory in the state's dtype (the float64 NumPy reference computes in
-    float64 but keeps the state's dtype stable across steps, as JAX does)."""
-    return _map_memory(lambda a: B.asarray(a, dtype), memory)
-
-
-def _map_memory(fn, memory: MemoryState) -> MemoryState:
-    """`fn` applied to each array of a leaf's memory (`None` fields stay `None`)."""
-    return MemoryState(*(None if a is None else fn(a) for a in memory))

@@ -39,7 +39,8 @@ class CompactAssociativeMemory(eqx.Module):
     $$N_t = e^{-\\tau_h} N_{t-1} + \\phi(k) v^\\top,\\quad
       \\Psi_t = e^{-\\tau_h} \\Psi_{t-1} + \\phi(k) \\qquad (4)$$
 
-    $$o_t = \\frac{N_t^\\top \\phi(q)}{\\phi(q)^\\top \\Psi_t + \\varepsilon} \\qquad (5)$$
+    $$o_t = \\frac{N_t^\\top \\phi(q)}{\\phi(q)^\\top \\Psi_t + \\varepsilon} \\qquad
+    (5)$$
 
     i.e. causal linear (Performer) attention over the optimisation history with
     exponential forgetting, computed recurrently in $O(r\\,d_v)$ memory per slot.
@@ -72,9 +73,15 @@ class CompactAssociativeMemory(eqx.Module):
         self.key_proj = scale * jax.random.normal(kk, (num_heads, key_size, token_size))
         self.value = scale * jax.random.normal(kv, (num_heads, value_size, token_size))
         if timescales is None:
-            timescales = tuple(np.geomspace(10.0, 100.0, num_heads)) if num_heads > 1 else (10.0,)
+            timescales = (
+                tuple(np.geomspace(10.0, 100.0, num_heads))
+                if num_heads > 1
+                else (10.0,)
+            )
         if len(timescales) != num_heads:
-            raise ValueError(f"need one timescale per head, got {len(timescales)} for {num_heads}")
+            raise ValueError(
+                f"need one timescale per head, got {len(timescales)} for {num_heads}"
+            )
         self.log_tau = -jnp.log(jnp.asarray(timescales, jnp.float32))  # tau = 1/T
         self.features = RandomFeatureMap(num_heads, num_features, key_size, key=kf)
         self.eps = eps
@@ -94,7 +101,9 @@ class CompactAssociativeMemory(eqx.Module):
     def init_state(self, slots: tuple[int, ...], dtype, xp=jnp) -> MemoryState:
         """Empty memory ($N_0 = 0$, $\\Psi_0 = 0$) for the given slot shape."""
         h, r, dv = self.num_heads, self.num_features, self.value_size
-        return MemoryState(xp.zeros((h, r, dv) + slots, dtype), xp.zeros((h, r) + slots, dtype))
+        return MemoryState(
+            xp.zeros((h, r, dv) + slots, dtype), xp.zeros((h, r) + slots, dtype)
+        )
 
     def floats_per_slot(self) -> int:
         return self.num_heads * self.num_features * (self.value_size + 1)
@@ -135,7 +144,9 @@ class CompactAssociativeMemory(eqx.Module):
             u_odd, u_even = [inputs[i] for i in odd], [inputs[i] for i in even]
             project_value = lambda w: B.dense(
                 (w @ embed_w)[:, odd], B.xp.zeros(w.shape[0], inputs[0].dtype), u_odd)
-            project_context = lambda w: B.dense((w @ embed_w)[:, even], w @ embed_b, u_even)
+            project_context = lambda w: B.dense(
+                (w @ embed_w)[:, even], w @ embed_b, u_even
+            )
         q = B.stack_heads([project_context(self.query[h]) for h in heads])
         k = B.stack_heads([project_context(self.key_proj[h]) for h in heads])
         v = B.stack_heads([project_value(self.value[h]) for h in heads])

@@ -53,7 +53,9 @@ def _typed_sharding(x):
 def param_sharding(param) -> NamedSharding | None:
     """Where `param` lives, if it says: a concrete array's `NamedSharding`, or,
     for a traced one, the sharding in its type under Explicit axes."""
-    if isinstance(param, jax.core.Tracer):  # (and first: `.sharding` of a tracer is slow)
+    if isinstance(
+        param, jax.core.Tracer
+    ):  # (and first: `.sharding` of a tracer is slow)
         sharding = _typed_sharding(param)
         if sharding is None or not _is_explicit(sharding.mesh):
             return None

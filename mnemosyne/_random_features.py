@@ -21,7 +21,9 @@ class RandomFeatureMap(eqx.Module):
 
     omega: Frozen
 
-    def __init__(self, num_maps: int, num_features: int, dim: int, *, key: PRNGKeyArray):
+    def __init__(
+        self, num_maps: int, num_features: int, dim: int, *, key: PRNGKeyArray
+    ):
         if num_features < 2 or num_features % 2:
             raise ValueError(
                 f"num_features (r) must be a positive even number, got {num_features}: "
@@ -34,7 +36,9 @@ class RandomFeatureMap(eqx.Module):
         )
         self.omega = Frozen(omega)
 
-    def keys(self, z: Float[Array, "maps d ..."], backend) -> Float[Array, "maps r ..."]:
+    def keys(
+        self, z: Float[Array, "maps d ..."], backend
+    ) -> Float[Array, "maps r ..."]:
         """Exact features $\\phi(k)$ for writing (Eq. A.1), one map per head."""
         omega = backend.stop_gradient(self.omega.value)
         return backend.stack_heads(
@@ -45,5 +49,8 @@ class RandomFeatureMap(eqx.Module):
         """Stabilised features $\\tilde\\phi(q)$ for reading (Eq. A.1 up to scale)."""
         omega = backend.stop_gradient(self.omega.value)
         return backend.stack_heads(
-            [backend.hyperbolic_query_features(z[h], omega[h]) for h in range(len(omega))]
+            [
+                backend.hyperbolic_query_features(z[h], omega[h])
+                for h in range(len(omega))
+            ]
         )

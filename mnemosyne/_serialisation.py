@@ -56,7 +56,9 @@ def freeze_config(config: dict) -> tuple:
     def freeze(v):
         return tuple(freeze(x) for x in v) if isinstance(v, (list, tuple)) else v
 
-    return tuple(sorted((k, freeze(v)) for k, v in config.items() if k not in ("key", "self")))
+    return tuple(
+        sorted((k, freeze(v)) for k, v in config.items() if k not in ("key", "self"))
+    )
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -78,7 +80,37 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 
 def save(path, lopt: eqx.Module) -> None:
-    """Save a learned optimizer (θ and its configuration) to `path`, atomically."""
+    """Save a learned optimizer (θ and its configuration) to `path`, atomically.
+
+    The file is self-describing: a JSON header names the class, its
+    constructor arguments and the payload's SHA-256, followed by θ as
+    `eqx.tree_serialise_leaves` writes it, so [`mnemosyne.load`][] needs no
+    template. It is written to a temporary file and moved into place: a reader
+    never sees a partial file.
+
+    Args:
+        path: the file to write (conventionally `*.eqx`).
+        lopt: a registered learned optimizer: `CoordinatewiseMnemosyne`,
+            `TensorwiseMnemosyne` or `baselines.LSTMOptimizer`.
+
+    Returns:
+        `None`.
+
+    Raises:
+        TypeError: `lopt` is not a registered learned optimizer.
+
+    Examples:
+        >>> import os, tempfile, jax, mnemosyne
+        >>> lopt = mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0))
+        >>> path = os.path.join(tempfile.mkdtemp(), "mine.eqx")
+        >>> mnemosyne.save(path, lopt)
+        >>> type(mnemosyne.load(path)).__name__
+        'CoordinatewiseMnemosyne'
+
+    References:
+        Jain et al., "Mnemosyne: Learning to Train Transformers with
+        Transformers", NeurIPS 2023 (the optimizer whose θ is saved).
+    """
     name = type(lopt).__name__
     if name not in _CLASSES:
         raise TypeError(f"cannot save a {name}: not a registered learned optimizer")
@@ -144,9 +176,13 @@ def _read_leaf(f, like):
         return eqx.default_deserialise_filter_spec(f, like)
     value = np.load(f, allow_pickle=False)
     if value.shape != like.shape:
-        raise ValueError(f"shape {value.shape} on disk, {like.shape} in the configuration")
+        raise ValueError(
+            f"shape {value.shape} on disk, {like.shape} in the configuration"
+        )
     if value.dtype.kind != np.dtype(like.dtype).kind:
-        raise ValueError(f"dtype {value.dtype} on disk, {like.dtype} in the configuration")
+        raise ValueError(
+            f"dtype {value.dtype} on disk, {like.dtype} in the configuration"
+        )
     return jnp.asarray(value)
 
 
@@ -169,12 +205,36 @@ def _deserialise(payload: bytes, skeleton):
 def load(path) -> eqx.Module:
     """Load a learned optimizer saved with [`mnemosyne.save`][].
 
+    The class and its configuration come from the file's header (the module
+    defining the class is imported if needed), so no template is passed; θ
+    keeps the dtypes it was saved in.
+
+    Args:
+        path: a file written by [`mnemosyne.save`][].
+
+    Returns:
+        The learned optimizer, an `eqx.Module` (e.g. `CoordinatewiseMnemosyne`),
+        ready for [`mnemosyne.mnemosyne`][]`(lopt=...)`.
+
     Raises:
         FileNotFoundError: no such file.
         WeightsFileError: not a Mnemosyne weights file (e.g. a meta-training
             checkpoint), a newer format version, a truncated or corrupted file,
             a configuration this version cannot build, or a payload that does not
             match the configuration in its header. The message says which.
+
+    Examples:
+        >>> import os, tempfile, jax, mnemosyne
+        >>> lopt = mnemosyne.TensorwiseMnemosyne(key=jax.random.key(0))
+        >>> path = os.path.join(tempfile.mkdtemp(), "mine.eqx")
+        >>> mnemosyne.save(path, lopt)
+        >>> loaded = mnemosyne.load(path)
+        >>> bool((loaded.head.w1 == lopt.head.w1).all())
+        True
+
+    References:
+        Jain et al., "Mnemosyne: Learning to Train Transformers with
+        Transformers", NeurIPS 2023.
     """
     path = pathlib.Path(path)
     data = path.read_bytes()
@@ -182,10 +242,13 @@ def load(path) -> eqx.Module:
         if data.startswith(_CHECKPOINT_MAGIC):
             raise WeightsFileError(
                 f"{path} is a meta-training checkpoint, not a weights file: resume it "
-                "with MetaTrainer(..., checkpoint_dir=...).run(), or save its optimizer "
+                "with MetaTrainer(..., checkpoint_dir=...).run(), or save its "
+                "optimizer "
                 "with mnemosyne.save(path, trainer.lopt)"
             )
-        raise WeightsFileError(f"{path} is not a Mnemosyne weights file (bad magic bytes)")
+        raise WeightsFileError(
+            f"{path} is not a Mnemosyne weights file (bad magic bytes)"
+        )
     header_line, sep, payload = data[len(MAGIC):].partition(b"\n")
     try:
         header = json.loads(header_line) if sep else None
@@ -195,7 +258,9 @@ def load(path) -> eqx.Module:
         raise WeightsFileError(f"{path}: the header is truncated or corrupted")
     version = header.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise WeightsFileError(f"{path}: the header is corrupted (format version {version!r})")
+        raise WeightsFileError(
+            f"{path}: the header is corrupted (format version {version!r})"
+        )
     if version > FORMAT_VERSION:
         raise WeightsFileError(
             f"{path}: format version {version}, this mnemosyne reads version "
@@ -206,15 +271,20 @@ def load(path) -> eqx.Module:
     expected = header.get("payload_bytes")
     if not isinstance(expected, int) or len(payload) > expected:
         raise WeightsFileError(
-            f"{path} is corrupted: {len(payload)} payload bytes, the header says {expected}"
+            f"{path} is corrupted: {len(payload)} payload bytes, the header says "
+            f"{expected}"
         )
     if len(payload) < expected:
-        raise WeightsFileError(f"{path} is truncated: {len(payload)} of {expected} payload bytes")
+        raise WeightsFileError(
+            f"{path} is truncated: {len(payload)} of {expected} payload bytes"
+        )
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise WeightsFileError(f"{path} is corrupted: checksum mismatch")
     cls = _resolve_class(header)
     if cls is None:
-        raise WeightsFileError(f"{path}: unknown optimizer class {header.get('class')!r}")
+        raise WeightsFileError(
+            f"{path}: unknown optimizer class {header.get('class')!r}"
+        )
     config = header.get("config")
     if not isinstance(config, dict):
         raise WeightsFileError(f"{path}: the header has no optimizer configuration")
@@ -237,14 +307,52 @@ def load(path) -> eqx.Module:
 def pretrained(name: str = "default") -> eqx.Module:
     """A shipped pretrained learned optimizer.
 
-    `"default"` is the coordinate-wise Mnemosyne meta-trained by
-    `mnemosyne meta-train --preset default`; `"lstm"` and `"lstm_multiscale"`
-    are the LSTM baselines.
+    Three names are shipped (each `mnemosyne/weights/<name>.eqx`, with a
+    `<name>.eqx.json` record of how it was trained: preset, command, steps,
+    wall time, machine):
+
+    - `"default"`: the coordinate-wise Mnemosyne
+      ([`CoordinatewiseMnemosyne`][mnemosyne.CoordinatewiseMnemosyne])
+      meta-trained by `mnemosyne meta-train --preset default`; what
+      [`mnemosyne.mnemosyne`][]`()` uses.
+    - `"lstm"`: the 2016 LSTM optimizer
+      ([`LSTMOptimizer`][mnemosyne.baselines.LSTMOptimizer],
+      `features="gradient"`), meta-trained with the same recipe
+      (`--preset lstm`); what [`mnemosyne.baselines.lstm`][]`()` uses.
+    - `"lstm_multiscale"`: the feature-engineered LSTM
+      (`features="multiscale"`, `--preset lstm_multiscale`);
+      `mnemosyne.baselines.lstm(variant="multiscale")`.
 
     The file is read once per process (modules are immutable, so every call
     returns the same module), and again only if it changes on disk; so
     `optax.inject_hyperparams(mnemosyne.mnemosyne)`, which calls the factory on
     every step, does not re-read it.
+
+    Args:
+        name: `"default"`, `"lstm"` or `"lstm_multiscale"`.
+
+    Returns:
+        The learned optimizer (an `eqx.Module` holding θ).
+
+    Raises:
+        FileNotFoundError: no shipped weights of that name (the message lists
+            the available ones).
+
+    Examples:
+        >>> import mnemosyne
+        >>> type(mnemosyne.pretrained("default")).__name__
+        'CoordinatewiseMnemosyne'
+        >>> mnemosyne.pretrained("lstm").features
+        'gradient'
+        >>> mnemosyne.pretrained("lstm_multiscale").features
+        'multiscale'
+        >>> tx = mnemosyne.mnemosyne(lopt=mnemosyne.pretrained("default"))
+
+    References:
+        Jain et al., "Mnemosyne: Learning to Train Transformers with
+        Transformers", NeurIPS 2023 (`"default"`). Andrychowicz et al.,
+        "Learning to learn by gradient descent by gradient descent", NeurIPS
+        2016 (`"lstm"`, `"lstm_multiscale"`).
     """
     path = WEIGHTS_DIR / f"{name}.eqx"
     try:
@@ -269,5 +377,9 @@ def load_once(path, stat: os.stat_result | None = None) -> eqx.Module:
 
 @functools.lru_cache(maxsize=16)
 def _load_cached(path: str, mtime_ns: int, size: int, x64: bool) -> eqx.Module:
-    del mtime_ns, size, x64  # cache keys only: a rewritten file or another x64 mode reloads
+    del (
+        mtime_ns,
+        size,
+        x64,
+    )  # cache keys only: a rewritten file or another x64 mode reloads
     return load(path)

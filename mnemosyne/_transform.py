@@ -30,10 +30,23 @@ def as_gradient_transformation(
 ) -> optax.GradientTransformationExtraArgs:
     """Any learned optimizer as an optax transformation (its raw step).
 
-    `init` and `update` are `jax.tree_util.Partial`s over the module: pytrees
-    whose leaves are θ (so θ is never baked into a closure, and can be traced
-    or differentiated), and hashable, so `jax.jit(tx.update)` works.
-    `init_kwargs` (static options such as `memory_dtype`) go to `lopt.init`.
+    The one wrapper every learned optimizer of the package goes through
+    (Mnemosyne's `scale_by_mnemosyne`, the LSTM's `baselines.lstm`,
+    `LearnableSGD` in the tests). `init` and `update` are
+    `jax.tree_util.Partial`s over the module: pytrees whose leaves are θ (so θ
+    is never baked into a closure, and can be traced or differentiated), and
+    hashable, so `jax.jit(tx.update)` works. `init_kwargs` (static options
+    such as `memory_dtype`) go to `lopt.init`.
+
+    Args:
+        lopt: the learned optimizer; its `update` takes a keyword-only
+            `backend` (`"jax"` or `"numpy"`).
+        backend: which kernels `update` runs: `"jax"` or `"numpy"` (the
+            float64 reference, eager).
+        **init_kwargs: passed to `lopt.init`.
+
+    Returns:
+        An `optax.GradientTransformationExtraArgs`.
     """
     if backend not in _UPDATE_FUNCTIONS:
         raise ValueError(f"unknown backend {backend!r}; expected 'jax' or 'numpy'")
@@ -52,6 +65,12 @@ def scale_by_mnemosyne(
 ) -> optax.GradientTransformationExtraArgs:
     """The raw learned step of a Mnemosyne optimizer, as an optax transformation.
 
+    $$u_t = \\text{step}_\\theta(g_t, x_t, \\text{memory}_t)$$
+
+    No learning rate is applied: chain it with
+    `optax.scale_by_learning_rate`, or use [`mnemosyne.mnemosyne`][], which
+    does so (and keeps each update in its gradient's dtype).
+
     Args:
         lopt: the learned optimizer (θ); defaults to `pretrained("default")`.
         backend: `"jax"`, or `"numpy"` for the float64 reference (not jittable).
@@ -62,6 +81,25 @@ def scale_by_mnemosyne(
     Returns:
         An `optax.GradientTransformationExtraArgs`; `update(grads, state, params)`
         needs `params` and ignores extra keyword arguments.
+
+    Examples:
+        >>> import jax.numpy as jnp, mnemosyne
+        >>> tx = mnemosyne.scale_by_mnemosyne()
+        >>> params = {"w": jnp.ones((2, 3))}
+        >>> state = tx.init(params)
+        >>> updates, state = tx.update({"w": jnp.ones((2, 3))}, state, params)
+        >>> updates["w"].shape, updates["w"].dtype
+        ((2, 3), dtype('float32'))
+        >>> bool((updates["w"] < 0).all())  # a descent step on a positive gradient
+        True
+
+    References:
+        Jain, Choromanski, Dubey, Singh, Sindhwani, Zhang, Tan, "Mnemosyne:
+        Learning to Train Transformers with Transformers", NeurIPS 2023
+        ([arXiv 2302.01128](https://arxiv.org/abs/2302.01128)).
+        Choromanski et al., "Rethinking Attention with Performers", ICLR 2021
+        ([arXiv 2009.14794](https://arxiv.org/abs/2009.14794)): the positive
+        random features of the compact associative memory.
     """
     if lopt is None:
         from ._serialisation import pretrained
@@ -69,7 +107,9 @@ def scale_by_mnemosyne(
         lopt = pretrained("default")
     if memory_dtype is None:
         return as_gradient_transformation(lopt, backend=backend)
-    return as_gradient_transformation(lopt, backend=backend, memory_dtype=np.dtype(memory_dtype))
+    return as_gradient_transformation(
+        lopt, backend=backend, memory_dtype=np.dtype(memory_dtype)
+    )
 
 
 def mnemosyne(
@@ -96,16 +136,36 @@ def mnemosyne(
             `optax.adam`: `jnp.bfloat16` halves the state (2 bytes per float)
             at a measured cost in quality (see the performance page).
 
-    Example:
-        >>> import jax.numpy as jnp, optax, mnemosyne
+    Returns:
+        An `optax.GradientTransformationExtraArgs`: `init(params)` and
+        `update(grads, state, params, **extra_args)`, with the optax sign
+        convention (`optax.apply_updates(params, updates)` is the new iterate).
+
+    Examples:
+        >>> import jax, jax.numpy as jnp, optax, mnemosyne
         >>> params = {"w": jnp.ones(3)}
         >>> tx = mnemosyne.mnemosyne()
         >>> state = tx.init(params)
-        >>> updates, state = tx.update({"w": jnp.ones(3)}, state, params)
-        >>> params = optax.apply_updates(params, updates)
+        >>> loss = lambda p: jnp.sum((p["w"] - 0.5) ** 2)
+        >>> for _ in range(3):
+        ...     grads = jax.grad(loss)(params)
+        ...     updates, state = tx.update(grads, state, params)
+        ...     params = optax.apply_updates(params, updates)
+        >>> bool(loss(params) < loss({"w": jnp.ones(3)}))
+        True
+        >>> tx = optax.inject_hyperparams(mnemosyne.mnemosyne)(learning_rate=0.5)
+        >>> float(tx.init(params).hyperparams["learning_rate"])
+        0.5
+
+    References:
+        The optimizer: Jain et al., NeurIPS 2023, "Mnemosyne: Learning to Train
+        Transformers with Transformers" (arXiv 2302.01128). Its memory's
+        positive random features: Choromanski et al., ICLR 2021, "Rethinking
+        Attention with Performers" (arXiv 2009.14794).
     """
     return scaled_by_learning_rate(
-        scale_by_mnemosyne(lopt, backend=backend, memory_dtype=memory_dtype), learning_rate
+        scale_by_mnemosyne(lopt, backend=backend, memory_dtype=memory_dtype),
+        learning_rate,
     )
 
 
@@ -116,7 +176,8 @@ def _keep_dtype(update, grad):
 
 
 def scaled_by_learning_rate(
-    learned: optax.GradientTransformationExtraArgs, learning_rate: optax.ScalarOrSchedule
+    learned: optax.GradientTransformationExtraArgs,
+    learning_rate: optax.ScalarOrSchedule,
 ) -> optax.GradientTransformationExtraArgs:
     """`learned` followed by `optax.scale_by_learning_rate(learning_rate,
     flip_sign=False)`, with each update cast back to its gradient's dtype.
@@ -126,7 +187,9 @@ def scaled_by_learning_rate(
     update times a float32 learning rate from `optax.inject_hyperparams`, would
     otherwise follow NumPy's or JAX's promotion of the day.
     """
-    chain = optax.chain(learned, optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+    chain = optax.chain(
+        learned, optax.scale_by_learning_rate(learning_rate, flip_sign=False)
+    )
 
     def update(updates, state, params=None, **extra_args):
         new, state = chain.update(updates, state, params, **extra_args)

@@ -1,4 +1,5 @@
-"""Command line: `mnemosyne demo | meta-train | evaluate | ablation` (also `python -m mnemosyne`).
+"""Command line: `mnemosyne demo | meta-train | evaluate | ablation` (also `python -m
+mnemosyne`).
 
 Errors a user can fix (unknown names, missing files, bad values) exit with
 status 2 and a one-line message, never a traceback.
@@ -30,7 +31,9 @@ def _folder(text: str, what: str) -> pathlib.Path:
     """An output folder: refused (one line) if it exists as a file."""
     path = pathlib.Path(text)
     if path.exists() and not path.is_dir():
-        raise UsageError(f"{what} {text!r} is a file, not a folder; choose another {what}")
+        raise UsageError(
+            f"{what} {text!r} is a file, not a folder; choose another {what}"
+        )
     return path
 
 
@@ -67,10 +70,14 @@ def _check_tasks(names: list[str]) -> list[str]:
     if names == ["all"]:
         return known
     if not names:
-        raise UsageError("no tasks given; pass --tasks all or names from `mnemosyne evaluate --list`")
+        raise UsageError(
+            "no tasks given; pass --tasks all or names from `mnemosyne evaluate --list`"
+        )
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise UsageError(f"unknown task(s) {unknown}; run `mnemosyne evaluate --list` to see them")
+        raise UsageError(
+            f"unknown task(s) {unknown}; run `mnemosyne evaluate --list` to see them"
+        )
     return names
 
 
@@ -92,28 +99,41 @@ def cmd_demo(args) -> int:
         f"{' and '.join(optimizers)} (vit_digits is a kind held out of meta-training)."
     )
     start = time.perf_counter()
-    result = evaluate(optimizers, list(DEMO_TASKS), seeds=args.seeds, num_steps=args.steps)
+    result = evaluate(
+        optimizers, list(DEMO_TASKS), seeds=args.seeds, num_steps=args.steps
+    )
     out.mkdir(parents=True, exist_ok=True)
     result.save(out)
     print(result.to_markdown())
-    print(f"\nWrote {out / 'results.md'}, {out / 'results.json'} and PNG plots in {out}/ "
-          f"({time.perf_counter() - start:.0f} s).")
+    print(
+        f"\nWrote {out / 'results.md'}, {out / 'results.json'} and PNG plots in {out}/ "
+        f"({time.perf_counter() - start:.0f} s)."
+    )
     return 0
 
 
 def cmd_meta_train(args) -> int:
     """Meta-train a preset and save its weights."""
-    from .meta import PRESETS, CheckpointError, IncompatibleCheckpointError, train_preset
+    from .meta import (
+        PRESETS,
+        CheckpointError,
+        IncompatibleCheckpointError,
+        train_preset,
+    )
 
     if args.preset not in PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+        raise UsageError(
+            f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}"
+        )
     output = pathlib.Path(args.output or f"{args.preset}.eqx")
     if output.is_dir():
         raise UsageError(
-            f"--output {str(output)!r} is a folder; give a file name like {args.preset}.eqx"
+            f"--output {str(output)!r} is a folder; give a file name like "
+            f"{args.preset}.eqx"
         )
     checkpoints = _folder(
-        args.checkpoint_dir or f"{output.with_suffix('')}_checkpoints", "--checkpoint-dir"
+        args.checkpoint_dir or f"{output.with_suffix('')}_checkpoints",
+        "--checkpoint-dir",
     )
     start = time.perf_counter()
     try:
@@ -173,66 +193,113 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_ablation(args) -> int:
-    """Meta-train Mnemosyne's memory variants with one reduced budget and compare them."""
+    """Meta-train Mnemosyne's memory variants with one reduced budget and compare
+    them."""
     from .evaluation import ABLATION_OUTER_STEPS, ABLATION_TASKS, memory_ablation
     from .evaluation._ablation import ABLATION_VARIANTS, design_variants
     from .meta import PRESETS
 
     if args.preset not in PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
-    tasks = list(ABLATION_TASKS) if args.tasks is None else _check_tasks(_csv(args.tasks))
+        raise UsageError(
+            f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}"
+        )
+    tasks = (
+        list(ABLATION_TASKS) if args.tasks is None else _check_tasks(_csv(args.tasks))
+    )
     out = _folder(args.out, "--out")
     start = time.perf_counter()
     design = args.variants == "design"
-    memory_ablation(out, num_outer_steps=args.outer_steps or ABLATION_OUTER_STEPS, tasks=tasks,
-                    seeds=args.seeds, num_steps=args.steps, preset=args.preset,
-                    variants=design_variants() if design else ABLATION_VARIANTS,
-                    title="Design ablation" if design else "Memory ablation")
+    memory_ablation(
+        out,
+        num_outer_steps=args.outer_steps or ABLATION_OUTER_STEPS,
+        tasks=tasks,
+        seeds=args.seeds,
+        num_steps=args.steps,
+        preset=args.preset,
+        variants=design_variants() if design else ABLATION_VARIANTS,
+        title="Design ablation" if design else "Memory ablation",
+    )
     print((out / "ablation.md").read_text())
-    print(f"Wrote {out}/ablation.md, ablation.json, ablation.png and the variants' weights "
-          f"({time.perf_counter() - start:.0f} s).")
+    print(
+        f"Wrote {out}/ablation.md, ablation.json, ablation.png and the variants' "
+        "weights "
+        f"({time.perf_counter() - start:.0f} s)."
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="mnemosyne", description="Mnemosyne learned optimizer: demo, meta-training, evaluation."
+        prog="mnemosyne",
+        description="Mnemosyne learned optimizer: demo, meta-training, evaluation.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="pretrained Mnemosyne vs Adam on real models")
-    demo.add_argument("--steps", type=_positive_int, default=500, help="training steps (500)")
-    demo.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated seeds (0)")
+    demo.add_argument(
+        "--steps", type=_positive_int, default=500, help="training steps (500)"
+    )
+    demo.add_argument(
+        "--seeds", type=_seeds, default=(0,), help="comma-separated seeds (0)"
+    )
     demo.add_argument("--out", default="demo_out", help="output folder (demo_out)")
     demo.set_defaults(func=cmd_demo)
 
-    meta = sub.add_parser("meta-train", help="meta-train a preset (e.g. --preset default)")
+    meta = sub.add_parser(
+        "meta-train", help="meta-train a preset (e.g. --preset default)"
+    )
     meta.add_argument("--preset", required=True, help="preset name: default, lstm, ...")
     meta.add_argument("--output", help="weights file to write (<preset>.eqx)")
-    meta.add_argument("--checkpoint-dir", help="checkpoint folder (<output>_checkpoints)")
-    meta.add_argument("--no-resume", action="store_true", help="start over, ignore checkpoints")
-    meta.add_argument("--steps", type=_positive_int, default=None, help="outer steps (preset's)")
+    meta.add_argument(
+        "--checkpoint-dir", help="checkpoint folder (<output>_checkpoints)"
+    )
+    meta.add_argument(
+        "--no-resume", action="store_true", help="start over, ignore checkpoints"
+    )
+    meta.add_argument(
+        "--steps", type=_positive_int, default=None, help="outer steps (preset's)"
+    )
     meta.set_defaults(func=cmd_meta_train)
 
     ev = sub.add_parser("evaluate", help="compare optimizers over tasks and seeds")
-    ev.add_argument("--optimizers", default="mnemosyne,adam", help="comma-separated names")
+    ev.add_argument(
+        "--optimizers", default="mnemosyne,adam", help="comma-separated names"
+    )
     ev.add_argument("--tasks", default="all", help="comma-separated task names, or all")
-    ev.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated seeds")
-    ev.add_argument("--steps", type=_positive_int, default=300, help="training steps per run")
+    ev.add_argument(
+        "--seeds", type=_seeds, default=(0, 1, 2), help="comma-separated seeds"
+    )
+    ev.add_argument(
+        "--steps", type=_positive_int, default=300, help="training steps per run"
+    )
     ev.add_argument("--out", default="results_out", help="output folder (results_out)")
     ev.add_argument("--list", action="store_true", help="list the tasks and exit")
     ev.add_argument("--resume", action="store_true",
                     help="keep the tasks an interrupted run saved in OUT/partial.json")
     ev.set_defaults(func=cmd_evaluate)
 
-    ab = sub.add_parser("ablation", help="memory ablation of Mnemosyne (meta-trains variants)")
-    ab.add_argument("--outer-steps", type=_positive_int, default=None,
-                    help="meta-training outer steps per variant (ABLATION_OUTER_STEPS: 100)")
+    ab = sub.add_parser(
+        "ablation", help="memory ablation of Mnemosyne (meta-trains variants)"
+    )
+    ab.add_argument(
+        "--outer-steps",
+        type=_positive_int,
+        default=None,
+        help="meta-training outer steps per variant (ABLATION_OUTER_STEPS: 100)",
+    )
     ab.add_argument("--tasks", default=None, help="evaluation tasks (ABLATION_TASKS)")
-    ab.add_argument("--seeds", type=_seeds, default=(0, 1), help="evaluation seeds (0,1)")
-    ab.add_argument("--steps", type=_positive_int, default=300, help="training steps per run")
-    ab.add_argument("--preset", default="default", help="preset the variants follow (default)")
-    ab.add_argument("--out", default="ablation_out", help="output folder (ablation_out)")
+    ab.add_argument(
+        "--seeds", type=_seeds, default=(0, 1), help="evaluation seeds (0,1)"
+    )
+    ab.add_argument(
+        "--steps", type=_positive_int, default=300, help="training steps per run"
+    )
+    ab.add_argument(
+        "--preset", default="default", help="preset the variants follow (default)"
+    )
+    ab.add_argument(
+        "--out", default="ablation_out", help="output folder (ablation_out)"
+    )
     ab.add_argument("--variants", choices=("memory", "design"), default="memory",
                     help="memory variants (heads, features) or the v2 design choices")
     ab.set_defaults(func=cmd_ablation)
@@ -262,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # a path given on the command line cannot be read or written
         print(
-            f"mnemosyne {args.command}: error: {err.strerror or err}: {err.filename!r}; "
+            f"mnemosyne {args.command}: error: {err.strerror or err}: "
+            f"{err.filename!r}; "
             "check the path and its permissions",
             file=sys.stderr,
         )

@@ -4,7 +4,8 @@ Store L random key/value patterns, then query with each stored key (optionally
 noisy) and compare what comes back with the stored value. Two memories:
 
 - exact softmax attention (a dense associative memory, Ramsauer et al. 2020):
-  $o(q) = \\sum_i e^{-\\tau (L-i)} e^{\\beta k_i^\\top q} v_i / \\sum_i e^{-\\tau (L-i)} e^{\\beta k_i^\\top q}$;
+  $o(q) = \\sum_i e^{-\\tau (L-i)} e^{\\beta k_i^\\top q} v_i / \\sum_i e^{-\\tau
+  (L-i)} e^{\\beta k_i^\\top q}$;
 - the random-feature memory of Mnemosyne (Eqs. (4), (5), (A.1)), written one
   pattern per step with `cam_write` and read with `cam_read`, using the
   library's own NumPy reference kernels.
@@ -206,7 +207,9 @@ def run(grid: dict = FULL):
         base_beta=base_beta,
         quick=quick,
         key_scale="keys: unit vectors times sqrt(beta); kernel exp(beta cos)",
-        metric="relative L2 error ||o - v|| / ||v||, mean over stored patterns and seeds",
+        metric=(
+            "relative L2 error ||o - v|| / ||v||, mean over stored patterns and seeds"
+        ),
     )
     return dict(meta=meta, records=records, age_profile=age_profile)
 
@@ -307,7 +310,8 @@ def plot(result, out_dir: pathlib.Path):
     a1.set_xlabel("age of the pattern (steps since written)")
     a1.set_ylabel("relative retrieval error")
     a1.set_title(
-        f"Discounting: L={max(m['Ls'])}, d={d0}, β={b0:g}\nsolid CAM r={rbig}, dashed exact",
+        f"Discounting: L={max(m['Ls'])}, d={d0}, β={b0:g}\nsolid CAM r={rbig}, dashed "
+        "exact",
         fontsize=9,
     )
     a1.legend(fontsize=7)
@@ -358,7 +362,8 @@ def main(argv=None):
     json_path.write_text(json.dumps(result, indent=1))
     plot(result, out_dir)
     print(
-        f"wrote {json_path} and {out_dir}/cam_capacity_*.png in {result['meta']['seconds']} s"
+        f"wrote {json_path} and {out_dir}/cam_capacity_*.png in "
+        f"{result['meta']['seconds']} s"
     )
 
 

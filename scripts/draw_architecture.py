@@ -58,7 +58,8 @@ BOXES = {
         3.0,
         1.7,
         "CAM, per slot, H heads",
-        "q,k,v = W ξ   (2)\nN ← e^(−τ)·N + φ(k)vᵀ   (4)\nΨ ← e^(−τ)·Ψ + φ(k)\no = Nᵀφ(q) / φ(q)ᵀΨ   (5)",
+        "q,k,v = W ξ   (2)\nN ← e^(−τ)·N + φ(k)vᵀ   (4)\nΨ ← e^(−τ)·Ψ + φ(k)\no = "
+        "Nᵀφ(q) / φ(q)ᵀΨ   (5)",
         "#d9f0d3",
     ),
     "head": (12.5, 3.2, 2.4, 0.9, "head (H)", "MLP + skip on [f, o] → d, s", "#e8dcf2"),
@@ -166,7 +167,8 @@ def draw(path: pathlib.Path) -> None:
     ax.text(
         0.2,
         0.55,
-        "Equation labels as in docs/paper-to-code.md: (2),(4),(5),(A.1) from the paper's\n"
+        "Equation labels as in docs/paper-to-code.md: (2),(4),(5),(A.1) from the "
+        "paper's\n"
         "CAM as reconstructed; (F),(L),(H),(O) this library's choices.",
         fontsize=7.5,
         color="#555555",

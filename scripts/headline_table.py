@@ -18,7 +18,9 @@ import numpy as np
 
 from mnemosyne.evaluation import EvaluationResult, stability_ratio
 
-WEIGHTS_RECORD = pathlib.Path(__file__).parents[1] / "mnemosyne" / "weights" / "default.eqx.json"
+WEIGHTS_RECORD = (
+    pathlib.Path(__file__).parents[1] / "mnemosyne" / "weights" / "default.eqx.json"
+)
 
 
 def _number(x: float) -> str:
@@ -29,19 +31,28 @@ def headline_table(result: EvaluationResult, record: dict) -> str:
     held_out = set(record["held_out_kinds"])
     tuning = result.tuning.get("adam_tuned", {})
     lines = [
-        "| task | kind | Adam 1e-3 | **Mnemosyne** (no tuning) | tuned Adam (learning rate) |",
+        "| task | kind | Adam 1e-3 | **Mnemosyne** (no tuning) | tuned Adam (learning "
+        "rate) |",
         "|---|---|---|---|---|",
     ]
     for task in result.tasks:
         kind = result.kinds.get(task, "")
-        losses = {o: result.stats(o, task).final_loss_mean for o in ("adam", "mnemosyne", "adam_tuned")}
+        losses = {
+            o: result.stats(o, task).final_loss_mean
+            for o in ("adam", "mnemosyne", "adam_tuned")
+        }
         best = min(losses.values())
-        cell = lambda o: f"**{_number(losses[o])}**" if losses[o] == best else _number(losses[o])
+
+        def cell(o, losses=losses, best=best):
+            number = _number(losses[o])
+            return f"**{number}**" if losses[o] == best else number
+
         lr = tuning.get(task, {}).get("learning_rate")
         lr = "" if lr is None else f" ({lr:.3g})"
         label = f"{kind} (held out)" if kind in held_out else kind
         lines.append(
-            f"| {task} | {label} | {cell('adam')} | {cell('mnemosyne')} | {cell('adam_tuned')}{lr} |"
+            f"| {task} | {label} | {cell('adam')} | {cell('mnemosyne')} | "
+            f"{cell('adam_tuned')}{lr} |"
         )
     n = len(result.tasks)
     vs_adam, vs_tuned = result.compare("adam"), result.compare("adam_tuned")
@@ -51,7 +62,8 @@ def headline_table(result: EvaluationResult, record: dict) -> str:
         f"Mean final training loss over seeds {', '.join(map(str, result.seeds))} "
         f"after {result.num_steps} steps (lowest in bold). Mnemosyne's loss is at most "
         f"Adam(1e-3)'s on **{vs_adam.wins} of {n}** tasks, at most tuned Adam's on "
-        f"**{vs_tuned.wins} of {n}**, within 10% of tuned Adam's on {vs_tuned.within_10pct} "
+        f"**{vs_tuned.wins} of {n}**, within 10% of tuned Adam's on "
+        f"{vs_tuned.within_10pct} "
         f"of {n}. "
         f"Held out of meta-training: {', '.join(sorted(held_out))}. Meta-training of "
         f"the shipped weights: {record['wall_time_s']:.0f} s on 2 CPU cores "
@@ -71,19 +83,28 @@ def target_table(result: EvaluationResult) -> list[str]:
     runs = [result.runs["mnemosyne"][t].losses for t in result.tasks]
     ratios = np.concatenate([stability_ratio(np.asarray(r)) for r in runs])
     stable = int(np.sum(ratios <= 1.5))
-    worst = max(zip(result.tasks, [float(np.max(stability_ratio(np.asarray(r)))) for r in runs]),
-                key=lambda x: x[1])
+    worst = max(
+        zip(
+            result.tasks,
+            [float(np.max(stability_ratio(np.asarray(r)))) for r in runs],
+            strict=False,
+        ),
+        key=lambda x: x[1],
+    )
     pct = lambda k, m: f"**{k} of {m}** ({100 * k / m:.0f}%)"
     rows = [
         "| target | measured | goal |",
         "|---|---|---|",
-        f"| final loss <= Adam(1e-3)'s | {pct(result.compare('adam').wins, n)} | >= 90% |",
+        f"| final loss <= Adam(1e-3)'s | {pct(result.compare('adam').wins, n)} | >= "
+        "90% |",
         f"| final loss <= 2x grid-tuned Adam's | {pct(within_2x, n)} | >= 75% |",
-        f"| final loss <= grid-tuned Adam's | {pct(result.compare('adam_tuned').wins, n)} | >= 35% |",
+        "| final loss <= grid-tuned Adam's | "
+        f"{pct(result.compare('adam_tuned').wins, n)} | >= 35% |",
     ]
     if "lstm" in result.optimizers:
         rows.append(
-            f"| final loss <= the LSTM optimizer's | {pct(result.compare('lstm').wins, n)} | >= 75% |"
+            "| final loss <= the LSTM optimizer's | "
+            f"{pct(result.compare('lstm').wins, n)} | >= 75% |"
         )
     rows.append(
         f"| runs ending <= 1.5x their best window, no NaN | {pct(stable, len(ratios))} "

@@ -57,7 +57,9 @@ def main() -> None:
         for opt, tx in optimizers.items():
             losses = np.asarray(train(tx, task, [0, 1], num_steps=args.steps).losses)
             curves[(name, opt)] = losses
-    marks = [m for m in (1000, 2000, 4000, args.steps) if m <= args.steps and m >= WINDOW]
+    marks = [
+        m for m in (1000, 2000, 4000, args.steps) if m <= args.steps and m >= WINDOW
+    ]
     lines = ["| configuration | optimizer | " + " | ".join(f"step {m}" for m in marks)
              + " | stability (final / best window) |",
              "|---|---|" + "---|" * len(marks) + "---|"]
@@ -72,8 +74,12 @@ def main() -> None:
                                      "stability": np.asarray(ratios).tolist()}
     table = "\n".join(lines)
     print(table)
-    (out / "long_runs.json").write_text(json.dumps(
-        {"steps": args.steps, "window": WINDOW, "seeds": [0, 1], "runs": record}, indent=1))
+    (out / "long_runs.json").write_text(
+        json.dumps(
+            {"steps": args.steps, "window": WINDOW, "seeds": [0, 1], "runs": record},
+            indent=1,
+        )
+    )
     _plot(curves, out / "long_runs.png")
 
 
@@ -83,9 +89,11 @@ def _plot(curves, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted({n for n, _ in curves}, key=list(dict.fromkeys(n for n, _ in curves)).index)
+    names = sorted(
+        {n for n, _ in curves}, key=list(dict.fromkeys(n for n, _ in curves)).index
+    )
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6))
-    for ax, name in zip(np.atleast_1d(axes), names):
+    for ax, name in zip(np.atleast_1d(axes), names, strict=False):
         for (n, opt), losses in curves.items():
             if n == name:
                 windows = losses.reshape(losses.shape[0], -1, WINDOW).mean(-1).mean(0)

@@ -32,17 +32,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--wall-time-s", type=float, required=True)
     parser.add_argument("--validation", required=True)
-    parser.add_argument("--note", default=None, help="how the θ was chosen, if not by the rule alone")
+    parser.add_argument(
+        "--note", default=None, help="how the θ was chosen, if not by the rule alone"
+    )
     args = parser.parse_args()
 
     history = read_checkpoint_header(args.checkpoint)["history"]
     history = {k: v[: args.steps] for k, v in history.items()}
     if len(history["step"]) != args.steps:
-        raise SystemExit(f"the checkpoint holds {len(history['step'])} steps, not {args.steps}")
+        raise SystemExit(
+            f"the checkpoint holds {len(history['step'])} steps, not {args.steps}"
+        )
     validation = json.loads(pathlib.Path(args.validation).read_text())
     save_preset_weights(
-        args.preset, mnemosyne.load(args.snapshot), history, WEIGHTS / f"{args.preset}.eqx",
-        num_outer_steps=args.steps, wall_time_s=args.wall_time_s,
+        args.preset,
+        mnemosyne.load(args.snapshot),
+        history,
+        WEIGHTS / f"{args.preset}.eqx",
+        num_outer_steps=args.steps,
+        wall_time_s=args.wall_time_s,
         wall_time_note="one process, compilation included, on the 2-core machine",
         extra={
             "command": f"mnemosyne meta-train --preset {args.preset}",

@@ -42,7 +42,9 @@ def main() -> None:
     args = parser.parse_args()
 
     preset = PRESETS["default"]
-    candidates = {"untrained": preset.make_lopt(jax.random.split(jax.random.key(preset.seed))[0])}
+    candidates = {
+        "untrained": preset.make_lopt(jax.random.split(jax.random.key(preset.seed))[0])
+    }
     candidates.update({path: mnemosyne.load(path) for path in args.weights})
     names = list(candidates)
     # One program per task: the candidates' θ stacked on a leading axis, each
@@ -50,7 +52,10 @@ def main() -> None:
     # rates), so Mnemosyne's step compiles once whatever the candidate count.
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(candidates[n] for n in names))
     pick = lambda index: jax.tree.map(lambda x: x[index.astype(jnp.int32)], stacked)
-    factories = [lambda lr: optax.adam(1e-3), lambda index: mnemosyne.scale_by_mnemosyne(pick(index))]
+    factories = [
+        lambda lr: optax.adam(1e-3),
+        lambda index: mnemosyne.scale_by_mnemosyne(pick(index)),
+    ]
     runs = len(names) * args.seeds
     seeds = np.tile(np.arange(args.seeds, dtype=np.uint32), len(names))
     keys = jnp.broadcast_to(jax.vmap(jax.random.key)(seeds), (2, runs))
@@ -61,7 +66,9 @@ def main() -> None:
     per_task = {}
     w = evaluation.window_size(args.steps)
     for task_name, task in validation_tasks().items():
-        losses, _, _ = evaluation.train_groups(factories, task, lrs, keys, num_steps=args.steps)
+        losses, _, _ = evaluation.train_groups(
+            factories, task, lrs, keys, num_steps=args.steps
+        )
         adam = max(losses[0, : args.seeds, -w:].mean(), LOSS_FLOOR)
         per_task[task_name] = {"adam": float(adam)}
         for i, n in enumerate(names):
@@ -75,7 +82,11 @@ def main() -> None:
                 ruined[n].append(task_name)
             per_task[task_name][n] = float(final)
             per_task[task_name][f"{n} stability"] = stability[n][-1]
-        print(task_name, {k: round(v, 5) for k, v in per_task[task_name].items()}, flush=True)
+        print(
+            task_name,
+            {k: round(v, 5) for k, v in per_task[task_name].items()},
+            flush=True,
+        )
     scores = {
         n: {
             "mean_log_ratio_vs_adam": float(np.mean(log_ratio[n])),

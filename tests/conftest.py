@@ -12,12 +12,24 @@ import itertools  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
-
 from helpers import enable_x64  # noqa: E402
 
 # Strict dtype promotion (style.md) is *not* switched on globally: the float64
 # conformance tests multiply float32 θ by float64 features on purpose, which
 # strict promotion rejects, and other test modules share this conftest.
+
+
+def pytest_configure(config):
+    """The default suite (`-m 'not slow'`, pyproject's addopts) compiles every
+    program with LLVM at -O0, as `helpers.FAST_COMPILE` does for the test jits:
+    compiles dominate it, and -O0 roughly halves them (results stay IEEE-exact:
+    the same HLO, only less optimised machine code). The slow tests, which run
+    long unrolls, keep XLA's default. It takes effect because nothing has
+    initialised a JAX backend yet (collection has not started)."""
+    flag = "--xla_backend_optimization_level=0"
+    flags = os.environ.get("XLA_FLAGS", "")
+    if config.option.markexpr == "not slow" and "optimization_level" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 import mnemosyne
+import mnemosyne.baselines
 
 
 @contextlib.contextmanager
@@ -188,6 +189,26 @@ register(
 register(OptimizerSpec("adam", optax.adam, learning_rate=1e-3))
 
 
+@functools.cache
+def lstm_small(features: str = "gradient") -> mnemosyne.baselines.LSTMOptimizer:
+    """A narrow LSTM optimizer (hidden size 4; Andrychowicz et al. use 20)."""
+    return mnemosyne.baselines.LSTMOptimizer(
+        hidden_size=4, features=features, key=jax.random.key(3)
+    )
+
+
+for _features in ("gradient", "multiscale"):
+    register(
+        OptimizerSpec(
+            "lstm" if _features == "gradient" else "lstm_multiscale",
+            mnemosyne.baselines.lstm,
+            functools.partial(lambda f: {"lopt": lstm_small(f)}, _features),
+            learning_rate=1.0,
+            lopt=functools.partial(lstm_small, _features),
+        )
+    )
+
+
 # ----------------------------------------------------------------------------
 # Assertions
 # ----------------------------------------------------------------------------
@@ -199,7 +220,7 @@ def assert_allclose_tree(actual, desired, rtol, atol=0.0, err_msg=""):
     a_paths, a_def = jax.tree_util.tree_flatten_with_path(actual, is_leaf=is_none)
     d_leaves, d_def = jax.tree_util.tree_flatten(desired, is_leaf=is_none)
     assert a_def == d_def, f"structures differ: {a_def} vs {d_def}"
-    for (path, a), d in zip(a_paths, d_leaves):
+    for (path, a), d in zip(a_paths, d_leaves, strict=False):
         if a is None or d is None:
             assert a is None and d is None, jax.tree_util.keystr(path)
             continue
@@ -218,9 +239,11 @@ def assert_tree_equal(actual, desired):
     a_paths, a_def = jax.tree_util.tree_flatten_with_path(actual, is_leaf=is_none)
     d_leaves, d_def = jax.tree_util.tree_flatten(desired, is_leaf=is_none)
     assert a_def == d_def
-    for (path, a), d in zip(a_paths, d_leaves):
+    for (path, a), d in zip(a_paths, d_leaves, strict=False):
         if a is None or d is None:
             assert a is None and d is None
             continue
         assert np.asarray(a).dtype == np.asarray(d).dtype, jax.tree_util.keystr(path)
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(d), err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_array_equal(
+            np.asarray(a), np.asarray(d), err_msg=jax.tree_util.keystr(path)
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import math
 
 import equinox as eqx
@@ -17,7 +16,6 @@ from mnemosyne import trainable_filter
 from mnemosyne.baselines import (
     DEFAULT_GRID,
     LSTMOptimizer,
-    LSTMOptimizerState,
     grid_search,
     lstm,
     reference_optimizers,
@@ -29,8 +27,6 @@ VARIANTS = ["gradient", "multiscale"]
 
 # XLA compiles of the LSTM graph dominate this file's run time, so the tests share
 # one jitted step (`_step`) on one parameter tree (`_params`) wherever they can.
-_TRACES: collections.Counter = collections.Counter()
-
 
 def _params():
     return {
@@ -63,12 +59,12 @@ def lopt(request):
 
 @eqx.filter_jit
 def _step(lopt, grads, state, params):
-    _TRACES[lopt.features] += 1
     return lopt.update(grads, state, params)
 
 
 # ----------------------------------------------------------------------------
-# LSTMOptimizer: the optax contract
+# LSTMOptimizer (the optax contract itself: tests/test_optax_contract.py, where
+# both variants are registered in helpers.OPTIMIZERS)
 # ----------------------------------------------------------------------------
 
 
@@ -85,45 +81,6 @@ def test_update_jit_finite_dtype_shape(lopt):
     assert int(state.step) == 3
 
 
-def test_state_structure_and_dtype_stable(lopt):
-    params = _params()
-    state0 = lopt.init(params)
-    _, state1 = _step(lopt, _grads(params), state0, params)
-    assert isinstance(state1, LSTMOptimizerState)
-    assert jax.tree.structure(state0) == jax.tree.structure(state1)
-    for a, b in zip(jax.tree.leaves(state0), jax.tree.leaves(state1), strict=True):
-        assert a.shape == b.shape and a.dtype == b.dtype
-    # The optax trick: lax.cond needs identical structure, shapes and dtypes.
-    jax.lax.cond(True, lambda: state0, lambda: state1)
-
-
-def test_no_recompilation(lopt):
-    params = _params()
-    state = lopt.init(params)
-    _, state = _step(lopt, _grads(params), state, params)
-    traces = _TRACES[lopt.features]
-    _, state = _step(lopt, _grads(params, 2.0), state, params)
-    # a different θ of the same structure does not retrace either
-    other = jax.tree.map(lambda x: x * 1.01 if eqx.is_inexact_array(x) else x, lopt)
-    _step(other, _grads(params), state, params)
-    assert _TRACES[lopt.features] == traces
-
-
-def test_init_with_shape_dtype_struct(lopt):
-    params = _params()
-    abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
-    from_arrays = lopt.init(params)
-    from_structs = lopt.init(abstract)
-    assert jax.tree.structure(from_arrays) == jax.tree.structure(from_structs)
-    for a, b in zip(
-        jax.tree.leaves(from_arrays), jax.tree.leaves(from_structs), strict=True
-    ):
-        assert a.shape == b.shape and a.dtype == b.dtype
-    # also under eval_shape (no allocation)
-    shapes = jax.eval_shape(lopt.init, abstract)
-    assert jax.tree.structure(shapes) == jax.tree.structure(from_arrays)
-
-
 def test_state_size_matches_docstring(lopt):
     params = {"w": jax.ShapeDtypeStruct((7, 3), jnp.float32), "b": jnp.zeros(5)}
     state = jax.eval_shape(lopt.init, params)
@@ -132,66 +89,6 @@ def test_state_size_matches_docstring(lopt):
     assert per_coordinate == lopt.floats_per_parameter * num_params
     expected = 80 if lopt.features == "gradient" else 85
     assert lopt.floats_per_parameter == expected
-
-
-def test_unknown_extra_args_accepted(lopt):
-    params = _params()
-    state = lopt.init(params)
-    # tracing (eval_shape) is enough to check the signature, without a compile
-    out = jax.eval_shape(
-        lambda g, s: lopt.update(g, s, params, loss=jnp.asarray(1.0), foo="bar"),
-        _grads(params),
-        state,
-    )
-    ref = jax.eval_shape(lambda g, s: lopt.update(g, s), _grads(params), state)
-    assert jax.tree.structure(out) == jax.tree.structure(ref)
-    tx = lstm(lopt=lopt)
-    jax.eval_shape(
-        lambda g, s: tx.update(g, s, params, loss=jnp.asarray(1.0)),
-        _grads(params),
-        tx.init(params),
-    )
-
-
-def _optax_params():
-    # optax.inject_hyperparams cannot handle bf16 and f16 leaves in one tree
-    return {k: v for k, v in _params().items() if k != "f16"}
-
-
-# The optax wrappers see only init/update, which share one code path across
-# the feature variants: checked on the plain variant to keep compiles down.
-def test_chain_multisteps_and_inject_hyperparams():
-    lopt = LSTMOptimizer(key=jax.random.key(0))
-    params = _optax_params()
-    transforms = {
-        # a schedule as the learning rate
-        "chain": optax.chain(
-            optax.clip(10.0), lstm(optax.linear_schedule(1.0, 0.1, 10), lopt=lopt)
-        ),
-        "multisteps": optax.MultiSteps(lstm(0.5, lopt=lopt), every_k_schedule=2),
-        "inject": optax.inject_hyperparams(lstm)(learning_rate=1.0, lopt=lopt),
-    }
-    # optax's MultiSteps (int32 with float32) and inject_hyperparams are not
-    # strict-promotion clean; the LSTM itself is checked under strict promotion
-    # by the `_step` tests.
-    with jax.numpy_dtype_promotion("standard"):
-        for name, tx in transforms.items():
-            state = tx.init(params)
-            step = jax.jit(tx.update)
-            p = params
-            for _ in range(4):
-                updates, state = step(_grads(p), state, p)
-                p = optax.apply_updates(p, updates)
-            assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p)), name
-            assert _loss(p) < _loss(params), name
-            if name == "inject":  # the injected learning rate scales the step
-                state.hyperparams["learning_rate"] = jnp.asarray(1.0)
-                u1, _ = step(_grads(p), state, p)
-                state.hyperparams["learning_rate"] = jnp.asarray(0.25)
-                u2, _ = step(_grads(p), state, p)
-                np.testing.assert_allclose(
-                    np.asarray(u2["matrix"]), 0.25 * np.asarray(u1["matrix"]), rtol=1e-6
-                )
 
 
 def test_numpy_reference_matches_jax(lopt):

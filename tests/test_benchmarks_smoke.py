@@ -19,9 +19,11 @@ BENCH_DIR = ROOT / "benchmarks"
 MODULES = sorted(p.stem for p in BENCH_DIR.glob("bench_*.py"))
 PREFIXES = ("time_", "track_", "peakmem_", "mem_", "timeraw_")
 # smallest values for the size-like parameters; others run every value
-# every optimizer compiled twice (~2 min): slow, run by .ci/run
-HEAVY = {"bench_update.TimeUpdate"}
 SMALL = {"num_params": [10**4], "task": ["mlp_digits"], "dtype": ["float32"]}
+
+# Every benchmark compiles its own programs (about 3 min in all on 2 cores):
+# slow, run by .ci/run (`python -m pytest -m slow tests/test_benchmarks_smoke.py`).
+pytestmark = pytest.mark.slow
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -35,8 +37,14 @@ def small(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "_common", common)  # what timeraw code imports
     orig_ratio = common.update_ratio
     orig_train = common.train_step_ratio
-    monkeypatch.setattr(common, "update_ratio", lambda *a, **k: orig_ratio(*a, **{**k, "repeats": 1}))
-    monkeypatch.setattr(common, "train_step_ratio", lambda *a, **k: orig_train(*a, **{**k, "repeats": 1}))
+    monkeypatch.setattr(
+        common, "update_ratio", lambda *a, **k: orig_ratio(*a, **{**k, "repeats": 1})
+    )
+    monkeypatch.setattr(
+        common,
+        "train_step_ratio",
+        lambda *a, **k: orig_train(*a, **{**k, "repeats": 1}),
+    )
     monkeypatch.setattr(common, "auto_number", lambda fn, target_s=0.0: 1)
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax-cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -52,8 +60,7 @@ def _cases():
                 continue
             methods = [m for m in dir(cls) if m.startswith(PREFIXES)]
             if methods:
-                marks = [pytest.mark.slow] if f"{mod_name}.{cls_name}" in HEAVY else []
-                yield pytest.param(mod_name, cls_name, id=f"{mod_name}.{cls_name}", marks=marks)
+                yield pytest.param(mod_name, cls_name, id=f"{mod_name}.{cls_name}")
 
 
 def _param_combos(cls):
@@ -69,7 +76,12 @@ def _param_combos(cls):
 def test_benchmark_runs(small, monkeypatch, mod_name, cls_name):
     module = importlib.import_module(f"benchmarks.{mod_name}")
     cls = getattr(module, cls_name)
-    for attr, value in {"small": True, "stream_size": 10**5, "num_params": 10**4, "num_steps": 2}.items():
+    for attr, value in {
+        "small": True,
+        "stream_size": 10**5,
+        "num_params": 10**4,
+        "num_steps": 2,
+    }.items():
         if hasattr(cls, attr):
             monkeypatch.setattr(cls, attr, value)
     ran = 0
@@ -95,7 +107,12 @@ def test_benchmark_runs(small, monkeypatch, mod_name, cls_name):
 
 def test_update_ratio_script(small):
     module = importlib.import_module("benchmarks.update_ratio")
-    assert module.main(["--sizes", "1e4", "--repeats", "1", "--stream-size", "1e5", "--no-train"]) == 0
+    assert (
+        module.main(
+            ["--sizes", "1e4", "--repeats", "1", "--stream-size", "1e5", "--no-train"]
+        )
+        == 0
+    )
 
 
 @pytest.mark.slow
@@ -114,7 +131,9 @@ def test_update_anatomy_script(small, capsys):
     out = capsys.readouterr().out
     # bytes moved per parameter come from the compiled HLO: Adam reads and
     # writes at least params, grads and its two moments (4 bytes each)
-    adam_bytes = float(next(l for l in out.splitlines() if l.startswith("| adam")).split("|")[3])
+    adam_bytes = float(
+        next(ln for ln in out.splitlines() if ln.startswith("| adam")).split("|")[3]
+    )
     assert adam_bytes >= 5 * 4
 
 
@@ -123,11 +142,11 @@ def test_tradeoff_script(small, capsys):
     ablation = str(ROOT / "docs" / "results_ablation_v1" / "ablation.json")
     assert module.main(["--size", "1e4", "--repeats", "1", "--ablation", ablation]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = [l for l in lines if l.startswith("| h")]
+    rows = [ln for ln in lines if ln.startswith("| h")]
     floats = {r.split(":")[0].strip("| "): float(r.split("|")[2]) for r in rows}
     # state floats per parameter: heads * r * (value size + 1), + 1 second moment (v2)
     assert floats == {"h1_r2": 5.0, "h3_r2": 13.0, "h1_r4": 9.0, "h1_r8": 17.0}
-    (floor,) = [l for l in lines if l.startswith(f"| {module.WITHOUT_MEMORY}:")]
+    (floor,) = [ln for ln in lines if ln.startswith(f"| {module.WITHOUT_MEMORY}:")]
     assert float(floor.split("|")[3].strip(" x")) > 0
 
 
@@ -135,6 +154,7 @@ def test_features_and_head_only_is_the_step_without_the_read_out():
     """The program timed as 'no memory' computes exactly the first step of an
     optimizer whose read-out weights are zero."""
     import jax.numpy as jnp
+
     import mnemosyne
     from mnemosyne.evaluation._ablation import _read_start, _zero_read_out
 
@@ -142,9 +162,17 @@ def test_features_and_head_only_is_the_step_without_the_read_out():
     default = mnemosyne.pretrained("default")
     lopt = _zero_read_out(default, _read_start(default))
     keys = jax.random.split(jax.random.key(0), 4)
-    params = {"w": jax.random.normal(keys[0], (7, 5)), "b": jax.random.normal(keys[1], (5,))}
-    grads = {"w": jax.random.normal(keys[2], (7, 5)), "b": 1e-3 * jax.random.normal(keys[3], (5,))}
-    expected, _ = mnemosyne.scale_by_mnemosyne(lopt).update(grads, lopt.init(params), params)
+    params = {
+        "w": jax.random.normal(keys[0], (7, 5)),
+        "b": jax.random.normal(keys[1], (5,)),
+    }
+    grads = {
+        "w": jax.random.normal(keys[2], (7, 5)),
+        "b": 1e-3 * jax.random.normal(keys[3], (5,)),
+    }
+    expected, _ = mnemosyne.scale_by_mnemosyne(lopt).update(
+        grads, lopt.init(params), params
+    )
     got, _ = module.features_and_head_only(lopt).update(grads, None, params)
     for name in params:
         assert jnp.allclose(got[name], expected[name], rtol=1e-5, atol=1e-7)

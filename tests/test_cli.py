@@ -38,9 +38,15 @@ ARGUMENT_ERRORS = {
     # argv: what the single line must contain (the problem and the way out)
     "no-command": ([], ["required: command", "mnemosyne --help"]),
     "unknown-command": (["train"], ["invalid choice: 'train'", "mnemosyne --help"]),
-    "steps-zero": (["demo", "--steps", "0"], ["positive integer", "mnemosyne demo --help"]),
+    "steps-zero": (
+        ["demo", "--steps", "0"],
+        ["positive integer", "mnemosyne demo --help"],
+    ),
     "steps-not-int": (["evaluate", "--steps", "ten"], ["positive integer, got 'ten'"]),
-    "seeds-not-int": (["evaluate", "--seeds", "0,x"], ["seeds must be", "evaluate --help"]),
+    "seeds-not-int": (
+        ["evaluate", "--seeds", "0,x"],
+        ["seeds must be", "evaluate --help"],
+    ),
     "seeds-negative": (["demo", "--seeds", "-1"], ["non-negative"]),
     "seeds-empty": (["evaluate", "--seeds", ","], ["seeds must be"]),
     "unknown-option": (["evaluate", "--optimiser", "adam"], ["unrecognized arguments"]),
@@ -66,18 +72,24 @@ def test_help_still_exits_zero(capsys):
 
 
 def test_unknown_names(capsys):
-    code, _, err = _run(capsys, ["evaluate", "--tasks", "quadratic,nope", "--optimizers", "adam"])
+    code, _, err = _run(
+        capsys, ["evaluate", "--tasks", "quadratic,nope", "--optimizers", "adam"]
+    )
     assert code == 2
     _assert_one_line_error(err, "unknown task(s) ['nope']", "mnemosyne evaluate --list")
 
-    code, _, err = _run(capsys, ["evaluate", "--tasks", "quadratic", "--optimizers", "adam,nadam"])
+    code, _, err = _run(
+        capsys, ["evaluate", "--tasks", "quadratic", "--optimizers", "adam,nadam"]
+    )
     assert code == 2
     _assert_one_line_error(err, "unknown optimizer 'nadam'", "known:")
 
     for command in ("meta-train", "ablation"):
         code, _, err = _run(capsys, [command, "--preset", "nope"])
         assert code == 2
-        _assert_one_line_error(err, "unknown preset 'nope'", "choose one of", "'default'")
+        _assert_one_line_error(
+            err, "unknown preset 'nope'", "choose one of", "'default'"
+        )
 
     code, _, err = _run(capsys, ["ablation", "--tasks", "nope"])
     assert code == 2
@@ -88,7 +100,9 @@ def test_empty_lists(capsys):
     code, _, err = _run(capsys, ["evaluate", "--tasks", ","])
     assert code == 2
     _assert_one_line_error(err, "no tasks given", "--tasks all")
-    code, _, err = _run(capsys, ["evaluate", "--tasks", "quadratic", "--optimizers", ""])
+    code, _, err = _run(
+        capsys, ["evaluate", "--tasks", "quadratic", "--optimizers", ""]
+    )
     assert code == 2
     _assert_one_line_error(err, "no optimizers given")
 
@@ -97,7 +111,15 @@ def test_paths(capsys, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
     for argv in (
-        ["evaluate", "--tasks", "quadratic", "--optimizers", "adam", "--out", str(a_file)],
+        [
+            "evaluate",
+            "--tasks",
+            "quadratic",
+            "--optimizers",
+            "adam",
+            "--out",
+            str(a_file),
+        ],
         ["demo", "--out", str(a_file)],
         ["ablation", "--out", str(a_file)],
     ):
@@ -106,7 +128,9 @@ def test_paths(capsys, tmp_path):
         _assert_one_line_error(err, "is a file, not a folder", "choose another --out")
     assert a_file.read_text() == "not a folder"  # untouched
 
-    code, _, err = _run(capsys, ["meta-train", "--preset", "quick", "--output", str(tmp_path)])
+    code, _, err = _run(
+        capsys, ["meta-train", "--preset", "quick", "--output", str(tmp_path)]
+    )
     assert code == 2
     _assert_one_line_error(err, "is a folder", "give a file name")
     code, _, err = _run(
@@ -129,8 +153,13 @@ def test_unreadable_checkpoints(capsys, tmp_path, monkeypatch):
 
     def tiny_train_preset(name, *, checkpoint_dir, resume, **kwargs):
         trainer = meta.MetaTrainer(
-            LearnableSGD(0.1), tasks.get_task("quadratic"), num_tasks=1,
-            unroll_length=2, horizon=4, checkpoint_dir=checkpoint_dir, key=jax.random.key(0),
+            LearnableSGD(0.1),
+            tasks.get_task("quadratic"),
+            num_tasks=1,
+            unroll_length=2,
+            horizon=4,
+            checkpoint_dir=checkpoint_dir,
+            key=jax.random.key(0),
         )
         return trainer.run(1, resume=resume, progress=False)
 
@@ -157,9 +186,13 @@ def test_missing_file_is_one_line(capsys, monkeypatch):
         raise FileNotFoundError(2, "No such file or directory", "weights/default.eqx")
 
     monkeypatch.setattr("mnemosyne.evaluation.evaluate", missing)
-    code, _, err = _run(capsys, ["evaluate", "--tasks", "quadratic", "--optimizers", "adam"])
+    code, _, err = _run(
+        capsys, ["evaluate", "--tasks", "quadratic", "--optimizers", "adam"]
+    )
     assert code == 2
-    _assert_one_line_error(err, "No such file or directory", "'weights/default.eqx'", "check the path")
+    _assert_one_line_error(
+        err, "No such file or directory", "'weights/default.eqx'", "check the path"
+    )
 
 
 def test_subprocess_exit_status_and_stderr():

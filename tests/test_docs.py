@@ -332,7 +332,8 @@ def test_paper_to_code_symbols_exist():
         if name in ("lax.scan", "learning_rate", "mnemosyne") or name.endswith(".py"):
             continue
         last = name.rsplit(".", 1)[-1]
-        defined = rf"\b(?:def|class) {last}\b|\b{last}\s*[:=]|[\"']{last}[\"']"  # or registered
+        # or registered
+        defined = rf"\b(?:def|class) {last}\b|\b{last}\s*[:=]|[\"']{last}[\"']"
         assert re.search(defined, source), name
     for path in re.findall(r"`((?:mnemosyne|tests|scripts|docs)/[\w/.]+\.\w+)`", text):
         assert (ROOT / path).exists(), path
@@ -454,8 +455,14 @@ def test_readme_usage_snippet_trains():
     pretrained LSTM optimizer."""
     text = (ROOT / "README.md").read_text()
     section = text[text.index("## Use it") :]
-    code = section[section.index("```python") + len("```python") : section.index("```\n", section.index("```python") + 9)]
-    assert "mnemosyne.baselines.lstm()" in code and 'mnemosyne.pretrained("lstm")' in code
+    code = section[
+        section.index("```python") + len("```python") : section.index(
+            "```\n", section.index("```python") + 9
+        )
+    ]
+    assert (
+        "mnemosyne.baselines.lstm()" in code and 'mnemosyne.pretrained("lstm")' in code
+    )
     check = """
 x = jax.random.normal(jax.random.key(0), (32, 3))
 y = x @ jnp.array([[1.0, -2.0], [0.5, 0.0], [-1.0, 3.0]]) + 0.3

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import mnemosyne
-from mnemosyne.backends import get_backend, numpy_backend as nb
+from mnemosyne.backends import get_backend
+from mnemosyne.backends import numpy_backend as nb
 
 D, D_K, M, C = 3, 2, 3, 4  # d_model, key width, omega rows, chunk_len
 
@@ -38,7 +39,8 @@ def _attention(backend, x, mask, weights):
 
 
 def _dense_reference(x, mask, wq, wk, wv, wo, omega):
-    """A_ij = phi~(q_i)^T phi(k_j) mu_j, rows normalised, times v, then W_O; per chunk."""
+    """A_ij = phi~(q_i)^T phi(k_j) mu_j, rows normalised, times v, then W_O; per
+    chunk."""
     scale = D_K**-0.25
     out = np.zeros_like(x)
     for c in range(x.shape[1]):
@@ -62,7 +64,9 @@ def test_chunk_attention_equals_dense_matrix(backend, x64):
     mask = _mask(3, 10)
     weights = _weights()
     expected = _dense_reference(x, mask, *weights)
-    np.testing.assert_allclose(_attention(backend, x, mask, weights), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        _attention(backend, x, mask, weights), expected, rtol=1e-10, atol=1e-12
+    )
 
 
 def test_chunk_attention_approximates_softmax_attention():
@@ -107,11 +111,23 @@ def test_padding_does_not_change_real_tokens(backend, x64, n):
         return out.reshape(D, -1)[:, :k]
 
     base = _attention(backend, chunks, mask, weights)
-    np.testing.assert_allclose(real(_attention(backend, garbage, mask, weights), n), real(base, n), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(real(_attention(backend, extra, extra_mask, weights), n), real(base, n), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        real(_attention(backend, garbage, mask, weights), n),
+        real(base, n),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    np.testing.assert_allclose(
+        real(_attention(backend, extra, extra_mask, weights), n),
+        real(base, n),
+        rtol=1e-10,
+        atol=1e-12,
+    )
     # the pooled tokens ignore pad contents too
     pool = get_backend(backend).masked_mean_pool
-    np.testing.assert_allclose(np.asarray(pool(garbage, mask)), np.asarray(pool(chunks, mask)), rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(pool(garbage, mask)), np.asarray(pool(chunks, mask)), rtol=1e-12
+    )
     np.testing.assert_allclose(
         np.asarray(pool(chunks, mask))[:, -1],
         chunks.reshape(D, -1)[:, (num_chunks - 1) * C : n].mean(axis=1),
@@ -121,9 +137,18 @@ def test_padding_does_not_change_real_tokens(backend, x64, n):
 
 @functools.cache
 def _encoder():
-    enc = mnemosyne.HierarchicalPoolingEncoder(D, num_levels=2, chunk_len=C, key_size=D_K, num_features=2 * M, key=jax.random.key(0))
+    enc = mnemosyne.HierarchicalPoolingEncoder(
+        D,
+        num_levels=2,
+        chunk_len=C,
+        key_size=D_K,
+        num_features=2 * M,
+        key=jax.random.key(0),
+    )
     # θ as float64 NumPy arrays: exact in the NumPy backend, float64 under jit+x64
-    return jax.tree.map(lambda a: np.asarray(a, np.float64) if eqx.is_array(a) else a, enc)
+    return jax.tree.map(
+        lambda a: np.asarray(a, np.float64) if eqx.is_array(a) else a, enc
+    )
 
 
 @pytest.mark.parametrize("n", [1, 4, 15, 16, 17, 33, 64])
@@ -151,12 +176,15 @@ def test_meta_token_depends_only_on_its_tokens():
 
 
 def test_permutation_within_chunk_is_invisible():
-    """Bidirectional attention + mean pooling is permutation invariant inside a chunk."""
+    """Bidirectional attention + mean pooling is permutation invariant inside a
+    chunk."""
     enc = _encoder()
     tokens = np.random.default_rng(1).standard_normal((D, 20))
     permuted = tokens.copy()
     permuted[:, 4:8] = tokens[:, [6, 4, 7, 5]]
-    np.testing.assert_allclose(enc(permuted, nb), enc(tokens, nb), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        enc(permuted, nb), enc(tokens, nb), rtol=1e-10, atol=1e-12
+    )
     swapped = tokens.copy()
     swapped[:, [3, 4]] = tokens[:, [4, 3]]  # across chunks: changes the result
     assert np.max(np.abs(enc(swapped, nb) - enc(tokens, nb))) > 1e-8
@@ -166,4 +194,9 @@ def test_encoder_backends_agree(x64):
     enc = _encoder()
     tokens = np.random.default_rng(2).standard_normal((D, 21))
     fn = jax.jit(lambda e, t: e(t, get_backend("jax")))
-    np.testing.assert_allclose(np.asarray(fn(enc, jnp.asarray(tokens))), enc(tokens, nb), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(fn(enc, jnp.asarray(tokens))),
+        enc(tokens, nb),
+        rtol=1e-10,
+        atol=1e-12,
+    )

@@ -146,11 +146,19 @@ def test_resolve_optimizer():
         evaluation.resolve_optimizer("adamax")
     with pytest.raises(ValueError, match="pass the task"):
         evaluation.resolve_optimizer("adam_tuned")
-    for name in ("mnemosyne", "lstm"):  # pretrained weights may not exist yet
-        try:
-            evaluation.resolve_optimizer(name)
-        except FileNotFoundError as err:
-            assert name in str(err) and "meta-train" in str(err)
+    for name in ("mnemosyne", "lstm"):  # the shipped weights load
+        tx = evaluation.resolve_optimizer(name)
+        assert isinstance(tx, optax.GradientTransformation), name
+
+
+def test_resolve_optimizer_without_weights_says_how_to_make_them(
+    tmp_path, monkeypatch
+):
+    from mnemosyne import _serialisation
+
+    monkeypatch.setattr(_serialisation, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="meta-train --preset default"):
+        evaluation.resolve_optimizer("mnemosyne")
 
 
 # ------------------------------------------------------------- real evaluations
@@ -361,6 +369,7 @@ def test_cli_accepts_tuned_names_and_rejects_unknown(capsys):
 # ---------------------------------------------------------------- memory ablation
 
 
+@pytest.mark.slow  # meta-trains an ablation variant; run by .ci/run
 def test_no_memory_variant_keeps_read_out_weights_at_zero():
     """The no-memory variant starts with the head's read-out columns at 0 and
     its outer optimizer zeroes their meta-gradients: after Adam steps on
@@ -393,7 +402,13 @@ def test_no_memory_variant_keeps_read_out_weights_at_zero():
     assert np.all(np.asarray(moved.head.w1[:, :start] != lopt.head.w1[:, :start]))
     # the other variants' state sizes: heads * r * (value size + 1)
     sizes = {v.name: v.floats_per_parameter() for v in evaluation.ABLATION_VARIANTS}
-    assert sizes == {"no_memory": 0, "h1_r2": 5, "h3_r2": 13, "h1_r4": 9, "h1_r8": 17}  # + 1 second moment (v2)
+    assert sizes == {
+        "no_memory": 0,
+        "h1_r2": 5,
+        "h3_r2": 13,
+        "h1_r4": 9,
+        "h1_r8": 17,
+    }  # + 1 second moment (v2)
     assert lopt.memory.floats_per_slot() == 4  # allocated, never read
 
 

@@ -64,7 +64,9 @@ def test_subpackages_after_bare_import():
 def test_every_shipped_weights_file_loads_first(name):
     """`mnemosyne.pretrained(name)` as the first call of a fresh process, for
     every shipped file: the class is found by name, whatever was imported."""
-    header = json.loads((WEIGHTS_DIR / f"{name}.eqx").read_bytes()[len(MAGIC):].split(b"\n")[0])
+    header = json.loads(
+        (WEIGHTS_DIR / f"{name}.eqx").read_bytes()[len(MAGIC) :].split(b"\n")[0]
+    )
     out = run_fresh(f"""
         import mnemosyne
         lopt = mnemosyne.pretrained({name!r})
@@ -79,7 +81,8 @@ def test_float64_parameters_with_x64():
     `init`/`update` under `jit` on float64 parameters give float64 updates, a
     state of the same structure, shapes and dtypes as `init`'s, and (Mnemosyne)
     the float64 NumPy reference's step."""
-    out = run_fresh("""
+    out = run_fresh(
+        """
         import jax
         jax.config.update("jax_enable_x64", True)
         import jax.numpy as jnp, numpy as np, mnemosyne
@@ -100,17 +103,22 @@ def test_float64_parameters_with_x64():
                 assert (a.shape, a.dtype) == (b.shape, b.dtype), (a, b)
         reference = mnemosyne.mnemosyne(backend="numpy")
         expected, _ = reference.update(grads, reference.init(params), params)
-        got, _ = jax.jit(mnemosyne.mnemosyne().update)(grads, mnemosyne.mnemosyne().init(params), params)
+        got, _ = jax.jit(mnemosyne.mnemosyne().update)(grads,
+        mnemosyne.mnemosyne().init(params), params)
         for name in params:
-            np.testing.assert_allclose(np.asarray(got[name]), expected[name], rtol=1e-6, atol=1e-12)
+            np.testing.assert_allclose(np.asarray(got[name]), expected[name],
+            rtol=1e-6, atol=1e-12)
         theta = np.concatenate([np.ravel(x) for x in jax.tree.leaves(lopt)])
         print(json.dumps(theta.astype(np.float64).tolist()))
-    """.replace("import jax.numpy", "import json, jax.numpy"))
+    """.replace("import jax.numpy", "import json, jax.numpy")
+    )
     import jax
     import numpy as np
 
     import mnemosyne
 
     with_x64 = np.asarray(json.loads(out.strip().splitlines()[-1]), np.float32)
-    without = np.concatenate([np.ravel(x) for x in jax.tree.leaves(mnemosyne.pretrained("default"))])
+    without = np.concatenate(
+        [np.ravel(x) for x in jax.tree.leaves(mnemosyne.pretrained("default"))]
+    )
     np.testing.assert_array_equal(with_x64, without)

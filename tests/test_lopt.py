@@ -1,4 +1,5 @@
-"""Learned-optimizer behaviour: meta-gradients, input errors, non-finite skips, state size."""
+"""Learned-optimizer behaviour: meta-gradients, input errors, non-finite skips, state
+size."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import (
+    LOPTS,
+    assert_tree_equal,
+    fast_jit,
+    jit_tx_update,
+    random_like,
+    ranked_params,
+)
 
 import mnemosyne
-from helpers import LOPTS, assert_tree_equal, fast_jit, jit_tx_update, random_like, ranked_params
 
 NAMES = sorted(LOPTS)
 
@@ -41,7 +49,13 @@ def _meta_grad(lopt, p0, target, curvature):
     return eqx.filter_grad(_unroll_loss)(lopt, p0, target, curvature)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n == "tensorwise" else n
+        for n in NAMES
+    ],  # the tensor-wise meta-gradient compiles for ~25 s: slow, run by .ci/run
+)
 def test_meta_gradients_reach_theta(name):
     lopt = LOPTS[name]()
     rng = np.random.default_rng(0)
@@ -57,7 +71,9 @@ def test_meta_gradients_reach_theta(name):
     grad_leaves = jax.tree.leaves(grads, is_leaf=lambda x: x is None)
     assert len(lopt_leaves) == len(spec_leaves) == len(grad_leaves)
     num_trainable = num_frozen = 0
-    for (path, _), trainable, grad in zip(lopt_leaves, spec_leaves, grad_leaves):
+    for (path, _), trainable, grad in zip(
+        lopt_leaves, spec_leaves, grad_leaves, strict=False
+    ):
         where = jax.tree_util.keystr(path)
         if trainable:
             num_trainable += 1
@@ -95,7 +111,9 @@ def test_input_errors(name):
     good = jax.tree.map(jnp.ones_like, params)
 
     with pytest.raises(TypeError, match=r"\['b'\]\['c'\].*int32"):
-        lopt.update({"a": good["a"], "b": {"c": jnp.ones((2, 2), jnp.int32)}}, state, params)
+        lopt.update(
+            {"a": good["a"], "b": {"c": jnp.ones((2, 2), jnp.int32)}}, state, params
+        )
     with pytest.raises(TypeError, match=r"\['a'\].*bool"):
         lopt.update({"a": jnp.ones(3, bool), "b": good["b"]}, state, params)
     with pytest.raises(TypeError, match=r"\['a'\] is complex"):
@@ -132,7 +150,9 @@ def _grads(seed):
 @pytest.mark.parametrize("name", NAMES)
 def test_nonfinite_gradient_skips_step(name, bad):
     tx = mnemosyne.scale_by_mnemosyne(LOPTS[name]())
-    params = ranked_params(jnp.float32, seed=7)  # the template of test_backends: same compile
+    params = ranked_params(
+        jnp.float32, seed=7
+    )  # the template of test_backends: same compile
     state0 = tx.init(params)
     _, state1 = jit_tx_update(tx, _grads(0), state0, params)
     expected_next, expected_state2 = jit_tx_update(tx, _grads(1), state1, params)
@@ -165,7 +185,9 @@ def test_nonfinite_gradient_skips_step_reference(name):
             updates, new = lopt.update(grads, state, params, backend="numpy")
         assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
         assert int(new.step) == 0 and int(new.skipped) == 1
-        assert_tree_equal(jax.tree.map(np.asarray, new.memory), jax.tree.map(np.asarray, state.memory))
+        assert_tree_equal(
+            jax.tree.map(np.asarray, new.memory), jax.tree.map(np.asarray, state.memory)
+        )
 
 
 # ----------------------------------------------------------------------------
@@ -174,8 +196,14 @@ def test_nonfinite_gradient_skips_step_reference(name):
 
 
 REALISTIC = {
-    "conv": {"kernel": jax.ShapeDtypeStruct((3, 3, 16, 32), jnp.float32), "bias": jax.ShapeDtypeStruct((32,), jnp.float32)},
-    "dense": [jax.ShapeDtypeStruct((512, 128), jnp.bfloat16), jax.ShapeDtypeStruct((128,), jnp.float32)],
+    "conv": {
+        "kernel": jax.ShapeDtypeStruct((3, 3, 16, 32), jnp.float32),
+        "bias": jax.ShapeDtypeStruct((32,), jnp.float32),
+    },
+    "dense": [
+        jax.ShapeDtypeStruct((512, 128), jnp.bfloat16),
+        jax.ShapeDtypeStruct((128,), jnp.float32),
+    ],
     "norm_scale": jax.ShapeDtypeStruct((), jnp.float32),
     "frozen": None,
 }
@@ -193,19 +221,25 @@ def test_default_state_is_five_floats_per_parameter():
     lopt = mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(1))
     assert lopt.state_floats_per_parameter(REALISTIC) == 5.0
     assert _measured_floats_per_parameter(lopt, REALISTIC) == 5.0
-    v1 = mnemosyne.CoordinatewiseMnemosyne(second_moment_decay=None, key=jax.random.key(1))
+    v1 = mnemosyne.CoordinatewiseMnemosyne(
+        second_moment_decay=None, key=jax.random.key(1)
+    )
     assert v1.state_floats_per_parameter(REALISTIC) == 4.0
     assert _measured_floats_per_parameter(v1, REALISTIC) == 4.0
     state = jax.eval_shape(lopt.init, REALISTIC)
     assert state.memory["frozen"] is None
-    assert state.memory["dense"][0].numerator.dtype == jnp.float32  # bf16 params: f32 state
+    assert (
+        state.memory["dense"][0].numerator.dtype == jnp.float32
+    )  # bf16 params: f32 state
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_floats_per_parameter_matches_measured(name):
     lopt = LOPTS[name]()
     expected = _measured_floats_per_parameter(lopt, REALISTIC)
-    assert lopt.state_floats_per_parameter(REALISTIC) == pytest.approx(expected, rel=1e-12)
+    assert lopt.state_floats_per_parameter(REALISTIC) == pytest.approx(
+        expected, rel=1e-12
+    )
     if name == "tensorwise":
         assert expected < 1.0  # memory per meta-token, not per coordinate
 
@@ -215,7 +249,10 @@ def test_bfloat16_memory_storage():
     float32: over several steps the updates stay within bfloat16 rounding of the
     float32-memory updates (relative error ~ 2^-8 per stored value), and the
     dtype is stable across steps, under jit and on the NumPy reference."""
-    params = {**ranked_params(), "big": jnp.linspace(-1.0, 1.0, 80 * 64).reshape(80, 64)}
+    params = {
+        **ranked_params(),
+        "big": jnp.linspace(-1.0, 1.0, 80 * 64).reshape(80, 64),
+    }
     grads = [random_like(params, seed) for seed in range(1, 6)]
     results = {}
     for name, dtype in [("f32", None), ("bf16", jnp.bfloat16)]:
@@ -229,7 +266,7 @@ def test_bfloat16_memory_storage():
     u16, state16 = results["bf16"]
     memory_dtypes = {x.dtype for x in jax.tree.leaves(state16[0].memory)}
     assert memory_dtypes == {jnp.dtype(jnp.bfloat16)}
-    for a, b in zip(jax.tree.leaves(u32), jax.tree.leaves(u16)):
+    for a, b in zip(jax.tree.leaves(u32), jax.tree.leaves(u16), strict=False):
         assert a.dtype == b.dtype
         scale = float(jnp.max(jnp.abs(a))) + 1e-12
         assert float(jnp.max(jnp.abs(a - b))) / scale < 5e-2
@@ -277,7 +314,10 @@ def _perturbed(lopt, seed, scale=0.3):
     arrays, static = eqx.partition(lopt, eqx.is_inexact_array)
     leaves, treedef = jax.tree.flatten(arrays)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
-    moved = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    moved = [
+        x + scale * jax.random.normal(k, x.shape, x.dtype)
+        for x, k in zip(leaves, keys, strict=False)
+    ]
     return eqx.combine(jax.tree.unflatten(treedef, moved), static)
 
 
@@ -287,26 +327,45 @@ def test_sign_symmetric_step_is_odd_in_the_gradient_history(backend):
     flips the sign of the update (parameters fixed), and a zero gradient gives a
     zero step: the optimizer cannot drift at a stationary point. Without the
     symmetry (v2 `sign_symmetric=False`) the same θ drifts."""
-    params = {**ranked_params(), "big": jnp.linspace(-1.0, 1.0, 80 * 64).reshape(80, 64)}
+    params = {
+        **ranked_params(),
+        "big": jnp.linspace(-1.0, 1.0, 80 * 64).reshape(80, 64),
+    }
     grads = [random_like(params, seed) for seed in range(1, 5)]
     negate = lambda t: jax.tree.map(lambda x: -x, t)
     zeros = jax.tree.map(jnp.zeros_like, params)
     rtol = 1e-5 if backend == "jax" else 1e-12
     for symmetric in (True, False):
         lopt = _perturbed(
-            mnemosyne.CoordinatewiseMnemosyne(sign_symmetric=symmetric, key=jax.random.key(0)), 1)
+            mnemosyne.CoordinatewiseMnemosyne(
+                sign_symmetric=symmetric, key=jax.random.key(0)
+            ),
+            1,
+        )
         tx = mnemosyne.mnemosyne(lopt=lopt, backend=backend)
-        update = jit_tx_update if backend == "jax" else (lambda tx, g, s, p: tx.update(g, s, p))
+        update = (
+            jit_tx_update
+            if backend == "jax"
+            else (lambda tx, g, s, p: tx.update(g, s, p))
+        )
         s_plus = s_minus = tx.init(params)
         for g in grads:
             u_plus, s_plus = update(tx, g, s_plus, params)
             u_minus, s_minus = update(tx, negate(g), s_minus, params)
         u_zero, _ = update(tx, zeros, tx.init(params), params)
-        largest = max(float(np.max(np.abs(np.asarray(u)))) for u in jax.tree.leaves(u_plus))
+        largest = max(
+            float(np.max(np.abs(np.asarray(u)))) for u in jax.tree.leaves(u_plus)
+        )
         assert largest > 1e-5  # a real step, not a vanishing one
-        odd = all(np.allclose(np.asarray(a), -np.asarray(b), rtol=rtol, atol=rtol * largest)
-                  for a, b in zip(jax.tree.leaves(u_plus), jax.tree.leaves(u_minus)))
-        drift = max(float(np.max(np.abs(np.asarray(u)))) for u in jax.tree.leaves(u_zero))
+        odd = all(
+            np.allclose(np.asarray(a), -np.asarray(b), rtol=rtol, atol=rtol * largest)
+            for a, b in zip(
+                jax.tree.leaves(u_plus), jax.tree.leaves(u_minus), strict=False
+            )
+        )
+        drift = max(
+            float(np.max(np.abs(np.asarray(u)))) for u in jax.tree.leaves(u_zero)
+        )
         if symmetric:
             assert odd and drift == 0.0
         else:

@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 import mnemosyne
-from mnemosyne.backends import get_backend, numpy_backend as nb
+from mnemosyne.backends import get_backend
+from mnemosyne.backends import numpy_backend as nb
 
-H, M, D_K, D_V, N, T = 2, 3, 2, 2, 3, 10  # heads, omega rows (r = 2M), widths, slots, steps
+H, M, D_K, D_V, N, T = (
+    2,
+    3,
+    2,
+    2,
+    3,
+    10,
+)  # heads, omega rows (r = 2M), widths, slots, steps
 
 
 def _sequence(seed=0):
@@ -36,7 +44,10 @@ def _recurrent(B, q, k, v, omega, tau, query_fn):
         phi_k = _features(nb.hyperbolic_features, k[t], omega)
         phi_q = _features(query_fn, q[t], omega)
         numerator, normaliser = B.cam_write(
-            B.asarray(numerator), B.asarray(normaliser), B.asarray(phi_k), B.asarray(v[t]),
+            B.asarray(numerator),
+            B.asarray(normaliser),
+            B.asarray(phi_k),
+            B.asarray(v[t]),
             B.asarray(np.exp(-tau)),
         )
         read = B.cam_read(numerator, normaliser, B.asarray(phi_q), 0.0)  # H * D_V rows
@@ -59,12 +70,23 @@ def _prefix_sum(q, k, v, omega, tau):
 
 
 def _quadratic(q, k, v, omega, tau):
-    """Masked quadratic attention: explicit T x T weights phi(q_t)^T phi(k_s) e^{-tau(t-s)} [s<=t]."""
+    """Masked quadratic attention: explicit T x T weights phi(q_t)^T phi(k_s)
+    e^{-tau(t-s)} [s<=t]."""
     out = np.zeros((T, H, D_V, N))
     for h in range(H):
         for n in range(N):
-            phi_q = np.stack([nb.hyperbolic_features(q[t, h, :, n : n + 1], omega[h])[:, 0] for t in range(T)])
-            phi_k = np.stack([nb.hyperbolic_features(k[t, h, :, n : n + 1], omega[h])[:, 0] for t in range(T)])
+            phi_q = np.stack(
+                [
+                    nb.hyperbolic_features(q[t, h, :, n : n + 1], omega[h])[:, 0]
+                    for t in range(T)
+                ]
+            )
+            phi_k = np.stack(
+                [
+                    nb.hyperbolic_features(k[t, h, :, n : n + 1], omega[h])[:, 0]
+                    for t in range(T)
+                ]
+            )
             lag = np.arange(T)[:, None] - np.arange(T)[None, :]
             a = (phi_q @ phi_k.T) * np.exp(-tau[h] * np.maximum(lag, 0)) * (lag >= 0)
             a = a / a.sum(axis=1, keepdims=True)
@@ -74,7 +96,9 @@ def _quadratic(q, k, v, omega, tau):
 
 def test_prefix_sum_equals_quadratic():
     seq = _sequence()
-    np.testing.assert_allclose(_prefix_sum(*seq), _quadratic(*seq), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        _prefix_sum(*seq), _quadratic(*seq), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_recurrent_equals_quadratic(backend, x64):
@@ -87,7 +111,9 @@ def test_stabilised_query_features_cancel(backend, x64):
     """phi~(q) = phi(q) / max_j phi_j(q): the per-query factor cancels in the read."""
     seq = _sequence(2)
     exact = _recurrent(get_backend(backend), *seq, query_fn=nb.hyperbolic_features)
-    stable = _recurrent(get_backend(backend), *seq, query_fn=nb.hyperbolic_query_features)
+    stable = _recurrent(
+        get_backend(backend), *seq, query_fn=nb.hyperbolic_query_features
+    )
     np.testing.assert_allclose(stable, exact, rtol=1e-10, atol=1e-12)
 
 
@@ -115,7 +141,9 @@ def test_module_is_quadratic_attention(getkey):
         d_model, num_heads=H, num_features=2 * M, key_size=D_K, value_size=D_V,
         timescales=(5.0, 50.0), eps=0.0, key=getkey(),
     )
-    theta = jax.tree.map(lambda a: np.asarray(a, np.float64) if isinstance(a, jax.Array) else a, memory)
+    theta = jax.tree.map(
+        lambda a: np.asarray(a, np.float64) if isinstance(a, jax.Array) else a, memory
+    )
     rng = np.random.default_rng(4)
     tokens = rng.standard_normal((T, d_model, N))
     state = memory.init_state((N,), np.float64, xp=np)
@@ -138,7 +166,9 @@ def test_module_backends_agree(getkey, x64):
     memory = mnemosyne.CompactAssociativeMemory(
         3, num_heads=H, num_features=2 * M, key_size=D_K, value_size=D_V, key=getkey()
     )
-    memory64 = jax.tree.map(lambda a: a.astype(jnp.float64) if isinstance(a, jax.Array) else a, memory)
+    memory64 = jax.tree.map(
+        lambda a: a.astype(jnp.float64) if isinstance(a, jax.Array) else a, memory
+    )
     tokens = np.random.default_rng(5).standard_normal((3, 3, N))
     step = jax.jit(lambda m, s, x: m(s, x, get_backend("jax")))
     s_np = memory.init_state((N,), np.float64, xp=np)
@@ -151,4 +181,6 @@ def test_module_backends_agree(getkey, x64):
 
 def test_bad_timescales(getkey):
     with pytest.raises(ValueError, match="timescale per head"):
-        mnemosyne.CompactAssociativeMemory(3, num_heads=2, timescales=(1.0,), key=getkey())
+        mnemosyne.CompactAssociativeMemory(
+            3, num_heads=2, timescales=(1.0,), key=getkey()
+        )

@@ -21,7 +21,7 @@ import pytest
 
 from mnemosyne import AbstractLearnedOptimizer, meta, trainable_filter
 from mnemosyne.baselines._learnable_sgd import LearnableSGD
-from mnemosyne.meta import _checkpoint, _trainer
+from mnemosyne.meta import _checkpoint
 
 # XLA optimisation level 0 roughly halves compile time; these programs are tiny.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -303,7 +303,22 @@ def test_meta_training_finds_optimal_learning_rate(estimator, optimal_learning_r
 # Resume, checkpoints
 # --------------------------------------------------------------------------- #
 
-_RESUME_OUTER = optax.adam(0.05)  # one object: trainers share the compiled step
+# how often the outer step was traced (its update runs once a trace)
+_OUTER_TRACES = [0]
+
+
+def _counting(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx`, counting the calls of its `update` (inside jit: once per trace)."""
+
+    def update(updates, state, params=None):
+        _OUTER_TRACES[0] += 1
+        return tx.update(updates, state, params)
+
+    return optax.GradientTransformation(tx.init, update)
+
+
+# one object: trainers share the compiled step
+_RESUME_OUTER = _counting(optax.adam(0.05))
 
 
 def _resume_trainer(checkpoint_dir=None, estimator=None) -> meta.MetaTrainer:
@@ -325,17 +340,17 @@ def _resume_trainer(checkpoint_dir=None, estimator=None) -> meta.MetaTrainer:
 
 @pytest.fixture(scope="module")
 def uninterrupted():
-    traces_before = _trainer._TRACES["outer_step"]
+    traces_before = _OUTER_TRACES[0]
     trainer = _resume_trainer()
     lopt, history = trainer.run(9, progress=False)
-    return trainer, lopt, history, _trainer._TRACES["outer_step"] - traces_before
+    return trainer, lopt, history, _OUTER_TRACES[0] - traces_before
 
 
 def test_compiles_once_per_task_config(uninterrupted):
     trainer, _, history, traces = uninterrupted
     assert len(set(history["task"])) == 2
     assert len(trainer.task_configs) == 2
-    assert traces <= 2  # 9 steps over 3 task periods, 2 configurations
+    assert 1 <= traces <= 2  # 9 steps over 3 task periods, 2 configurations
 
 
 def test_resume_is_bit_identical(tmp_path, uninterrupted):
@@ -407,9 +422,18 @@ def _settings_trainer(checkpoint_dir, **changes) -> meta.MetaTrainer:
         compiler_options=dict(FAST_COMPILE),
     )
     settings.update(changes)
-    lopt, task, estimator = settings.pop("lopt"), settings.pop("task"), settings.pop("estimator")
+    lopt, task, estimator = (
+        settings.pop("lopt"),
+        settings.pop("task"),
+        settings.pop("estimator"),
+    )
     return meta.MetaTrainer(
-        lopt, task, estimator, checkpoint_dir=checkpoint_dir, key=jax.random.PRNGKey(0), **settings
+        lopt,
+        task,
+        estimator,
+        checkpoint_dir=checkpoint_dir,
+        key=jax.random.PRNGKey(0),
+        **settings,
     )
 
 
@@ -421,13 +445,30 @@ def _mnemosyne(**config):
 
 # change -> what the refusal must name
 _OTHER_SETTINGS = {
-    "es_std": (lambda: {"estimator": meta.AntitheticES(std=0.02, num_pairs=2)}, "estimator.std"),
-    "es_num_pairs": (lambda: {"estimator": meta.AntitheticES(std=0.01, num_pairs=4)}, "estimator.num_pairs"),
-    "es_meta_loss": (lambda: {"estimator": meta.AntitheticES(std=0.01, num_pairs=2, meta_loss="mean")}, "estimator.meta_loss"),
+    "es_std": (
+        lambda: {"estimator": meta.AntitheticES(std=0.02, num_pairs=2)},
+        "estimator.std",
+    ),
+    "es_num_pairs": (
+        lambda: {"estimator": meta.AntitheticES(std=0.01, num_pairs=4)},
+        "estimator.num_pairs",
+    ),
+    "es_meta_loss": (
+        lambda: {
+            "estimator": meta.AntitheticES(std=0.01, num_pairs=2, meta_loss="mean")
+        },
+        "estimator.meta_loss",
+    ),
     "estimator_class": (lambda: {"estimator": meta.TruncatedBPTT()}, "estimator.class"),
-    "outer_learning_rate": (lambda: {"learning_rate": 2e-3}, "outer_optimizer.learning_rate"),
+    "outer_learning_rate": (
+        lambda: {"learning_rate": 2e-3},
+        "outer_optimizer.learning_rate",
+    ),
     "gradient_clip": (lambda: {"max_grad_norm": 0.5}, "outer_optimizer.max_grad_norm"),
-    "optax_outer_optimizer": (lambda: {"outer_optimizer": optax.adam(1e-3)}, "outer_optimizer"),
+    "optax_outer_optimizer": (
+        lambda: {"outer_optimizer": optax.adam(1e-3)},
+        "outer_optimizer",
+    ),
     "task_family": (lambda: {"task": NoisyQuadraticFamily(dims=(3, 6))}, "task.dims"),
     "horizon": (lambda: {"horizon": 10}, "schedule.horizon"),
     "unroll_length": (lambda: {"unroll_length": 4}, "unroll_length"),
@@ -471,6 +512,7 @@ def test_resume_refuses_other_optimizer_configuration(tmp_path):
         _settings_trainer(tmp_path, lopt=_mnemosyne(key=jax.random.key(2))).load(path)
 
 
+@pytest.mark.slow  # a fresh interpreter builds every preset (~15 s); run by .ci/run
 def test_settings_fingerprint_is_the_same_in_another_process():
     """The fingerprint holds no identities (ids, addresses), so a run killed and
     resumed in a new process (as `mnemosyne meta-train` does) is accepted:

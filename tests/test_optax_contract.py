@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import OPTIMIZERS, fast_jit, random_like, ranked_params
 
 import mnemosyne
 import mnemosyne.baselines
-from helpers import OPTIMIZERS, fast_jit, ranked_params, random_like
 
 NAMES = sorted(OPTIMIZERS)
 LEARNED = [n for n in NAMES if OPTIMIZERS[n].lopt is not None]
@@ -38,7 +38,9 @@ def _tx(name: str, wrapper: str = "plain"):
     if wrapper == "multisteps":
         return optax.MultiSteps(spec.make(), every_k_schedule=2)
     if wrapper == "inject":
-        return optax.inject_hyperparams(spec.alias)(learning_rate=0.5, **spec.static_kwargs())
+        return optax.inject_hyperparams(spec.alias)(
+            learning_rate=0.5, **spec.static_kwargs()
+        )
     raise ValueError(wrapper)
 
 
@@ -55,7 +57,9 @@ def _params():
 def _small_params():
     """One leaf: the wrapper tests compile the whole step again, and compile time
     grows with the number of leaves (the kernels are unrolled per leaf)."""
-    return {"w": jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)), jnp.float32)}
+    return {
+        "w": jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)), jnp.float32)
+    }
 
 
 def _small_grads(seed, scale=1.0):
@@ -85,11 +89,24 @@ def test_finite_and_no_recompilation(name):
     for seed in range(3):
         updates, state = _step(tx, (name, "plain"), _grads(seed), state, params)
         _assert_finite(updates)
-        assert jax.tree.structure(updates, is_leaf=lambda x: x is None) == jax.tree.structure(
-            params, is_leaf=lambda x: x is None
-        )
+        assert jax.tree.structure(
+            updates, is_leaf=lambda x: x is None
+        ) == jax.tree.structure(params, is_leaf=lambda x: x is None)
         assert any(np.any(np.asarray(u) != 0) for u in _arrays(updates))
     assert TRACES[(name, "plain")] == 1
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_another_theta_does_not_retrace(name):
+    """The one wrapper (`as_gradient_transformation`) holds θ as pytree leaves:
+    stepping with another θ of the same structure reuses the compiled step."""
+    lopt = OPTIMIZERS[name].lopt()
+    other = jax.tree.map(lambda x: x * 1.01 if eqx.is_inexact_array(x) else x, lopt)
+    params = _small_params()
+    for theta in (lopt, other):
+        tx = mnemosyne.as_gradient_transformation(theta)
+        _step(tx, (name, "raw"), _small_grads(0), tx.init(params), params)
+    assert TRACES[(name, "raw")] == 1
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -105,10 +122,12 @@ def test_state_structure_and_dtypes_preserved(name):
         return jax.lax.cond(pred, lambda: a, lambda: b)
 
     jax.eval_shape(select, True, state, new_state)  # raises on any mismatch
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(new_state)):
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(new_state), strict=False):
         assert (a.shape, a.dtype) == (b.shape, b.dtype)
     # and the cond trick does catch a mismatch
-    bad = jax.tree.map(lambda x: x.astype(jnp.float16) if x.dtype == jnp.float32 else x, state)
+    bad = jax.tree.map(
+        lambda x: x.astype(jnp.float16) if x.dtype == jnp.float32 else x, state
+    )
     if any(x.dtype == jnp.float32 for x in jax.tree.leaves(state)):
         with pytest.raises(TypeError):
             jax.eval_shape(select, True, state, bad)
@@ -122,7 +141,9 @@ def test_init_accepts_shape_dtype_struct(name):
     from_abstract = tx.init(abstract)
     from_concrete = tx.init(params)
     assert jax.tree.structure(from_abstract) == jax.tree.structure(from_concrete)
-    for a, b in zip(jax.tree.leaves(from_abstract), jax.tree.leaves(from_concrete)):
+    for a, b in zip(
+        jax.tree.leaves(from_abstract), jax.tree.leaves(from_concrete), strict=False
+    ):
         assert (a.shape, a.dtype) == (b.shape, b.dtype)
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -150,7 +171,7 @@ def test_chain_with_clipping(name):
     u_chain, _ = _step(chained, (name, "clip"), grads, chained.init(params), params)
     plain = _tx(name)
     u_plain, _ = _step(plain, (name, "small"), clipped, plain.init(params), params)
-    for a, b in zip(_arrays(u_chain), _arrays(u_plain)):
+    for a, b in zip(_arrays(u_chain), _arrays(u_plain), strict=False):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -167,7 +188,7 @@ def test_multisteps(name):
     mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
     plain = _tx(name)
     expected, _ = _step(plain, (name, "small"), mean, plain.init(params), params)
-    for a, b in zip(_arrays(u2), _arrays(expected)):
+    for a, b in zip(_arrays(u2), _arrays(expected), strict=False):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     _, state = _step(tx, (name, "multisteps"), g1, state, params)
     assert TRACES[(name, "multisteps")] == 1
@@ -184,12 +205,17 @@ def test_inject_hyperparams_learning_rate(name):
     grads = _small_grads(4)
     u_half, _ = _step(tx, (name, "inject"), grads, state, params)
     state_quarter = state._replace(
-        hyperparams={**state.hyperparams, "learning_rate": jnp.asarray(0.125, jnp.float32)}
+        hyperparams={
+            **state.hyperparams,
+            "learning_rate": jnp.asarray(0.125, jnp.float32),
+        }
     )
     u_quarter, _ = _step(tx, (name, "inject"), grads, state_quarter, params)
     assert TRACES[(name, "inject")] == 1
-    for a, b in zip(_arrays(u_half), _arrays(u_quarter)):
-        np.testing.assert_allclose(np.asarray(b), 0.25 * np.asarray(a), rtol=1e-6, atol=1e-12)
+    for a, b in zip(_arrays(u_half), _arrays(u_quarter), strict=False):
+        np.testing.assert_allclose(
+            np.asarray(b), 0.25 * np.asarray(a), rtol=1e-6, atol=1e-12
+        )
     nonzero = [np.max(np.abs(np.asarray(a))) for a in _arrays(u_half)]
     assert max(nonzero) > 0
 
@@ -217,8 +243,10 @@ def test_pytree_kinds_and_dtypes(name):
     state = tx.init(params)
     updates, new_state = jax.eval_shape(tx.update, _zoo_grads(params), state, params)
     is_none = lambda x: x is None
-    assert jax.tree.structure(updates, is_leaf=is_none) == jax.tree.structure(params, is_leaf=is_none)
-    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+    assert jax.tree.structure(updates, is_leaf=is_none) == jax.tree.structure(
+        params, is_leaf=is_none
+    )
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=False):
         assert (u.shape, u.dtype) == (p.shape, p.dtype)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
 
@@ -227,10 +255,10 @@ def test_pytree_kinds_and_dtypes(name):
 def test_pytree_kinds_values_reference_backend(name):
     """The same zoo through the NumPy reference backend: finite, dtype-preserving."""
     lopt = OPTIMIZERS[name].lopt()
-    tx = mnemosyne.scale_by_mnemosyne(lopt, backend="numpy")
+    tx = mnemosyne.as_gradient_transformation(lopt, backend="numpy")
     params = _zoo()
     updates, _ = tx.update(_zoo_grads(params), tx.init(params), params)
-    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=False):
         assert np.asarray(u).dtype == p.dtype and np.asarray(u).shape == p.shape
         assert np.all(np.isfinite(np.asarray(u, np.float32)))
         assert np.any(np.asarray(u, np.float32) != 0)
@@ -239,7 +267,9 @@ def test_pytree_kinds_values_reference_backend(name):
 def _loss_and_grads(params):
     """Ill-conditioned quadratic on every leaf, Rosenbrock on the vector leaf."""
     loss, grads = 0.0, {}
-    for i, (k, p) in enumerate(sorted((k, v) for k, v in params.items() if v is not None)):
+    for _i, (k, p) in enumerate(
+        sorted((k, v) for k, v in params.items() if v is not None)
+    ):
         p = np.asarray(p, np.float64)
         if k == "vector":
             x = p
@@ -318,7 +348,8 @@ def test_learning_rate_annotation_is_optax_schedule_type(factory):
     """optax's own test suites decide whether an optimizer accepts schedules by
     reading the annotation, an object (not the string a
     `from __future__ import annotations` module leaves):
-    `signature(f).parameters["learning_rate"].annotation in (ScalarOrSchedule, Schedule)`."""
+    `signature(f).parameters["learning_rate"].annotation in (ScalarOrSchedule,
+    Schedule)`."""
     import inspect
 
     lr_arg = inspect.signature(factory).parameters.get("learning_rate", None)

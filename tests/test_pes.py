@@ -79,14 +79,18 @@ def exact():
 
 def test_pes_is_unbiased_across_truncation_windows(exact):
     # 1 parameter, 8 x 256 pairs: the standard error is ~ |g| sqrt(2 / 2048) ~ 3%
-    estimate = _summed_estimate(meta.PersistentES(std=1e-3, num_pairs=256), np.log(0.3), 8)
+    estimate = _summed_estimate(
+        meta.PersistentES(std=1e-3, num_pairs=256), np.log(0.3), 8
+    )
     assert estimate == pytest.approx(exact, rel=0.1)
 
 
 def test_per_window_es_is_biased_on_the_same_problem(exact):
     """What PES fixes: per-window antithetic ES treats the state entering each
     window as a constant, so it misses the rate's effect on earlier progress."""
-    estimate = _summed_estimate(meta.AntitheticES(std=1e-3, num_pairs=256), np.log(0.3), 8)
+    estimate = _summed_estimate(
+        meta.AntitheticES(std=1e-3, num_pairs=256), np.log(0.3), 8
+    )
     assert abs(estimate - exact) > 0.3 * abs(exact)
 
 
@@ -103,14 +107,21 @@ def test_pes_restarts_the_perturbation_sum_with_the_trajectory():
     states = est.init_states(lopt, TASK, jax.random.split(jax.random.key(0), 1))
     for j in range(WINDOWS + 1):  # the 4th window starts a new trajectory
         _, _, states, _ = est.estimate(
-            lopt, TASK, states, key=jax.random.key(j), num_steps=WINDOW, schedule=SCHEDULE
+            lopt,
+            TASK,
+            states,
+            key=jax.random.key(j),
+            num_steps=WINDOW,
+            schedule=SCHEDULE,
         )
         assert np.all(np.asarray(states.num_windows) == (j % WINDOWS) + 1)
 
 
 def test_log_uniform_horizons_are_window_multiples_in_range():
     schedule = meta.LogUniformTruncationSchedule(100, 2000, multiple_of=50)
-    draws = np.asarray(jax.vmap(schedule.sample)(jax.random.split(jax.random.key(0), 4000)))
+    draws = np.asarray(
+        jax.vmap(schedule.sample)(jax.random.split(jax.random.key(0), 4000))
+    )
     assert np.all(draws % 50 == 0)
     assert draws.min() == 100 and draws.max() == 2000 == schedule.max_horizon
     # log-uniform: as many draws below the geometric mean as above it

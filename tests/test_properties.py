@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import functools
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-import mnemosyne
 from helpers import (
     assert_allclose_tree,
     assert_tree_equal,
@@ -37,6 +34,10 @@ from helpers import (
     ranked_params,
     tensorwise,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mnemosyne
 
 _EXAMPLES = int(os.environ.get("MNEMOSYNE_HYPOTHESIS_EXAMPLES", "0"))
 settings.register_profile(
@@ -93,15 +94,19 @@ def leaves(draw, dtypes=tuple(DTYPES)):
     }
 
 
-def trees(leaf=leaves()):
+def trees(leaf=None):
     """Nested dicts / lists / tuples of leaf specs and `None`s (not `None` itself:
     `update(grads, state, None)` means "no params")."""
+    if leaf is None:
+        leaf = leaves()
     return st.recursive(
         st.one_of(leaf, st.none()),
         lambda children: st.one_of(
             st.lists(children, max_size=3),
             st.tuples(children, children),
-            st.dictionaries(st.sampled_from(["a", "b", "c", "w"]), children, max_size=3),
+            st.dictionaries(
+                st.sampled_from(["a", "b", "c", "w"]), children, max_size=3
+            ),
         ),
         max_leaves=6,
     ).filter(lambda tree: tree is not None)
@@ -144,7 +149,9 @@ def _np(tree):
 
 
 @settings(PROFILE)
-@given(spec=trees(), name=st.sampled_from(["pretrained", "coordinatewise", "tensorwise"]))
+@given(
+    spec=trees(), name=st.sampled_from(["pretrained", "coordinatewise", "tensorwise"])
+)
 def test_reference_on_random_pytrees(spec, name):
     """Any pytree of float32 / bfloat16 / float16 leaves (scalars, zero-size,
     large, `None`) at any gradient scale: updates with the params' structure,
@@ -153,17 +160,19 @@ def test_reference_on_random_pytrees(spec, name):
     params, grads = _materialise(spec)
     tx = mnemosyne.scale_by_mnemosyne(_lopts()[name], backend="numpy")
     state = tx.init(params)
-    with np.errstate(invalid="ignore"):  # 0/0 on zero-size leaves (tensor-wise reference)
+    with np.errstate(
+        invalid="ignore"
+    ):  # 0/0 on zero-size leaves (tensor-wise reference)
         updates, new_state = tx.update(grads, state, params)
     assert _structure(updates) == _structure(params)
-    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=False):
         u = np.asarray(u)
         assert u.shape == p.shape and u.dtype == p.dtype
         assert np.all(np.isfinite(u.astype(np.float32)))
         assert np.all(np.abs(u.astype(np.float32)) <= MAX_STEP)
     assert int(new_state.step) == 1 and int(new_state.skipped) == 0
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
-    for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
+    for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state), strict=False):
         assert np.shape(a) == np.shape(b) and np.asarray(a).dtype == np.asarray(b).dtype
         assert np.all(np.isfinite(np.asarray(a, np.float64)))
 
@@ -217,7 +226,9 @@ def test_nonfinite_anywhere_skips_the_step(spec, name, bad, where):
         flat = np.asarray(leaves_[i]).reshape(-1).copy()
         flat[where % flat.size] = bad
         leaves_[i] = jnp.asarray(flat.reshape(leaves_[i].shape), leaves_[i].dtype)
-        updates, new_state = tx.update(jax.tree.unflatten(treedef, leaves_), state, params)
+        updates, new_state = tx.update(
+            jax.tree.unflatten(treedef, leaves_), state, params
+        )
     assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
     assert int(new_state.step) == int(state.step) == 1
     assert int(new_state.skipped) == 1
@@ -235,7 +246,11 @@ def _random_template(dtype, seed, exponents, bad=None):
     params = ranked_params(getattr(jnp, dtype), seed=seed)
     rng = np.random.default_rng(seed + 1)
     grads = {}
-    for (k, p), e in zip(sorted((k, v) for k, v in params.items() if v is not None), exponents):
+    for (k, p), e in zip(
+        sorted((k, v) for k, v in params.items() if v is not None),
+        exponents,
+        strict=False,
+    ):
         grads[k] = jnp.asarray(rng.standard_normal(p.shape) * 10.0**e, p.dtype)
     if bad is not None:
         grads["matrix"] = grads["matrix"].at[1, 2].set(bad)
@@ -275,27 +290,52 @@ def test_numpy_and_jax_agree(name, dtype, seed, exponents, bad):
                 history.append(_np(updates))
                 p = jax.tree.map(lambda x, u: x + jnp.asarray(u, x.dtype), p, updates)
             results[backend] = (history, state)
-        (ref_updates, ref_state), (jax_updates, jax_state) = results["numpy"], results["jax"]
+        (ref_updates, ref_state), (jax_updates, jax_state) = (
+            results["numpy"],
+            results["jax"],
+        )
         rtol = RTOL[dtype]
-        for t, (u_ref, u_jax) in enumerate(zip(ref_updates, jax_updates)):
+        for t, (u_ref, u_jax) in enumerate(zip(ref_updates, jax_updates, strict=False)):
             scale = max(float(np.max(np.abs(u))) for u in jax.tree.leaves(u_ref))
-            assert_allclose_tree(u_jax, u_ref, rtol=rtol, atol=rtol * scale, err_msg=f"step {t}")
+            assert_allclose_tree(
+                u_jax, u_ref, rtol=rtol, atol=rtol * scale, err_msg=f"step {t}"
+            )
         assert int(jax_state.skipped) == int(ref_state.skipped) == (bad is not None)
         assert int(jax_state.step) == int(ref_state.step)
-        for m_jax, m_ref in zip(jax.tree.leaves(jax_state.memory), jax.tree.leaves(ref_state.memory)):
+        for m_jax, m_ref in zip(
+            jax.tree.leaves(jax_state.memory),
+            jax.tree.leaves(ref_state.memory),
+            strict=False,
+        ):
             m_ref = np.asarray(m_ref)
             scale = float(np.max(np.abs(m_ref)))
             # XLA:CPU flushes subnormals (the second moment of a 1e-17 gradient
             # is ~1e-39) to zero; the reference keeps them
             tiny = float(np.finfo(m_ref.dtype).tiny) if m_ref.dtype.kind == "f" else 0.0
-            np.testing.assert_allclose(np.asarray(m_jax), m_ref, rtol=rtol, atol=max(rtol * scale, tiny))
+            np.testing.assert_allclose(
+                np.asarray(m_jax), m_ref, rtol=rtol, atol=max(rtol * scale, tiny)
+            )
 
 
 def test_examples_per_run():
-    """CI runs a fixed number of examples (reported in docs/reliability.md)."""
+    """Every property test of this module is counted in `EXAMPLES`, and
+    docs/reliability.md quotes the profile CI runs (examples per test, total)."""
+    given_tests = {
+        name
+        for name, fn in globals().items()
+        if name.startswith("test_") and hasattr(fn, "hypothesis")
+    }
+    assert given_tests == set(EXAMPLES)
     if not _EXAMPLES:
-        assert PROFILE.max_examples == 25 and PROFILE.deadline is None and PROFILE.derandomize
-        assert sum(EXAMPLES.values()) == 100
+        page = (
+            pathlib.Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
+        )
+        text = " ".join(page.read_text().split())
+        assert f"{PROFILE.max_examples} examples per test" in text
+        assert f"run **{sum(EXAMPLES.values())} examples**" in text
+        assert PROFILE.deadline is None and PROFILE.derandomize
 
 
-pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:invalid value encountered:RuntimeWarning"
+)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import mnemosyne
-from mnemosyne.backends import jax_backend as jb, numpy_backend as nb
+from mnemosyne.backends import jax_backend as jb
+from mnemosyne.backends import numpy_backend as nb
 
 D = 4
 
@@ -19,15 +20,28 @@ def _pair(seed=0, norm=0.6):
     return norm * x / np.linalg.norm(x), norm * y / np.linalg.norm(y)
 
 
-def _estimates(x, y, m, draws, seed):
-    """`draws` independent estimates phi(x)^T phi(y), each with fresh omega (m rows)."""
+def _estimates(x, y, m, draws, seed, fixed_norms=False):
+    """`draws` independent estimates phi(x)^T phi(y), each with fresh omega (m rows).
+
+    `fixed_norms`: rows of omega rescaled to norm sqrt(d) instead of the
+    chi-distributed norms of Gaussian rows (a plausible bug: orthogonal
+    features without the norm draw are biased for the softmax kernel)."""
     rng = np.random.default_rng(seed)
     z = np.stack([x, y], axis=1)  # (d, 2)
     out = np.empty(draws)
     for i in range(draws):
-        phi = nb.hyperbolic_features(z, nb.orthogonal_gaussian_matrix(rng, m, D))
+        omega = nb.orthogonal_gaussian_matrix(rng, m, D)
+        if fixed_norms:
+            omega = omega / np.linalg.norm(omega, axis=1, keepdims=True) * np.sqrt(D)
+        phi = nb.hyperbolic_features(z, omega)
         out[i] = phi[:, 0] @ phi[:, 1]
     return out
+
+
+def _within_4_standard_errors(est, exact) -> bool:
+    """The unbiasedness test: the sample mean is within 4 standard errors."""
+    standard_error = est.std(ddof=1) / np.sqrt(len(est))
+    return abs(est.mean() - exact) < 4 * standard_error
 
 
 def test_unbiased_for_softmax_kernel():
@@ -35,17 +49,18 @@ def test_unbiased_for_softmax_kernel():
     x, y = _pair()
     est = _estimates(x, y, m=D, draws=4000, seed=1)
     exact = np.exp(x @ y)
+    assert _within_4_standard_errors(est, exact)
     standard_error = est.std(ddof=1) / np.sqrt(len(est))
-    assert abs(est.mean() - exact) < 4 * standard_error
     assert standard_error < 0.01 * exact  # the test has power: SE is small
 
 
-def test_biased_kernel_is_detected():
-    """Power check of the test above: a 5% bias is > 4 SE away, so it would fail."""
+def test_biased_features_are_detected():
+    """Power check of the test above on a real bug: the same draws with the
+    projection rows' norms fixed (no chi-distributed norms) are biased, and
+    the 4-standard-error test rejects them."""
     x, y = _pair()
-    est = _estimates(x, y, m=D, draws=4000, seed=1)
-    standard_error = est.std(ddof=1) / np.sqrt(len(est))
-    assert abs(est.mean() - 1.05 * np.exp(x @ y)) > 4 * standard_error
+    est = _estimates(x, y, m=D, draws=4000, seed=1, fixed_norms=True)
+    assert not _within_4_standard_errors(est, np.exp(x @ y))
 
 
 def test_error_shrinks_like_inverse_sqrt_r():
@@ -85,7 +100,9 @@ def test_orthogonal_gaussian_matrix_jax(getkey):
     for start in (0, 4):
         block = np.asarray(omega[start : start + D], np.float64)
         gram = block @ block.T
-        np.testing.assert_allclose(gram - np.diag(np.diag(gram)), 0.0, atol=1e-5 * gram.max())
+        np.testing.assert_allclose(
+            gram - np.diag(np.diag(gram)), 0.0, atol=1e-5 * gram.max()
+        )
 
 
 def test_row_norms_are_chi_distributed():
@@ -107,11 +124,17 @@ def test_features_positive_and_bounded(scale):
     bound = np.concatenate([bound, bound])[:, None]
     with np.errstate(over="ignore"):
         phi = nb.hyperbolic_features(z, omega)
-    assert np.all(np.isfinite(phi)) and np.all(phi >= 0) and np.all(phi <= bound * (1 + 1e-12))
+    assert (
+        np.all(np.isfinite(phi))
+        and np.all(phi >= 0)
+        and np.all(phi <= bound * (1 + 1e-12))
+    )
     if scale <= 1.0:  # |z|^2/2 >~ 745 underflows to exactly 0 (allowed)
         assert np.all(phi > 0)
     phi32 = np.asarray(
-        jax.jit(jb.hyperbolic_features)(jnp.asarray(z, jnp.float32), jnp.asarray(omega, jnp.float32))
+        jax.jit(jb.hyperbolic_features)(
+            jnp.asarray(z, jnp.float32), jnp.asarray(omega, jnp.float32)
+        )
     )
     assert np.all(np.isfinite(phi32)) and np.all(phi32 >= 0)
     assert np.all(phi32 <= bound * (1 + 1e-5))
@@ -140,7 +163,9 @@ def test_random_feature_map_module(getkey):
     z = np.random.default_rng(0).standard_normal((2, D, 3))
     keys = fmap.keys(z, nb)
     omega = np.asarray(fmap.omega.value, np.float64)
-    np.testing.assert_allclose(keys[1], nb.hyperbolic_features(z[1], omega[1]), rtol=1e-6)
+    np.testing.assert_allclose(
+        keys[1], nb.hyperbolic_features(z[1], omega[1]), rtol=1e-6
+    )
     for bad in (0, 3):
         with pytest.raises(ValueError, match="even"):
             mnemosyne.RandomFeatureMap(1, bad, D, key=getkey())

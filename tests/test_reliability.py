@@ -12,7 +12,6 @@ backend; the meta-training runs share one compiled outer step.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import signal
@@ -26,10 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import FAST_COMPILE, LOPTS, coordinatewise, fast_jit, tensorwise
 
 import mnemosyne
-from helpers import FAST_COMPILE, LOPTS, coordinatewise, fast_jit, tensorwise
 from mnemosyne import _checks, _serialisation, meta
+from mnemosyne._training import run_steps
 from mnemosyne.baselines import LearnableSGD
 from mnemosyne.meta import _checkpoint, _trainer
 
@@ -37,7 +37,11 @@ NAMES = sorted(LOPTS)
 
 
 def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
@@ -47,15 +51,22 @@ def _all_finite(tree) -> jax.Array:
 
 _RNG = np.random.default_rng(0)
 SHAPES = {"w": (8, 8), "b": (8,)}
-CURVATURE = {k: jnp.asarray(np.geomspace(0.1, 10.0, int(np.prod(s))).reshape(s), jnp.float32) for k, s in SHAPES.items()}
-TARGET = {k: jnp.asarray(_RNG.standard_normal(s), jnp.float32) for k, s in SHAPES.items()}
+CURVATURE = {
+    k: jnp.asarray(np.geomspace(0.1, 10.0, int(np.prod(s))).reshape(s), jnp.float32)
+    for k, s in SHAPES.items()
+}
+TARGET = {
+    k: jnp.asarray(_RNG.standard_normal(s), jnp.float32) for k, s in SHAPES.items()
+}
 PARAMS0 = {k: jnp.zeros(s, jnp.float32) for k in SHAPES for s in [SHAPES[k]]}
 NUM_STEPS, INJECT = 120, (40, 45)  # extreme gradients on steps 40..44
 MAX_STEP = 1.0  # bound on |update| per coordinate (learning rate 1)
 
 
 def _quadratic(params):
-    return sum(0.5 * jnp.sum(CURVATURE[k] * (params[k] - TARGET[k]) ** 2) for k in SHAPES)
+    return sum(
+        0.5 * jnp.sum(CURVATURE[k] * (params[k] - TARGET[k]) ** 2) for k in SHAPES
+    )
 
 
 @functools.cache
@@ -73,14 +84,20 @@ def _injected_run(tx, scale, offset, start, stop):
         params, state = carry
         loss, grads = jax.value_and_grad(_quadratic)(params)
         inject = (t >= start) & (t < stop)
-        grads = jax.tree.map(lambda g, o: jnp.where(inject, scale * g + o, g), grads, offset)
+        grads = jax.tree.map(
+            lambda g, o: jnp.where(inject, scale * g + o, g), grads, offset
+        )
         updates, state = tx.update(grads, state, params)
         params = optax.apply_updates(params, updates)
-        biggest = jnp.max(jnp.stack([jnp.max(jnp.abs(u)) for u in jax.tree.leaves(updates)]))
+        biggest = jnp.max(
+            jnp.stack([jnp.max(jnp.abs(u)) for u in jax.tree.leaves(updates)])
+        )
         return (params, state), (loss, biggest, _all_finite((params, state)))
 
     carry = (PARAMS0, tx.init(PARAMS0))
-    (params, state), (losses, biggest, finite) = jax.lax.scan(body, carry, jnp.arange(NUM_STEPS))
+    (params, state), (losses, biggest, finite) = jax.lax.scan(
+        body, carry, jnp.arange(NUM_STEPS)
+    )
     return params, state, losses, biggest, finite
 
 
@@ -112,7 +129,9 @@ INJECTIONS = {
 
 @pytest.fixture(scope="module")
 def clean_run():
-    return _injected_run(_tx(), jnp.float32(1.0), _constant(0.0), jnp.int32(0), jnp.int32(0))
+    return _injected_run(
+        _tx(), jnp.float32(1.0), _constant(0.0), jnp.int32(0), jnp.int32(0)
+    )
 
 
 _SATURATING = pytest.mark.xfail(
@@ -126,8 +145,12 @@ _SATURATING = pytest.mark.xfail(
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, marks=_SATURATING) if c in ("constant_1e30", "constant_float32_max") else c
-     for c in INJECTIONS],
+    [
+        pytest.param(c, marks=_SATURATING)
+        if c in ("constant_1e30", "constant_float32_max")
+        else c
+        for c in INJECTIONS
+    ],
 )
 def test_extreme_gradients_mid_run(case, clean_run):
     """Params and state stay finite at every step, every step is bounded, the
@@ -138,7 +161,11 @@ def test_extreme_gradients_mid_run(case, clean_run):
     params, state, losses, biggest, finite = _injected_run(
         _tx(), jnp.float32(scale), offset, jnp.int32(start), jnp.int32(stop)
     )
-    losses, biggest, finite = np.asarray(losses), np.asarray(biggest), np.asarray(finite)
+    losses, biggest, finite = (
+        np.asarray(losses),
+        np.asarray(biggest),
+        np.asarray(finite),
+    )
     assert finite.all(), np.flatnonzero(~finite)
     assert np.all(np.isfinite(losses))
     assert np.all(biggest <= MAX_STEP), biggest.max()
@@ -166,20 +193,28 @@ def test_gradient_scale_invariance_reference():
     epsilon's share at |g| ~ 1e-2 (NumPy reference)."""
     tx = mnemosyne.scale_by_mnemosyne(mnemosyne.pretrained(), backend="numpy")
     params = TARGET
-    grads = {k: jnp.asarray(_RNG.standard_normal(s), jnp.float32) for k, s in SHAPES.items()}
+    grads = {
+        k: jnp.asarray(_RNG.standard_normal(s), jnp.float32) for k, s in SHAPES.items()
+    }
     state = tx.init(params)
     reference, _ = tx.update(grads, state, params)
     for k in (-2, 3, 6, 9):
-        scaled = jax.tree.map(lambda g: g * np.float32(10.0**k), grads)
+        scaled = jax.tree.map(lambda g, k=k: g * np.float32(10.0**k), grads)
         updates, _ = tx.update(scaled, state, params)
-        for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(reference)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-7, err_msg=str(k))
+        for a, b in zip(
+            jax.tree.leaves(updates), jax.tree.leaves(reference), strict=False
+        ):
+            np.testing.assert_allclose(
+                np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-7, err_msg=str(k)
+            )
 
 
 def test_gradient_scale_invariance_tiny():
     tx = mnemosyne.scale_by_mnemosyne(mnemosyne.pretrained(), backend="numpy")
     params = TARGET
-    grads = {k: jnp.asarray(_RNG.standard_normal(s), jnp.float32) for k, s in SHAPES.items()}
+    grads = {
+        k: jnp.asarray(_RNG.standard_normal(s), jnp.float32) for k, s in SHAPES.items()
+    }
     state = tx.init(params)
     reference, _ = tx.update(grads, state, params)
     tiny = jax.tree.map(lambda g: g * np.float32(1e-30), grads)
@@ -188,7 +223,9 @@ def test_gradient_scale_invariance_tiny():
     # Adam) and only the tensor-normalised channels see the gradient, so the
     # step is finite and smaller than for the same gradients at unit scale
     # (v1, with tensor-RMS normalisation only, gave exactly the same step)
-    biggest = lambda tree: max(float(np.max(np.abs(np.asarray(x)))) for x in jax.tree.leaves(tree))
+    biggest = lambda tree: max(
+        float(np.max(np.abs(np.asarray(x)))) for x in jax.tree.leaves(tree)
+    )
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(updates))
     assert 0 < biggest(updates) < biggest(reference)
 
@@ -209,8 +246,12 @@ def test_huge_finite_gradients_jax_matches_reference():
         grads, lopt.init(params), params
     )
     tx = mnemosyne.scale_by_mnemosyne(lopt)
-    updates, _ = fast_jit(lambda tx, g, s, p: tx.update(g, s, p))(tx, grads, tx.init(params), params)
-    np.testing.assert_allclose(np.asarray(updates["w"]), np.asarray(expected["w"]), rtol=1e-5)
+    updates, _ = fast_jit(lambda tx, g, s, p: tx.update(g, s, p))(
+        tx, grads, tx.init(params), params
+    )
+    np.testing.assert_allclose(
+        np.asarray(updates["w"]), np.asarray(expected["w"]), rtol=1e-5
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -231,7 +272,10 @@ def test_errors_at_trace_time_name_the_path(name):
     state = tx.init(params)
     _abstract_update(tx, grads, state, params)  # fine
 
-    other = {"dense": {"w": jnp.ones((3, 2)), "bias": jnp.ones(2)}, "scale": jnp.ones(())}
+    other = {
+        "dense": {"w": jnp.ones((3, 2)), "bias": jnp.ones(2)},
+        "scale": jnp.ones(()),
+    }
     with pytest.raises(ValueError, match=r"\['dense'\]\['bias'\]"):
         _abstract_update(tx, grads, state, other)
     wrong_shape = {**params, "dense": {"w": jnp.ones((2, 3)), "b": jnp.ones(2)}}
@@ -247,7 +291,9 @@ def test_errors_at_trace_time_name_the_path(name):
             _abstract_update(tx, bad, state, params)
     # inside jit the same errors come from tracing, before any compile
     with pytest.raises(TypeError, match=r"grads\['scale'\]"):
-        jax.jit(tx.update).trace({**grads, "scale": jnp.ones((), jnp.int32)}, state, params)
+        jax.jit(tx.update).trace(
+            {**grads, "scale": jnp.ones((), jnp.int32)}, state, params
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -264,11 +310,19 @@ def test_check_state_like():
     lopt = coordinatewise()
     params = {"a": jnp.ones(3), "b": None}
     state = lopt.init(params)
-    _checks.check_update_inputs(params, state, params, expected_state=jax.eval_shape(lopt.init, params))
-    with pytest.raises(ValueError, match=r"state\.memory\['a'\]\.numerator has shape \(1, 2, 1, 3\)"):
-        _checks.check_state_like(state, jax.eval_shape(lopt.init, {"a": jnp.ones(4), "b": None}))
+    _checks.check_update_inputs(
+        params, state, params, expected_state=jax.eval_shape(lopt.init, params)
+    )
+    with pytest.raises(
+        ValueError, match=r"state\.memory\['a'\]\.numerator has shape \(1, 2, 1, 3\)"
+    ):
+        _checks.check_state_like(
+            state, jax.eval_shape(lopt.init, {"a": jnp.ones(4), "b": None})
+        )
     with pytest.raises(ValueError, match="missing"):
-        _checks.check_state_like(state, jax.eval_shape(lopt.init, {"a": jnp.ones(3), "b": jnp.ones(1)}))
+        _checks.check_state_like(
+            state, jax.eval_shape(lopt.init, {"a": jnp.ones(3), "b": jnp.ones(1)})
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -284,8 +338,12 @@ def test_optax_masked_and_none_leaves(name):
         "nothing": None,
     }
     mask = {"w": True, "frozen": False, "count": False, "nothing": True}
-    grads = {"w": jnp.asarray(_RNG.standard_normal((3, 4)), jnp.float32), "frozen": jnp.full(5, 0.5),
-             "count": jnp.asarray(0, jnp.int32), "nothing": None}
+    grads = {
+        "w": jnp.asarray(_RNG.standard_normal((3, 4)), jnp.float32),
+        "frozen": jnp.full(5, 0.5),
+        "count": jnp.asarray(0, jnp.int32),
+        "nothing": None,
+    }
     for backend in ("numpy", "jax"):
         tx = optax.masked(mnemosyne.scale_by_mnemosyne(lopt, backend=backend), mask)
         state = tx.init(params)
@@ -295,9 +353,15 @@ def test_optax_masked_and_none_leaves(name):
             continue
         updates, state = tx.update(grads, state, params)
         alone = mnemosyne.scale_by_mnemosyne(lopt, backend="numpy")
-        expected, _ = alone.update({"w": grads["w"]}, alone.init({"w": params["w"]}), {"w": params["w"]})
-        np.testing.assert_array_equal(np.asarray(updates["w"]), np.asarray(expected["w"]))
-        assert updates["frozen"] is grads["frozen"] and updates["count"] is grads["count"]
+        expected, _ = alone.update(
+            {"w": grads["w"]}, alone.init({"w": params["w"]}), {"w": params["w"]}
+        )
+        np.testing.assert_array_equal(
+            np.asarray(updates["w"]), np.asarray(expected["w"])
+        )
+        assert (
+            updates["frozen"] is grads["frozen"] and updates["count"] is grads["count"]
+        )
         assert updates["nothing"] is None
 
 
@@ -308,16 +372,25 @@ def test_empty_pytrees_and_zero_size_leaves(name):
         for backend in ("numpy", "jax"):
             tx = mnemosyne.scale_by_mnemosyne(lopt, backend=backend)
             updates, state = tx.update(params, tx.init(params), params)
-            assert jax.tree.structure(updates, is_leaf=lambda x: x is None) == jax.tree.structure(
-                params, is_leaf=lambda x: x is None)
+            assert jax.tree.structure(
+                updates, is_leaf=lambda x: x is None
+            ) == jax.tree.structure(params, is_leaf=lambda x: x is None)
             assert int(state.step) == 1 and int(state.skipped) == 0
-    params = {"empty": jnp.zeros((0, 3), jnp.float32), "w": jnp.asarray([1.0, -2.0, 3.0])}
-    grads = {"empty": jnp.zeros((0, 3), jnp.float32), "w": jnp.asarray([0.5, 0.1, -1.0])}
+    params = {
+        "empty": jnp.zeros((0, 3), jnp.float32),
+        "w": jnp.asarray([1.0, -2.0, 3.0]),
+    }
+    grads = {
+        "empty": jnp.zeros((0, 3), jnp.float32),
+        "w": jnp.asarray([0.5, 0.1, -1.0]),
+    }
     tx = mnemosyne.scale_by_mnemosyne(lopt, backend="numpy")
     with np.errstate(invalid="ignore"):  # see test_zero_size_leaf_no_warning
         updates, state = tx.update(grads, tx.init(params), params)
     assert np.asarray(updates["empty"]).shape == (0, 3)
-    alone = tx.update({"w": grads["w"]}, tx.init({"w": params["w"]}), {"w": params["w"]})[0]
+    alone = tx.update(
+        {"w": grads["w"]}, tx.init({"w": params["w"]}), {"w": params["w"]}
+    )[0]
     np.testing.assert_array_equal(np.asarray(updates["w"]), np.asarray(alone["w"]))
     jtx = mnemosyne.scale_by_mnemosyne(lopt)
     shapes = _abstract_update(jtx, grads, jtx.init(params), params)[0]
@@ -354,12 +427,16 @@ def _tiled_leaf_check(n, pattern_size=1000):
     grads = {"w": jnp.tile(jnp.asarray(g_small), reps)}
     tx = mnemosyne.scale_by_mnemosyne(lopt)
     state = tx.init(params)
-    updates, state = fast_jit(lambda tx, g, s, p: tx.update(g, s, p))(tx, grads, state, params)
+    updates, state = fast_jit(lambda tx, g, s, p: tx.update(g, s, p))(
+        tx, grads, state, params
+    )
     u = np.asarray(updates["w"]).reshape(reps, pattern_size)
     assert np.all(np.isfinite(u)) and bool(_all_finite(state.memory))
     scale = float(np.max(np.abs(expected["w"])))
     for row in (0, reps // 2, reps - 1):
-        np.testing.assert_allclose(u[row], np.asarray(expected["w"]), rtol=1e-4, atol=1e-5 * scale)
+        np.testing.assert_allclose(
+            u[row], np.asarray(expected["w"]), rtol=1e-4, atol=1e-5 * scale
+        )
     assert state.memory["w"].numerator.shape[-1] == n
 
 
@@ -411,13 +488,15 @@ def test_many_scalar_leaves_under_jit():
     state = jitted.init(params)
     got, new_state = update(grads, state, params)
     want, want_state = reference.update(grads, reference.init(params), params)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want, np.float32), rtol=1e-4, atol=1e-7)
-    for m, w in zip(new_state.memory, want_state.memory):
+    np.testing.assert_allclose(
+        np.asarray(got), np.asarray(want, np.float32), rtol=1e-4, atol=1e-7
+    )
+    for m, w in zip(new_state.memory, want_state.memory, strict=False):
         np.testing.assert_allclose(m.numerator, w.numerator, rtol=1e-4, atol=1e-7)
     grads[n // 2] = np.float32(np.nan)
     skipped, skipped_state = update(grads, new_state, params)
     assert all(float(u) == 0.0 for u in skipped) and int(skipped_state.skipped) == 1
-    for m, old in zip(skipped_state.memory, new_state.memory):
+    for m, old in zip(skipped_state.memory, new_state.memory, strict=False):
         np.testing.assert_array_equal(m.numerator, old.numerator)
         np.testing.assert_array_equal(m.normaliser, old.normaliser)
 
@@ -470,7 +549,11 @@ def test_every_truncation_is_refused(tmp_path, weights_bytes):
     that says truncated / corrupted / not a weights file, never a wrong module."""
     cuts = np.unique(np.linspace(0, len(weights_bytes) - 1, 50).astype(int))
     for cut in cuts:
-        _refused(tmp_path, weights_bytes[:cut], "truncated|corrupted|not a Mnemosyne weights file")
+        _refused(
+            tmp_path,
+            weights_bytes[:cut],
+            "truncated|corrupted|not a Mnemosyne weights file",
+        )
 
 
 def test_other_formats_are_refused(tmp_path, weights_bytes):
@@ -481,10 +564,18 @@ def test_other_formats_are_refused(tmp_path, weights_bytes):
     _refused(tmp_path, raw.read_bytes(), "not a Mnemosyne weights file")
     ckpt = tmp_path / "ckpt.eqx"
     meta.save_checkpoint(ckpt, {"a": jnp.ones(2)}, {"step": 1})
-    _refused(tmp_path, ckpt.read_bytes(), "meta-training checkpoint, not a weights file")
-    _refused(tmp_path, json.dumps({"format_version": 1}).encode(), "not a Mnemosyne weights file")
+    _refused(
+        tmp_path, ckpt.read_bytes(), "meta-training checkpoint, not a weights file"
+    )
+    _refused(
+        tmp_path,
+        json.dumps({"format_version": 1}).encode(),
+        "not a Mnemosyne weights file",
+    )
     _refused(tmp_path, MAGIC + b"[1, 2]\n", "header is truncated or corrupted")
-    with pytest.raises(mnemosyne.WeightsFileError, match="not a Mnemosyne weights file"):
+    with pytest.raises(
+        mnemosyne.WeightsFileError, match="not a Mnemosyne weights file"
+    ):
         mnemosyne.load(mnemosyne._serialisation.WEIGHTS_DIR / "default.eqx.json")
 
 
@@ -492,23 +583,52 @@ def test_other_versions_and_configs_are_refused(tmp_path, weights_bytes):
     def set_(key, value):
         return lambda h: h.__setitem__(key, value)
 
-    _refused(tmp_path, _with_header(weights_bytes, set_("format_version", 99)), r"format version 99.*upgrade mnemosyne")
-    _refused(tmp_path, _with_header(weights_bytes, set_("format_version", 0)), r"header is corrupted \(format version 0\)")
-    _refused(tmp_path, _with_header(weights_bytes, lambda h: h.pop("format_version")), r"header is corrupted \(format version None\)")
+    _refused(
+        tmp_path,
+        _with_header(weights_bytes, set_("format_version", 99)),
+        r"format version 99.*upgrade mnemosyne",
+    )
+    _refused(
+        tmp_path,
+        _with_header(weights_bytes, set_("format_version", 0)),
+        r"header is corrupted \(format version 0\)",
+    )
+    _refused(
+        tmp_path,
+        _with_header(weights_bytes, lambda h: h.pop("format_version")),
+        r"header is corrupted \(format version None\)",
+    )
     # a configuration from another version: an argument this version does not know
-    _refused(tmp_path, _with_header(weights_bytes, lambda h: h["config"].update(use_rope=True)),
-             r"configuration cannot be built by this version.*use_rope")
-    _refused(tmp_path, _with_header(weights_bytes, set_("config", None)), "no optimizer configuration")
+    _refused(
+        tmp_path,
+        _with_header(weights_bytes, lambda h: h["config"].update(use_rope=True)),
+        r"configuration cannot be built by this version.*use_rope",
+    )
+    _refused(
+        tmp_path,
+        _with_header(weights_bytes, set_("config", None)),
+        "no optimizer configuration",
+    )
     # weights of a differently configured optimizer under this header
     other = tmp_path / "other.eqx"
-    mnemosyne.save(other, mnemosyne.CoordinatewiseMnemosyne(hidden_size=4, key=jax.random.key(0)))
+    mnemosyne.save(
+        other, mnemosyne.CoordinatewiseMnemosyne(hidden_size=4, key=jax.random.key(0))
+    )
     header, _, payload = other.read_bytes()[len(MAGIC):].partition(b"\n")
     header = json.loads(header)
     header["config"] = dict(coordinatewise().config)
     header["config"]["step_timescales"] = list(header["config"]["step_timescales"])
-    _refused(tmp_path, MAGIC + json.dumps(header).encode() + b"\n" + payload, "do not match the configuration")
+    _refused(
+        tmp_path,
+        MAGIC + json.dumps(header).encode() + b"\n" + payload,
+        "do not match the configuration",
+    )
     # trailing bytes
-    _refused(tmp_path, weights_bytes + b"extra", r"corrupted: \d+ payload bytes, the header says")
+    _refused(
+        tmp_path,
+        weights_bytes + b"extra",
+        r"corrupted: \d+ payload bytes, the header says",
+    )
 
 
 def test_save_failing_half_way_keeps_the_old_file(tmp_path, monkeypatch):
@@ -608,7 +728,9 @@ def test_diverging_tasks_are_counted_and_skipped(uninterrupted_meta):
     assert skipped.any() and not skipped.all(), skipped
     assert np.all(diverged[skipped] == 4)  # skipped <=> all 4 trajectories diverged
     assert np.any((diverged > 0) & (diverged < 4)), diverged  # partial divergence
-    assert np.all(np.isfinite(history["meta_loss"])) and np.all(np.isfinite(np.asarray(history["grad_norm"])[~skipped]))
+    assert np.all(np.isfinite(history["meta_loss"])) and np.all(
+        np.isfinite(np.asarray(history["grad_norm"])[~skipped])
+    )
     assert np.isfinite(float(lopt.log_learning_rate))
     assert float(lopt.learning_rate) != pytest.approx(0.1)  # θ did move
     # θ after a skipped step equals θ before it: replay step by step
@@ -637,12 +759,18 @@ def _resume_and_compare(checkpoint_dir, uninterrupted_meta):
 
 # kill points drawn once from a seeded generator: (where, outer step / save index)
 _KILLS = [
-    ("outer-step", int(s)) for s in np.random.default_rng(0).choice(np.arange(3, META_STEPS), 2, replace=False)
-] + [("checkpoint-write", int(k)) for k in np.random.default_rng(1).choice(np.arange(2, 6), 2, replace=False)]
+    ("outer-step", int(s))
+    for s in np.random.default_rng(0).choice(np.arange(3, META_STEPS), 2, replace=False)
+] + [
+    ("checkpoint-write", int(k))
+    for k in np.random.default_rng(1).choice(np.arange(2, 6), 2, replace=False)
+]
 
 
 @pytest.mark.parametrize("where,when", _KILLS, ids=[f"{w}-{n}" for w, n in _KILLS])
-def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch, uninterrupted_meta, where, when):
+def test_interrupted_run_resumes_bit_identically(
+    tmp_path, monkeypatch, uninterrupted_meta, where, when
+):
     """Interrupt a run inside outer step `when`, or half way through writing its
     `when`-th checkpoint (the payload partly on disk), then start a new trainer
     on the same folder: it resumes from the last complete checkpoint and ends
@@ -689,7 +817,8 @@ def killed_mid_write(f, tree, *args, **kwargs):
     saves.append(1)
     if len(saves) == {when}:
         f.write(b"\\x00" * 100)
-        getattr(f, "_f", f).flush()  # the bytes reach the file (f hashes, then forwards)
+        getattr(f, "_f", f).flush()  # the bytes reach the file (f hashes, then
+        forwards)
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally
     return original(f, tree, *args, **kwargs)
 
@@ -706,11 +835,15 @@ def test_sigkill_during_checkpoint_write(tmp_path, uninterrupted_meta):
     script = _KILL_SCRIPT.format(
         tests=os.path.dirname(__file__), when=3, folder=str(tmp_path), steps=META_STEPS
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     names = sorted(os.listdir(tmp_path))  # "." sorts first
     assert names[1:] == ["ckpt-00000002.eqx", "ckpt-00000004.eqx"], names
-    assert names[0].startswith(".ckpt-00000006.eqx.") and names[0].endswith(".tmp"), names
+    assert names[0].startswith(".ckpt-00000006.eqx.") and names[0].endswith(".tmp"), (
+        names
+    )
     assert os.path.getsize(tmp_path / names[0]) >= 100  # the partial write is there
     _resume_and_compare(tmp_path, uninterrupted_meta)
 
@@ -733,13 +866,9 @@ def long_run():
 
     @fast_jit
     def chunk(tx, params, state, key):
-        def body(carry, k):
-            params, state = carry
-            loss, grads = jax.value_and_grad(task.loss)(params, task.sample_batch(k))
-            updates, state = tx.update(grads, state, params)
-            return (optax.apply_updates(params, updates), state), loss
-
-        (params, state), losses = jax.lax.scan(body, (params, state), jax.random.split(key, CHUNK))
+        (params, state), losses = run_steps(
+            task, tx, params, state, jax.random.split(key, CHUNK)
+        )
         return params, state, losses
 
     params = task.init(jax.random.key(0))
@@ -768,7 +897,10 @@ def test_long_run_10k_steps(long_run):
     losses, state, checks = long_run
     assert all(all(c) for c in checks), checks
     assert losses.shape == (LONG_STEPS,) and not diverged(losses)[0]
-    assert losses.max() <= 3.0 * losses[0], (losses[0], losses.max())  # spikes stay small
+    assert losses.max() <= 3.0 * losses[0], (
+        losses[0],
+        losses.max(),
+    )  # spikes stay small
     assert int(state[0].skipped) == 0 and int(state[0].step) == LONG_STEPS
     assert losses[-CHUNK:].mean() < 0.5 * losses[0], (losses[0], losses[-CHUNK:].mean())
     memory = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(state[0].memory))

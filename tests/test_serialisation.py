@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import LOPTS, assert_tree_equal, random_like, ranked_params
 
 import mnemosyne
-from helpers import LOPTS, assert_tree_equal, ranked_params, random_like
 from mnemosyne import _serialisation
 
 NAMES = sorted(LOPTS)
@@ -24,7 +24,9 @@ def _perturbed(name):
     lopt = LOPTS[name]()
     leaves, treedef = jax.tree.flatten(lopt)
     rng = np.random.default_rng(0)
-    leaves = [x + jnp.asarray(0.01 * rng.standard_normal(x.shape), x.dtype) for x in leaves]
+    leaves = [
+        x + jnp.asarray(0.01 * rng.standard_normal(x.shape), x.dtype) for x in leaves
+    ]
     return jax.tree.unflatten(treedef, leaves)
 
 
@@ -79,11 +81,15 @@ def test_truncated_file(saved):
 def test_not_a_weights_file(tmp_path):
     path = tmp_path / "model.npz"
     np.savez(path, a=np.ones(3))
-    with pytest.raises(mnemosyne.WeightsFileError, match="not a Mnemosyne weights file"):
+    with pytest.raises(
+        mnemosyne.WeightsFileError, match="not a Mnemosyne weights file"
+    ):
         mnemosyne.load(path)
     empty = tmp_path / "empty.eqx"
     empty.write_bytes(b"")
-    with pytest.raises(mnemosyne.WeightsFileError, match="not a Mnemosyne weights file"):
+    with pytest.raises(
+        mnemosyne.WeightsFileError, match="not a Mnemosyne weights file"
+    ):
         mnemosyne.load(empty)
     with pytest.raises(FileNotFoundError):
         mnemosyne.load(tmp_path / "missing.eqx")
@@ -107,9 +113,13 @@ def test_corrupted_payload(saved):
 
 def test_payload_does_not_match_config(saved):
     header, payload = _split(saved.read_bytes())
-    header["config"]["d_model"] = 2 * header["config"]["d_model"]  # checksum still valid
+    header["config"]["d_model"] = (
+        2 * header["config"]["d_model"]
+    )  # checksum still valid
     saved.write_bytes(_join(header, payload))
-    with pytest.raises(mnemosyne.WeightsFileError, match="do not match the configuration"):
+    with pytest.raises(
+        mnemosyne.WeightsFileError, match="do not match the configuration"
+    ):
         mnemosyne.load(saved)
 
 
@@ -200,7 +210,9 @@ def test_pretrained_is_read_once(monkeypatch):
 
     reads = []
     load = _serialisation.load
-    monkeypatch.setattr(_serialisation, "load", lambda path: reads.append(path) or load(path))
+    monkeypatch.setattr(
+        _serialisation, "load", lambda path: reads.append(path) or load(path)
+    )
     first = mnemosyne.pretrained("default")
     assert mnemosyne.pretrained("default") is first
     tx = optax.inject_hyperparams(mnemosyne.mnemosyne)(learning_rate=0.5)
@@ -221,4 +233,6 @@ def test_pretrained_rereads_a_changed_file(tmp_path, monkeypatch):
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     second = mnemosyne.pretrained("mine")
     assert second is not first
-    assert_tree_equal(jax.tree.leaves(second), jax.tree.leaves(_perturbed("coordinatewise")))
+    assert_tree_equal(
+        jax.tree.leaves(second), jax.tree.leaves(_perturbed("coordinatewise"))
+    )

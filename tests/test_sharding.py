@@ -6,14 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_allclose_tree, coordinatewise, tensorwise
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import mnemosyne
-from helpers import assert_allclose_tree, coordinatewise, tensorwise
 
 pytestmark = pytest.mark.skipif(
-    jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    jax.device_count() < 8,
+    reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8",
 )
 
 # Leaves of several ranks; the split ones divide by 8, the others (10,), (5, 7)
@@ -40,8 +41,14 @@ RTOL = 2e-5
 
 def _problem():
     rng = np.random.default_rng(0)
-    params = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, (s, _) in SHAPES_AND_SPECS.items()}
-    grads = {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, (s, _) in SHAPES_AND_SPECS.items()}
+    params = {
+        k: jnp.asarray(rng.normal(size=s), jnp.float32)
+        for k, (s, _) in SHAPES_AND_SPECS.items()
+    }
+    grads = {
+        k: jnp.asarray(rng.normal(size=s), jnp.float32)
+        for k, (s, _) in SHAPES_AND_SPECS.items()
+    }
     specs = {k: spec for k, (_, spec) in SHAPES_AND_SPECS.items()}
     return params, grads, specs
 
@@ -51,18 +58,37 @@ def mesh():
     return jax.make_mesh((8,), ("d",), axis_types=(AxisType.Explicit,))
 
 
-@pytest.fixture(scope="module", params=[AxisType.Explicit, AxisType.Auto], ids=["explicit", "auto"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(AxisType.Explicit, id="explicit"),
+        # Auto axes: slow, run by .ci/run (the default suite keeps Explicit,
+        # `jax.make_mesh`'s default)
+        pytest.param(AxisType.Auto, id="auto", marks=pytest.mark.slow),
+    ],
+)
 def any_mesh(request):
     """Explicit axes (`jax.make_mesh`'s default in current JAX: shardings are
     part of the types) and Auto axes (the compiler propagates them)."""
     return jax.make_mesh((8,), ("d",), axis_types=(request.param,))
 
 
+# The tensor-wise variant compiles its encoder per leaf (about a minute per
+# program on 2 cores): slow, run by .ci/run.
+VARIANTS = [
+    pytest.param(coordinatewise, id="coordinatewise"),
+    pytest.param(tensorwise, id="tensorwise", marks=pytest.mark.slow),
+]
+
+
 def _place(tree, specs, mesh):
-    return jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), tree, specs)
+    return jax.tree.map(
+        lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), tree, specs
+    )
 
 
-@pytest.mark.parametrize("make", [coordinatewise, tensorwise], ids=["coordinatewise", "tensorwise"])
+@pytest.mark.slow  # (the docs' sharded example checks it too) run by .ci/run
+@pytest.mark.parametrize("make", VARIANTS)
 def test_shard_map_update_equals_single_device(make, mesh):
     lopt = make()
     params, grads, specs = _problem()
@@ -95,13 +121,20 @@ def _assert_same_placement(got, want, what):
     """Same structure, and per leaf the same type (shardings included, under
     Explicit axes) and an equivalent sharding."""
     assert jax.tree.structure(got) == jax.tree.structure(want), what
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=False):
         assert jax.typeof(a) == jax.typeof(b), (what, jax.typeof(a), jax.typeof(b))
-        assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (what, a.sharding, b.sharding)
+        assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (
+            what,
+            a.sharding,
+            b.sharding,
+        )
 
 
-@pytest.mark.parametrize("init", ["eager", "jit"])
-@pytest.mark.parametrize("make", [coordinatewise, tensorwise], ids=["coordinatewise", "tensorwise"])
+# a jitted init compiles one more program per variant: slow, run by .ci/run
+@pytest.mark.parametrize(
+    "init", ["eager", pytest.param("jit", marks=pytest.mark.slow)]
+)
+@pytest.mark.parametrize("make", VARIANTS)
 def test_jit_with_sharded_params_equals_single_device(make, init, any_mesh):
     """With parameters sharded on an Explicit or Auto mesh, `init` and the
     jitted `update` give states with identical structure, shapes, dtypes and
@@ -113,7 +146,9 @@ def test_jit_with_sharded_params_equals_single_device(make, init, any_mesh):
     optimizers too)."""
     mesh = any_mesh
     if init == "jit" and not _explicit(mesh):
-        pytest.skip("under Auto axes a traced init cannot see the parameters' shardings")
+        pytest.skip(
+            "under Auto axes a traced init cannot see the parameters' shardings"
+        )
     lopt = make()
     tx = mnemosyne.scale_by_mnemosyne(lopt)
     params, grads, specs = _problem()
@@ -124,10 +159,15 @@ def test_jit_with_sharded_params_equals_single_device(make, init, any_mesh):
     else:
         with jax.set_mesh(mesh):
             state = jax.jit(tx.init)(p_sh)
-    for k, (shape, spec) in SHAPES_AND_SPECS.items():  # the memory is placed like its leaf
+    for k, (
+        shape,
+        spec,
+    ) in SHAPES_AND_SPECS.items():  # the memory is placed like its leaf
         want = spec if isinstance(lopt, mnemosyne.CoordinatewiseMnemosyne) else P()
         for mem in jax.tree.leaves(state.memory[k]):  # (a None field has no leaf)
-            assert _same_spec(mem.sharding, P(*(None,) * (mem.ndim - len(shape)), *want), mem.ndim), k
+            assert _same_spec(
+                mem.sharding, P(*(None,) * (mem.ndim - len(shape)), *want), mem.ndim
+            ), k
 
     updates, new_state = jax.jit(tx.update)(g_sh, state, p_sh)
     assert_allclose_tree(updates, expected, rtol=RTOL, atol=1e-7)
@@ -143,4 +183,6 @@ def test_jit_with_sharded_params_equals_single_device(make, init, any_mesh):
                 return tx.update(grads, state, params)[1], None
             return jax.lax.scan(body, state, None, length=2)[0]
 
-        _assert_same_placement(jax.jit(two_steps)(g_sh, p_sh, state), state, "state after scan")
+        _assert_same_placement(
+            jax.jit(two_steps)(g_sh, p_sh, state), state, "state after scan"
+        )

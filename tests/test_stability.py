@@ -30,17 +30,27 @@ def test_stability_ratio_flags_a_run_that_rises_and_not_one_that_plateaus():
 def test_untrained_v2_reduces_the_loss_of_every_suite_task():
     """The initialised θ is momentum on Adam-normalised gradients with step
     1e-3: a sane optimizer before any meta-training."""
-    tx = mnemosyne.scale_by_mnemosyne(mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0)))
+    tx = mnemosyne.scale_by_mnemosyne(
+        mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0))
+    )
     for name in list_tasks():
-        losses = np.asarray(evaluation.train(tx, get_task(name), [0], num_steps=100).losses[0])
+        losses = np.asarray(
+            evaluation.train(tx, get_task(name), [0], num_steps=100).losses[0]
+        )
         assert np.all(np.isfinite(losses)), name
-        assert losses[-10:].mean() < losses[:10].mean(), (name, losses[:10], losses[-10:])
+        assert losses[-10:].mean() < losses[:10].mean(), (
+            name,
+            losses[:10],
+            losses[-10:],
+        )
 
 
 def _noisy_quadratic_losses(tx, num_steps, seed):
     """Exact loss (no noise term) of a run on gradients with Gaussian noise."""
     task = Quadratic.random(jax.random.key(3), dim=20, log10_cond=2.0, noise=0.3)
-    delta_loss = lambda p: 0.5 * (p["x"] - task.optimum) @ task.matrix @ (p["x"] - task.optimum)
+    delta_loss = lambda p: (
+        0.5 * (p["x"] - task.optimum) @ task.matrix @ (p["x"] - task.optimum)
+    )
 
     @jax.jit
     def run(key):
@@ -53,7 +63,9 @@ def _noisy_quadratic_losses(tx, num_steps, seed):
             updates, state = tx.update(grads, state, params)
             return (optax.apply_updates(params, updates), state), delta_loss(params)
 
-        _, losses = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(k_data, num_steps))
+        _, losses = jax.lax.scan(
+            step, (params, tx.init(params)), jax.random.split(k_data, num_steps)
+        )
         return losses
 
     return np.asarray(run(jax.random.key(seed)))
@@ -62,13 +74,22 @@ def _noisy_quadratic_losses(tx, num_steps, seed):
 @pytest.mark.slow  # 5,000 steps x 3 seeds x 2 optimizers; .ci/run runs it
 def test_pretrained_noisy_quadratic_falls_to_adams_noise_floor_and_stays():
     steps, window = 5000, 250
-    ours = np.stack([_noisy_quadratic_losses(mnemosyne.mnemosyne(), steps, s) for s in range(3)])
-    adam = np.stack([_noisy_quadratic_losses(optax.adam(1e-3), steps, s) for s in range(3)])
+    ours = np.stack(
+        [_noisy_quadratic_losses(mnemosyne.mnemosyne(), steps, s) for s in range(3)]
+    )
+    adam = np.stack(
+        [_noisy_quadratic_losses(optax.adam(1e-3), steps, s) for s in range(3)]
+    )
     per_window = lambda x: x.reshape(3, -1, window).mean(axis=(0, 2))
     ours_w, adam_w = per_window(ours), per_window(adam)
-    assert ours_w[-1] <= adam_w[-1], (ours_w[-1], adam_w[-1])  # floor no higher than Adam's
+    assert ours_w[-1] <= adam_w[-1], (
+        ours_w[-1],
+        adam_w[-1],
+    )  # floor no higher than Adam's
     assert ours_w[-1] <= 1.1 * ours_w.min(), ours_w  # no rise over the run
-    assert np.all(evaluation.stability_ratio(ours, final_fraction=0.05) <= STABILITY_LIMIT)
+    assert np.all(
+        evaluation.stability_ratio(ours, final_fraction=0.05) <= STABILITY_LIMIT
+    )
 
 
 @pytest.mark.slow  # every suite task, 3 seeds, 1,000 steps (~15 min); NOT met yet:
@@ -78,7 +99,9 @@ def test_pretrained_noisy_quadratic_falls_to_adams_noise_floor_and_stays():
 def test_pretrained_is_stable_on_every_suite_task():
     tx = mnemosyne.mnemosyne()
     for name in list_tasks():
-        losses = np.asarray(evaluation.train(tx, get_task(name), [0, 1, 2], num_steps=1000).losses)
+        losses = np.asarray(
+            evaluation.train(tx, get_task(name), [0, 1, 2], num_steps=1000).losses
+        )
         assert np.all(np.isfinite(losses)), name
         ratios = evaluation.stability_ratio(losses)
         assert np.all(ratios <= STABILITY_LIMIT), (name, ratios)
@@ -92,7 +115,9 @@ def test_pretrained_is_stable_on_every_suite_task():
 ])
 def test_pretrained_is_stable_over_ten_thousand_steps(name):
     losses = np.asarray(
-        evaluation.train(mnemosyne.mnemosyne(), get_task(name), [0], num_steps=10_000).losses
+        evaluation.train(
+            mnemosyne.mnemosyne(), get_task(name), [0], num_steps=10_000
+        ).losses
     )
     assert np.all(np.isfinite(losses))
     assert np.all(evaluation.stability_ratio(losses) <= STABILITY_LIMIT), name
@@ -104,7 +129,9 @@ def test_pretrained_step_is_bounded_by_the_design():
     lopt = mnemosyne.pretrained("default")
     assert lopt.head.alpha * np.exp(lopt.head.beta * lopt.head.magnitude_clip) <= 1e-2
     params = {"w": jnp.ones((64, 64)), "b": jnp.zeros(64)}
-    grads = jax.tree.map(lambda p: 1e6 * jax.random.normal(jax.random.key(0), p.shape), params)
+    grads = jax.tree.map(
+        lambda p: 1e6 * jax.random.normal(jax.random.key(0), p.shape), params
+    )
     state = lopt.init(params)
     for _ in range(3):
         updates, state = lopt.update(grads, state, params)
@@ -120,6 +147,8 @@ def test_pretrained_is_stable_on_a_long_deep_narrow_small_batch_run():
 
     task = MLPClassifier(load_dataset("digits"), hidden=(16,) * 6, activation="relu",
                          batch_size=8, name="digits_long", kind="mlp")
-    losses = np.asarray(evaluation.train(mnemosyne.mnemosyne(), task, [0, 1], num_steps=6000).losses)
+    losses = np.asarray(
+        evaluation.train(mnemosyne.mnemosyne(), task, [0, 1], num_steps=6000).losses
+    )
     assert np.all(np.isfinite(losses))
     assert np.all(evaluation.stability_ratio(losses) <= STABILITY_LIMIT)

@@ -1,7 +1,8 @@
 """MkDocs hook: render the math of every page to MathML at build time.
 
 `pymdownx.arithmatex` (generic mode) leaves TeX in
-`<span class="arithmatex">\\(...\\)</span>` and `<div class="arithmatex">\\[...\\]</div>`
+`<span class="arithmatex">\\(...\\)</span>` and `<div
+class="arithmatex">\\[...\\]</div>`
 for a JavaScript renderer to typeset in the browser. The site must build and read
 offline, with no script fetched from elsewhere, so this hook converts that TeX to
 MathML (`latex2mathml`, pure Python) which browsers render natively. A formula

@@ -15,7 +15,6 @@ from types import ModuleType
 
 from . import _jax as jax_backend
 from . import _numpy as numpy_backend
-from ._sharding import sharded_update, state_specs
 
 _BACKENDS = {"jax": jax_backend, "numpy": numpy_backend}
 
@@ -30,4 +29,4 @@ def get_backend(name: str) -> ModuleType:
         ) from None
 
 
-__all__ = ["get_backend", "jax_backend", "numpy_backend", "sharded_update", "state_specs"]
+__all__ = ["get_backend", "jax_backend", "numpy_backend"]

@@ -25,6 +25,9 @@ import numpy as np
 
 xp = jnp
 LOG_SIGN_P = 10.0
+#: The dtype of computations that do not follow the parameters' dtype (the
+#: LSTM optimizer's): float32 under JAX, float64 in the reference.
+DEFAULT_COMPUTE_DTYPE = jnp.float32
 
 
 def asarray(x, dtype=None):
@@ -130,7 +133,9 @@ def segment_rms(x, segment_ids, num_segments):
     safe = jnp.where(scale == 0, 1.0, scale)
     sq = seg_sum(jnp.square(x / safe[segment_ids]))
     poison = seg_sum(x * 0.0)  # NaN where a segment is not finite
-    return jnp.where(scale == 0, 0.0, safe * jnp.sqrt(sq / np.maximum(count, 1))) + poison
+    return (
+        jnp.where(scale == 0, 0.0, safe * jnp.sqrt(sq / np.maximum(count, 1))) + poison
+    )
 
 
 def step_embedding(step, timescales, dtype=jnp.float32):
@@ -151,12 +156,19 @@ def coordinate_features(g, x, g_rms, x_rms, clip):
     g_hat = normalise(g, g_rms)
     x_hat = normalise(x, x_rms)
     magnitude, direction = log_sign(g_hat)
-    return [jnp.clip(g_hat, -clip, clip), magnitude, direction, jnp.clip(x_hat, -clip, clip)]
+    return [
+        jnp.clip(g_hat, -clip, clip),
+        magnitude,
+        direction,
+        jnp.clip(x_hat, -clip, clip),
+    ]
 
 
 def second_moment(nu, g, decay):
     """Eq. (V); see the NumPy reference."""
-    ceiling = 0.5 * float(np.finfo(np.float32).max)  # as the reference, whatever the dtype
+    ceiling = 0.5 * float(
+        np.finfo(np.float32).max
+    )  # as the reference, whatever the dtype
     return decay * nu + (1.0 - decay) * jnp.minimum(g * g, ceiling)
 
 
@@ -196,6 +208,12 @@ def relu(x):
 
 def stop_gradient(x):
     return jax.lax.stop_gradient(x)
+
+
+def matmul(a, b):
+    """`a @ b` at full float32 precision, for layers too wide to unroll like
+    `dense` (the LSTM optimizer's gates)."""
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 def layer_norm(x, axis=0, eps=1e-6):
@@ -266,7 +284,12 @@ def cam_write(numerator, normaliser, phi_k, v, decay):
     than building the new state in a temporary and copying it over."""
     heads, r, d_v = numerator.shape[:3]
     written_num = stack_rows(
-        [phi_k[h][j] * v[h][c] for h in range(heads) for j in range(r) for c in range(d_v)]
+        [
+            phi_k[h][j] * v[h][c]
+            for h in range(heads)
+            for j in range(r)
+            for c in range(d_v)
+        ]
     ).reshape(numerator.shape)
     written_norm = stack_rows([phi_k[h][j] for h in range(heads) for j in range(r)])
     decay = decay.astype(numerator.dtype)
@@ -283,7 +306,9 @@ def cam_read(numerator, normaliser, phi_q, eps):
     for h in range(heads):
         den = sum(phi_q[h][j] * normaliser[h, j] for j in range(r)) + eps
         for c in range(d_v):
-            out.append(sum(phi_q[h][j] * numerator[h, j, c] for j in range(r)) * (1.0 / den))
+            out.append(
+                sum(phi_q[h][j] * numerator[h, j, c] for j in range(r)) * (1.0 / den)
+            )
     return out
 
 
@@ -332,7 +357,9 @@ def unpool(tokens, n, chunk_len_total):
 # ----------------------------------------------------------------------------
 
 
-def learned_step(direction, magnitude, alpha, beta, magnitude_clip, direction_clip=None):
+def learned_step(
+    direction, magnitude, alpha, beta, magnitude_clip, direction_clip=None
+):
     if direction_clip is not None:
         direction = jnp.clip(direction, -direction_clip, direction_clip)
     s = magnitude_clip * jnp.tanh(magnitude / magnitude_clip)

@@ -17,6 +17,9 @@ import numpy as np
 
 xp = np
 LOG_SIGN_P = 10.0
+#: The dtype of computations that do not follow the parameters' dtype (the
+#: LSTM optimizer's): float64 here, the reference; float32 under JAX.
+DEFAULT_COMPUTE_DTYPE = np.float64
 
 
 def asarray(x, dtype=np.float64):
@@ -96,7 +99,11 @@ def segment_rms(x, segment_ids, num_segments):
         count = np.bincount(segment_ids, minlength=num_segments)
         poison = np.zeros(num_segments)
         np.add.at(poison, segment_ids, x * 0.0)  # NaN where a segment is not finite
-        return np.where(scale == 0, 0.0, safe * np.sqrt(sq / np.maximum(count, 1))) + poison
+        return (
+            np.where(scale == 0, 0.0, safe * np.sqrt(sq / np.maximum(count, 1)))
+            + poison
+        )
+
 
 def step_embedding(step, timescales, dtype=np.float64) -> np.ndarray:
     """Eq. (F), shared block: $e_j(t) = \\tanh(t / T_j)$ for each timescale $T_j$.
@@ -129,7 +136,9 @@ def coordinate_features(g, x, g_rms, x_rms, clip):
     g_hat = normalise(g, g_rms)
     x_hat = normalise(x, x_rms)
     magnitude, direction = log_sign(g_hat)
-    return np.stack([np.clip(g_hat, -clip, clip), magnitude, direction, np.clip(x_hat, -clip, clip)])
+    return np.stack(
+        [np.clip(g_hat, -clip, clip), magnitude, direction, np.clip(x_hat, -clip, clip)]
+    )
 
 
 def second_moment(nu, g, decay):
@@ -139,7 +148,9 @@ def second_moment(nu, g, decay):
     ~1e19 saturates instead of overflowing the state to infinity)."""
     g = np.asarray(g, np.float64)
     ceiling = 0.5 * float(np.finfo(np.float32).max)
-    return decay * np.asarray(nu, np.float64) + (1.0 - decay) * np.minimum(g * g, ceiling)
+    return decay * np.asarray(nu, np.float64) + (1.0 - decay) * np.minimum(
+        g * g, ceiling
+    )
 
 
 def adaptive_coordinate_features(g, x, nu, count, g_rms, x_rms, decay, eps, clip):
@@ -187,6 +198,11 @@ def stop_gradient(x):
     return x
 
 
+def matmul(a, b):
+    """`a @ b` (the LSTM optimizer's gates)."""
+    return a @ b
+
+
 def layer_norm(x, axis=0, eps=1e-6):
     """Layer normalisation over the feature axis (no learned affine)."""
     mean = x.mean(axis=axis, keepdims=True)
@@ -228,7 +244,9 @@ def hyperbolic_features(z, omega):
     proj = np.tensordot(np.asarray(omega, dtype=np.float64), z, axes=1)  # (m, ...)
     half_sq = 0.5 * np.sum(z * z, axis=0)
     r = 2 * proj.shape[0]
-    return np.concatenate([np.exp(proj - half_sq), np.exp(-proj - half_sq)]) / np.sqrt(r)
+    return np.concatenate([np.exp(proj - half_sq), np.exp(-proj - half_sq)]) / np.sqrt(
+        r
+    )
 
 
 def hyperbolic_query_features(z, omega):
@@ -276,7 +294,9 @@ def cam_read(numerator, normaliser, phi_q, eps):
     num = np.einsum("hr...,hrv...->hv...", phi_q, numerator)
     den = np.einsum("hr...,hr...->h...", phi_q, normaliser)
     out = num / (den[:, None] + eps)
-    return out.reshape((out.shape[0] * out.shape[1],) + out.shape[2:])  # H*d_v rows, head-major
+    return out.reshape(
+        (out.shape[0] * out.shape[1],) + out.shape[2:]
+    )  # H*d_v rows, head-major
 
 
 # ----------------------------------------------------------------------------
@@ -321,7 +341,8 @@ def chunk_attention(x, mask, wq, wk, wv, wo, omega):
 
 
 def masked_mean_pool(x, mask):
-    """Mean of the real tokens of each chunk: `(d, chunks, chunk_len) -> (d, chunks)`."""
+    """Mean of the real tokens of each chunk: `(d, chunks, chunk_len) -> (d,
+    chunks)`."""
     weights = mask / np.maximum(mask.sum(axis=1, keepdims=True), 1)
     return np.einsum("dcl,cl->dc", x, weights)
 
@@ -337,8 +358,11 @@ def unpool(tokens, n, chunk_len_total):
 # ----------------------------------------------------------------------------
 
 
-def learned_step(direction, magnitude, alpha, beta, magnitude_clip, direction_clip=None):
-    """Eq. (O): the step, $\\alpha\\, \\bar d \\exp(\\beta\\, c \\tanh(s / c))$ with $c$ =
+def learned_step(
+    direction, magnitude, alpha, beta, magnitude_clip, direction_clip=None
+):
+    """Eq. (O): the step, $\\alpha\\, \\bar d \\exp(\\beta\\, c \\tanh(s / c))$ with
+    $c$ =
     `magnitude_clip` (a smooth clip) and $\\bar d$ = $d$ clipped to
     `[-direction_clip, direction_clip]` (v2; unclipped if `None`), so every
     step is bounded by $\\alpha e^{\\beta c}$ times the direction clip."""

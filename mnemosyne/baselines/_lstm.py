@@ -19,7 +19,7 @@ import optax
 from .._checks import check_float_leaves
 from .._lopt_base import AbstractLearnedOptimizer
 from .._serialisation import freeze_config, load_once, register_serialisable
-from .._transform import scaled_by_learning_rate
+from .._transform import as_gradient_transformation, scaled_by_learning_rate
 from .._types import OptState, Params, PRNGKeyArray, Updates
 from ..backends import get_backend
 
@@ -49,8 +49,12 @@ class LSTMOptimizerState(NamedTuple):
 
 
 # ----------------------------------------------------------------------------
-# Kernels written once over an array namespace `xp` (numpy or jax.numpy), so the
-# float64 NumPy reference and the jitted JAX path run the same equations.
+# The equations, written once over a kernel backend `B` (as Mnemosyne's model
+# is): `B.xp` (numpy or jax.numpy), `B.log_sign`, `B.matmul`, so the float64
+# NumPy reference and the jitted JAX path run the same code. The gates are
+# `B.matmul`s, not the unrolled `B.dense` Mnemosyne's tiny head uses: with
+# 4 * hidden_size = 80 rows an unrolled layer would be thousands of scalar
+# multiply-adds in the XLA graph.
 # ----------------------------------------------------------------------------
 
 
@@ -59,13 +63,7 @@ def _sigmoid(xp, x):
     return 0.5 * (xp.tanh(0.5 * x) + 1.0)
 
 
-def _matmul(xp, a, b):
-    if xp is jnp:
-        return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
-    return a @ b
-
-
-def _input_features(xp, log_sign, g, moments, t, kind, betas, beta2):
+def _input_features(B, g, moments, t, kind, betas, beta2):
     """Per-coordinate inputs `(features, n)` and the new moments.
 
     `"gradient"`: $[\\mathrm{L}(g)]$ (two rows, log/sign preprocessing, p = 10).
@@ -75,6 +73,7 @@ def _input_features(xp, log_sign, g, moments, t, kind, betas, beta2):
     $\\operatorname{clip}(g / (\\sqrt{\\hat v} + \\epsilon), \\pm 10)$ with
     $v \\leftarrow \\beta_2 v + (1-\\beta_2) g^2$.
     """
+    xp, log_sign = B.xp, B.log_sign
     magnitude, direction = log_sign(g)
     rows = [magnitude, direction]
     if kind == "gradient":
@@ -93,7 +92,7 @@ def _input_features(xp, log_sign, g, moments, t, kind, betas, beta2):
     return xp.stack(rows), xp.stack(new_moments)
 
 
-def _lstm_forward(xp, weights, x, cells):
+def _lstm_forward(B, weights, x, cells):
     """One step of the stacked LSTM on every coordinate at once.
 
     `x`: `(features, n)`; `cells`: `(num_layers, 2, hidden, n)`. Gate order
@@ -103,6 +102,7 @@ def _lstm_forward(xp, weights, x, cells):
     each gate $W_{ih} x + W_{hh} h + b$. Returns the linear read-out
     $w_{out}^\\top h_{top} + b_{out}$, shape `(n,)`, and the new cells.
     """
+    xp = B.xp
     weight_ih, weight_hh, bias, weight_out, bias_out = weights
     hidden = weight_hh[0].shape[1]
     inputs = x
@@ -110,8 +110,8 @@ def _lstm_forward(xp, weights, x, cells):
     for layer in range(len(weight_ih)):
         h, c = cells[layer, 0], cells[layer, 1]
         gates = (
-            _matmul(xp, weight_ih[layer], inputs)
-            + _matmul(xp, weight_hh[layer], h)
+            B.matmul(weight_ih[layer], inputs)
+            + B.matmul(weight_hh[layer], h)
             + bias[layer][:, None]
         )
         i = _sigmoid(xp, gates[:hidden])
@@ -122,7 +122,7 @@ def _lstm_forward(xp, weights, x, cells):
         h = o * xp.tanh(c)
         new_cells.append(xp.stack([h, c]))
         inputs = h
-    out = _matmul(xp, weight_out, inputs) + bias_out
+    out = B.matmul(weight_out, inputs) + bias_out
     return out, xp.stack(new_cells)
 
 
@@ -342,17 +342,12 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
         and returns NumPy arrays of the same dtypes as the JAX path.
         """
         del params, extra_args
-        kernels = get_backend(backend)
-        if backend == "jax":
-            xp = jnp
-            weights = self._weights(lambda w: jnp.asarray(w, jnp.float32))
-            step = state.step + 1
-            t = step.astype(jnp.float32)
-        else:
-            xp = np
-            weights = self._weights(lambda w: np.asarray(w, np.float64))
-            step = np.asarray(np.asarray(state.step) + 1, np.int32)
-            t = np.float64(step)
+        B = get_backend(backend)
+        xp = B.xp
+        compute = B.DEFAULT_COMPUTE_DTYPE  # float32 (JAX) or float64 (reference)
+        weights = self._weights(lambda w: B.asarray(w, compute))
+        step = (xp.asarray(state.step) + 1).astype(np.int32)
+        t = step.astype(compute)
 
         grad_leaves, treedef = jax.tree.flatten(grads)
         cell_leaves = treedef.flatten_up_to(state.cells)
@@ -364,7 +359,6 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
 
         # All coordinates of all leaves go through the LSTM as one (features, N)
         # batch: one fused graph whatever the number of leaves (fast compiles).
-        compute = jnp.float32 if xp is jnp else np.float64
         sizes = [math.prod(g.shape) for g in grad_leaves]
         offsets = np.cumsum(sizes)[:-1].tolist()
         lead = (self.num_layers, 2, self.hidden_size)
@@ -384,8 +378,7 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
                 axis=-1,
             )
         x, new_moments = _input_features(
-            xp,
-            kernels.log_sign,
+            B,
             g_all,
             moments_all,
             t,
@@ -393,7 +386,7 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
             self.betas,
             self.second_moment_decay,
         )
-        out, new_cells = _lstm_forward(xp, weights, x, cells_all)
+        out, new_cells = _lstm_forward(B, weights, x, cells_all)
         out = self.output_scale * out
 
         def split(a, shapes, dtypes):
@@ -453,7 +446,9 @@ def _load_pretrained(variant: str) -> LSTMOptimizer:
         )
     lopt = load_once(path)  # read once per process
     if not isinstance(lopt, LSTMOptimizer) or lopt.features != variant:
-        raise ValueError(f"{path} does not hold an LSTMOptimizer with features={variant!r}")
+        raise ValueError(
+            f"{path} does not hold an LSTMOptimizer with features={variant!r}"
+        )
     return lopt
 
 
@@ -489,9 +484,22 @@ def lstm(
         >>> state = tx.init(params)
         >>> updates, state = tx.update(2 * params, state, params)
         >>> params = optax.apply_updates(params, updates)
+        >>> bool(abs(params[0]) < 1.0 and abs(params[1]) < 2.0)  # toward 0
+        True
+        >>> pretrained = lstm()  # the shipped meta-trained weights
+        >>> updates, _ = pretrained.update(2 * params, pretrained.init(params), params)
+        >>> updates.shape
+        (2,)
+
+    References:
+        Andrychowicz, Denil, Gómez, Hoffman, Pfau, Schaul, Shillingford,
+        de Freitas, "Learning to learn by gradient descent by gradient
+        descent", NeurIPS 2016
+        ([arXiv 1606.04474](https://arxiv.org/abs/1606.04474)). Jain et al.,
+        "Mnemosyne: Learning to Train Transformers with Transformers", NeurIPS
+        2023 (the LSTM baselines it compares against).
     """
     if lopt is None:
         lopt = _load_pretrained(variant)
-    # Bound methods are pytrees whose leaves are θ (house style H2).
-    learned = optax.GradientTransformationExtraArgs(lopt.init, lopt.update)
-    return scaled_by_learning_rate(learned, learning_rate)
+    # The one wrapper of every learned optimizer: a pytree whose leaves are θ.
+    return scaled_by_learning_rate(as_gradient_transformation(lopt), learning_rate)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .._training import batch_sampler, diverged, train_groups
 from .._types import PRNGKeyArray
 
 OptimizerFactory = Callable[[Any], optax.GradientTransformation]
@@ -59,8 +60,6 @@ def _score(losses: np.ndarray, window: int) -> float:
     """Mean loss over the last `window` steps and the seeds of `(seeds, steps)`
     losses; `inf` if any seed diverged (a NaN/inf loss, or one above 1000x its
     initial loss: the rule of [`mnemosyne.evaluation.diverged`][])."""
-    from ..evaluation._stats import diverged
-
     if np.any(diverged(losses)):
         return math.inf
     score = float(losses[:, -window:].mean())
@@ -108,8 +107,6 @@ def grid_search(
     Returns:
         name -> [`TunedResult`][mnemosyne.baselines.TunedResult].
     """
-    from ..evaluation._evaluate import _sampler, train_groups
-
     grid = DEFAULT_GRID if grid is None else tuple(float(lr) for lr in grid)
     if not grid:
         raise ValueError("grid must contain at least one learning rate")
@@ -117,7 +114,7 @@ def grid_search(
         raise ValueError("num_steps and num_seeds must be at least 1")
     window = max(1, num_steps // 10) if final_window is None else int(final_window)
     window = min(max(window, 1), num_steps)
-    _sampler(task)  # fail early on a task without a batch sampler
+    batch_sampler(task)  # fail early on a task without a batch sampler
     seed_keys = jax.random.key_data(jax.random.split(key, num_seeds))
     factories = tuple(optimizer_factories.values())
     L, S = len(grid), num_seeds

@@ -82,7 +82,9 @@ class AblationVariant:
         if not self.read_out:
             return 0.0
         lopt = self.make_lopt(jax.random.key(0))
-        return lopt.state_floats_per_parameter({"w": jax.ShapeDtypeStruct((64, 64), "float32")})
+        return lopt.state_floats_per_parameter(
+            {"w": jax.ShapeDtypeStruct((64, 64), "float32")}
+        )
 
 
 #: The variants: no memory; one head (the default, r = 2 random features);
@@ -104,26 +106,50 @@ ABLATION_VARIANTS: tuple[AblationVariant, ...] = (
 
 def design_variants() -> tuple[AblationVariant, ...]:
     """The v2 design ablation (issue: each choice justified): v2 (the default),
-    v1's features and head, v2 without the sign symmetry, v2 without the memory read-out, v2 without the
-    second-moment inputs, v2 with no step embedding (a constant learned
-    schedule), and v2 meta-trained by truncated BPTT instead of PES."""
+    v1's features and head, v2 without the sign symmetry, v2 without the memory
+    read-out, v2 without the second-moment inputs, v2 with no step embedding (a
+    constant learned schedule), and v2 meta-trained by truncated BPTT instead
+    of PES."""
     from ..meta import TruncatedBPTT
 
     return (
         AblationVariant("v2", "v2 (the default)", {}),
-        AblationVariant("v1", "v1 features and head (no second moment, alpha 1e-2, c 4)", {
-            "second_moment_decay": None, "alpha": 1e-2, "magnitude_clip": 4.0,
-            "direction_clip": None, "step_timescales": (10.0, 100.0, 1000.0),
-            "sign_symmetric": False}),
-        AblationVariant("v2_asymmetric", "v2 without the sign symmetry (H±), (2±)",
-                        {"sign_symmetric": False}),
-        AblationVariant("v2_no_read_out", "v2 without the memory read-out", {"read_out": False}),
-        AblationVariant("v2_no_second_moment", "v2 without the second-moment inputs",
-                        {"second_moment_decay": None}),
-        AblationVariant("v2_constant_schedule", "v2 without the step embedding",
-                        {"step_timescales": ()}),
-        AblationVariant("v2_bptt", "v2 meta-trained by truncated BPTT", {},
-                        estimator=TruncatedBPTT(stop_gradient_features=True)),
+        AblationVariant(
+            "v1",
+            "v1 features and head (no second moment, alpha 1e-2, c 4)",
+            {
+                "second_moment_decay": None,
+                "alpha": 1e-2,
+                "magnitude_clip": 4.0,
+                "direction_clip": None,
+                "step_timescales": (10.0, 100.0, 1000.0),
+                "sign_symmetric": False,
+            },
+        ),
+        AblationVariant(
+            "v2_asymmetric",
+            "v2 without the sign symmetry (H±), (2±)",
+            {"sign_symmetric": False},
+        ),
+        AblationVariant(
+            "v2_no_read_out", "v2 without the memory read-out", {"read_out": False}
+        ),
+        AblationVariant(
+            "v2_no_second_moment",
+            "v2 without the second-moment inputs",
+            {"second_moment_decay": None},
+        ),
+        AblationVariant(
+            "v2_constant_schedule",
+            "v2 without the step embedding",
+            {"step_timescales": ()},
+        ),
+        AblationVariant(
+            "v2_bptt",
+            "v2 meta-trained by truncated BPTT",
+            {},
+            estimator=TruncatedBPTT(stop_gradient_features=True),
+        ),
     )
 
 

@@ -1,13 +1,11 @@
 """`evaluate`: train every optimizer on every task over seeds, one compile per task.
 
-All runs on one task are one jitted program: the task's forward and backward
-pass is vmapped over every (optimizer, run) pair, and each optimizer updates
-its own slice (`_train_groups`). So the task's gradient compiles once per
-task, not once per optimizer, and `*_tuned` optimizers grid-search their
-learning rate as a traced argument (one more compile per task for all of
-them together). The same loop serves [`mnemosyne.baselines.tuned`][].
-Key schedule per run: `init_key, data_key = split(key)`; one batch key per
-step, `split(data_key, num_steps)`.
+All runs on one task are one jitted program (`mnemosyne._training.train_groups`,
+the loop [`mnemosyne.baselines.tuned`][] also uses): the task's forward and
+backward pass is vmapped over every (optimizer, run) pair, and each optimizer
+updates its own slice. So the task's gradient compiles once per task, not once
+per optimizer, and `*_tuned` optimizers grid-search their learning rate as a
+traced argument (one more compile per task for all of them together).
 """
 
 from __future__ import annotations
@@ -16,13 +14,13 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from .._training import seed_keys, train_groups
 from ..baselines import DEFAULT_GRID
 from ..tasks import AbstractTask, get_task
 from ._optimizers import (
@@ -39,141 +37,6 @@ OptimizerSpec = (
     optax.GradientTransformation
     | Callable[[AbstractTask], optax.GradientTransformation]
 )
-
-
-def _sampler(task):
-    sample = getattr(task, "sample_batch", None) or getattr(task, "batch", None)
-    if sample is None:
-        raise TypeError("task must provide sample_batch(key) (or batch(key))")
-    return sample
-
-
-def _held_out(task, params):
-    """Held-out loss and accuracy of one parameter set (`None`s where undefined)."""
-    get = getattr(task, "eval_batch", None)
-    batch = None if get is None else get()
-    if batch is None:
-        return None, None
-    accuracy = getattr(task, "accuracy", None)
-    return task.loss(params, batch), None if accuracy is None else accuracy(
-        params, batch
-    )
-
-
-def _group(tree, g: int):
-    return jax.tree.map(lambda x: x[g], tree)
-
-
-def _train_groups(factories, task, lrs, keys, num_steps: int, eval_every: int):
-    """Train `G = len(factories)` optimizers on `task`, `R` runs each, in one program.
-
-    Args:
-        factories: `G` callables `learning_rate -> optax transformation`
-            (static; a fixed optimizer ignores its argument).
-        lrs: `(G, R)` learning rates (traced).
-        keys: `(G, R)` PRNG keys, one per run.
-
-    Returns:
-        `losses (G, R, num_steps), (test_loss, accuracy) (G, R, evals)`;
-        `losses[g, r, t]` is the minibatch loss at the iterate after `t`
-        updates, the held-out batch is evaluated after every `eval_every`
-        updates (`None` where the task has none).
-    """
-    sample = _sampler(task)
-    vv = lambda f: jax.vmap(jax.vmap(f))  # over groups, then runs
-
-    def start(key):
-        init_key, data_key = jax.random.split(key)
-        return task.init(init_key), jax.random.split(data_key, num_steps)
-
-    params, batch_keys = vv(start)(keys)  # leaves (G, R, ...); keys (G, R, T)
-    states = tuple(
-        jax.vmap(lambda lr, p, f=f: f(lr).init(p))(lrs[g], _group(params, g))
-        for g, f in enumerate(factories)
-    )
-    value_and_grad = vv(jax.value_and_grad(task.loss))
-
-    def step(carry, step_keys):
-        params, states = carry
-        loss, grads = value_and_grad(params, vv(sample)(step_keys))
-        new_params, new_states = [], []
-        for g, f in enumerate(factories):
-
-            def update(lr, grad, state, p, f=f):
-                updates, state = f(lr).update(grad, state, p)
-                return optax.apply_updates(p, updates), state
-
-            p, s = jax.vmap(update)(
-                lrs[g], _group(grads, g), states[g], _group(params, g)
-            )
-            new_params.append(p)
-            new_states.append(s)
-        params = jax.tree.map(lambda *xs: jnp.stack(xs), *new_params)
-        return (params, tuple(new_states)), loss
-
-    def block(carry, block_keys):
-        carry, losses = jax.lax.scan(step, carry, block_keys)
-        return carry, (losses, vv(lambda p: _held_out(task, p))(carry[0]))
-
-    # (G, R, T) -> (T / eval_every, eval_every, G, R): scanned over steps
-    blocks = jnp.moveaxis(batch_keys, 2, 0).reshape(
-        num_steps // eval_every, eval_every, *keys.shape
-    )
-    _, (losses, held_out) = jax.lax.scan(block, (params, states), blocks)
-    to_runs = lambda x: None if x is None else jnp.moveaxis(x, 0, -1)  # (G, R, evals)
-    losses = jnp.moveaxis(losses.reshape(num_steps, *keys.shape), 0, -1)
-    return losses, tuple(to_runs(x) for x in held_out)
-
-
-def train_groups(
-    factories: Sequence[Callable[[Any], optax.GradientTransformation]],
-    task,
-    learning_rates,
-    keys,
-    *,
-    num_steps: int,
-    eval_every: int | None = None,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Train `G` optimizers on `task`, `R` runs each, in one jitted program.
-
-    The task's loss and gradient are vmapped over all `G * R` runs (they
-    compile once); each optimizer updates its own `R` runs, with its own
-    learning rate per run passed as a traced scalar.
-
-    Args:
-        factories: `G` callables `learning_rate -> optax transformation`; a
-            fixed optimizer ignores its argument (`lambda lr: tx`).
-        task: the task (`init`, `loss`, `sample_batch`; optionally
-            `eval_batch` and `accuracy`).
-        learning_rates: `(G, R)` learning rates.
-        keys: `(G, R)` PRNG keys, one per run (see the module's key schedule).
-        num_steps: updates per run.
-        eval_every: held-out evaluation period (must divide `num_steps`);
-            `None`: only at the end.
-
-    Returns:
-        `(losses, test_losses, accuracies)`, NumPy float64 arrays of shapes
-        `(G, R, num_steps)`, `(G, R, evals)`, `(G, R, evals)` (`None` where
-        the task has no held-out batch or accuracy). A diverging run is not
-        an error: its losses simply become large or NaN.
-    """
-    eval_every = num_steps if eval_every is None else int(eval_every)
-    if num_steps < 1 or eval_every < 1 or num_steps % eval_every:
-        raise ValueError(
-            f"eval_every={eval_every} must divide num_steps={num_steps} (both >= 1)"
-        )
-    lrs = jnp.asarray(learning_rates, jnp.float32)
-    # optax's own optimizers are not strict-promotion clean; trace with standard rules.
-    with jax.numpy_dtype_promotion("standard"):
-        losses, (test, acc) = eqx.filter_jit(_train_groups)(
-            tuple(factories), task, lrs, keys, num_steps, eval_every
-        )
-    as_np = lambda x: None if x is None else np.asarray(x, np.float64)
-    return as_np(losses), as_np(test), as_np(acc)
-
-
-def _seed_keys(seeds: Sequence[int]):
-    return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
 
 
 def train(
@@ -205,7 +68,7 @@ def train(
         (lambda lr: tx,),
         task,
         np.zeros((1, len(seeds))),
-        _seed_keys(seeds)[None],
+        seed_keys(seeds)[None],
         num_steps=num_steps,
         eval_every=eval_every,
     )
@@ -332,7 +195,7 @@ def evaluate(
     txs: dict[tuple[str, str], Any] = {}
     eval_every = num_steps if eval_every is None else int(eval_every)
     eval_steps = tuple(range(eval_every, num_steps + 1, eval_every))
-    keys = _seed_keys(seeds)
+    keys = seed_keys(seeds)
     grid = [float(x) for x in (DEFAULT_GRID if tuning_grid is None else tuning_grid)]
 
     def result_so_far(done: list[str], cost=None, cost_task=None) -> EvaluationResult:

@@ -8,11 +8,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._training import DIVERGENCE_FACTOR, diverged
+
 #: Fractions of the step budget at which `loss_at` is reported.
 FRACTIONS: tuple[float, ...] = (0.25, 0.5, 1.0)
 
-#: A run diverged if its loss is NaN/inf or exceeds this factor times its initial loss.
-DIVERGENCE_FACTOR: float = 1e3
 
 
 class RunStats(NamedTuple):
@@ -77,22 +77,13 @@ def stability_ratio(
     losses = np.atleast_2d(np.asarray(losses, np.float64))
     w = window_size(losses.shape[1], final_fraction)
     usable = losses.shape[1] // w * w
-    windows = losses[:, losses.shape[1] - usable :].reshape(len(losses), -1, w).mean(axis=2)
+    windows = (
+        losses[:, losses.shape[1] - usable :].reshape(len(losses), -1, w).mean(axis=2)
+    )
     windows = np.maximum(windows, floor)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = windows[:, -1] / windows.min(axis=1)
     return np.where(np.all(np.isfinite(losses), axis=1), ratio, math.inf)
-
-
-def diverged(losses: np.ndarray, factor: float = DIVERGENCE_FACTOR) -> np.ndarray:
-    """Per seed (rows of `losses`), whether the run diverged.
-
-    A run diverged if any loss is NaN/inf or exceeds `factor * |loss_0|`.
-    """
-    losses = np.atleast_2d(np.asarray(losses, np.float64))
-    bound = factor * np.maximum(np.abs(losses[:, :1]), 1e-12)
-    with np.errstate(invalid="ignore"):
-        return ~np.all(np.isfinite(losses), axis=1) | np.any(losses > bound, axis=1)
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:

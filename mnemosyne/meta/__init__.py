@@ -6,7 +6,8 @@ meta-objective (mean log inner loss by default), estimating the meta-gradient
 by truncated backpropagation
 ([`TruncatedBPTT`][mnemosyne.meta.TruncatedBPTT]) antithetic evolution
 strategies ([`AntitheticES`][mnemosyne.meta.AntitheticES]) or persistent
-evolution strategies ([`PersistentES`][mnemosyne.meta.PersistentES]), and stepping θ with
+evolution strategies ([`PersistentES`][mnemosyne.meta.PersistentES]), and stepping θ
+with
 an outer optax optimizer ([`MetaTrainer`][mnemosyne.meta.MetaTrainer]).
 Tasks are duck-typed: `init(key) -> params`, `loss(params, batch) -> scalar`,
 `sample_batch(key) -> batch`; a family has `sample(key) -> task`.
@@ -36,6 +37,7 @@ from ._meta_loss import (
     mean_log_loss,
     mean_loss,
 )
+from ._plots import plot_history
 from ._presets import (
     PRESETS,
     BroadFamily,
@@ -46,7 +48,7 @@ from ._presets import (
     train_preset,
     validation_tasks,
 )
-from ._trainer import MetaTrainer, plot_history, task_config_key
+from ._trainer import MetaTrainer, task_config_key
 from ._unroll import (
     AbstractTruncationSchedule,
     ConstantTruncationSchedule,

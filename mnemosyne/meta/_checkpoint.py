@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 import types
@@ -219,7 +220,8 @@ def describe_settings(obj: Any) -> Any:
 
 
 def _qualname(x) -> str:
-    return f"{getattr(x, '__module__', '?')}.{getattr(x, '__qualname__', type(x).__name__)}"
+    qualname = getattr(x, "__qualname__", type(x).__name__)
+    return f"{getattr(x, '__module__', '?')}.{qualname}"
 
 
 def _describe(obj: Any, depth: int, active: set) -> Any:
@@ -232,7 +234,9 @@ def _describe(obj: Any, depth: int, active: set) -> Any:
     if isinstance(obj, jax.ShapeDtypeStruct):
         return {"shape": list(obj.shape), "dtype": str(obj.dtype)}
     if isinstance(obj, (np.ndarray, jax.Array)):
-        if isinstance(obj, jax.Array) and jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
+        if isinstance(obj, jax.Array) and jax.dtypes.issubdtype(
+            obj.dtype, jax.dtypes.prng_key
+        ):
             obj = jax.random.key_data(obj)
         if isinstance(obj, jax.core.Tracer):
             return {"shape": list(obj.shape), "dtype": str(obj.dtype)}
@@ -248,14 +252,23 @@ def _describe(obj: Any, depth: int, active: set) -> Any:
     if isinstance(obj, (list, tuple)):
         items = [rec(x) for x in obj]
         if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # NamedTuple
-            return {"class": _qualname(type(obj)), **dict(zip(obj._fields, items))}
+            return {
+                "class": _qualname(type(obj)),
+                **dict(zip(obj._fields, items, strict=False)),
+            }
         return items
     if isinstance(obj, (set, frozenset)):
-        return sorted((rec(x) for x in obj), key=lambda d: json.dumps(d, sort_keys=True))
+        return sorted(
+            (rec(x) for x in obj), key=lambda d: json.dumps(d, sort_keys=True)
+        )
     if isinstance(obj, dict):
-        return {str(k): rec(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+        return {
+            str(k): rec(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))
+        }
     if dataclasses.is_dataclass(obj):  # includes Equinox modules
-        fields = {f.name: rec(getattr(obj, f.name, None)) for f in dataclasses.fields(obj)}
+        fields = {
+            f.name: rec(getattr(obj, f.name, None)) for f in dataclasses.fields(obj)
+        }
         return {"class": _qualname(type(obj)), **fields}
     if isinstance(obj, functools.partial):
         return {"class": _qualname(type(obj)), "func": rec(obj.func),
@@ -266,7 +279,9 @@ def _describe(obj: Any, depth: int, active: set) -> Any:
         out: dict = {"function": _qualname(obj)}
         if obj.__closure__:
             cells = {}
-            for name, cell in zip(obj.__code__.co_freevars, obj.__closure__):
+            for name, cell in zip(
+                obj.__code__.co_freevars, obj.__closure__, strict=False
+            ):
                 try:
                     cells[name] = rec(cell.cell_contents)
                 except ValueError:  # an empty cell
@@ -281,8 +296,14 @@ def _describe(obj: Any, depth: int, active: set) -> Any:
         return _qualname(obj)
     attributes = getattr(obj, "__dict__", None)
     if isinstance(attributes, dict):
-        return {"class": _qualname(type(obj)),
-                **{k: rec(v) for k, v in sorted(attributes.items()) if not k.startswith("__")}}
+        return {
+            "class": _qualname(type(obj)),
+            **{
+                k: rec(v)
+                for k, v in sorted(attributes.items())
+                if not k.startswith("__")
+            },
+        }
     text = repr(obj)
     return text if " at 0x" not in text else _qualname(type(obj))
 
@@ -296,23 +317,82 @@ def differing_settings(saved: Any, current: Any, path: str = "") -> list[str]:
             sub = f"{path}.{key}" if path else str(key)
             if key not in saved:
                 out.append(
-                    f"{sub}: not recorded in the checkpoint, this trainer {_short(current[key])}"
+                    f"{sub}: not recorded in the checkpoint, this trainer "
+                    f"{_short(current[key])}"
                 )
             elif key not in current:
-                out.append(f"{sub}: checkpoint {_short(saved[key])}, not set in this trainer")
+                out.append(
+                    f"{sub}: checkpoint {_short(saved[key])}, not set in this trainer"
+                )
             else:
                 out += differing_settings(saved[key], current[key], sub)
         return out
-    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+    if (
+        isinstance(saved, list)
+        and isinstance(current, list)
+        and len(saved) == len(current)
+    ):
         out = []
-        for i, (a, b) in enumerate(zip(saved, current)):
+        for i, (a, b) in enumerate(zip(saved, current, strict=False)):
             out += differing_settings(a, b, f"{path}[{i}]")
         return out
     if saved != current:
-        return [f"{path or '(all)'}: checkpoint {_short(saved)}, this trainer {_short(current)}"]
+        return [
+            f"{path or '(all)'}: checkpoint {_short(saved)}, this trainer "
+            f"{_short(current)}"
+        ]
     return []
 
 
 def _short(value: Any, limit: int = 80) -> str:
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- #
+# A checkpoint folder: ckpt-<step>.eqx files, the newest kept
+# --------------------------------------------------------------------------- #
+
+_CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.eqx$")
+# temporary files of `save_checkpoint` ("." + name + random + ".tmp"), left
+# behind only when a process is killed in the middle of a write
+_STALE_TMP_RE = re.compile(r"^\.ckpt-\d{8,}\.eqx\..*\.tmp$")
+
+
+def checkpoint_path(folder: str | os.PathLike, step: int) -> str:
+    """The file of step `step` in a checkpoint folder (`ckpt-<step>.eqx`)."""
+    return os.path.join(folder, f"ckpt-{step:08d}.eqx")
+
+
+def list_checkpoints(folder: str | os.PathLike | None) -> list[str]:
+    """Checkpoint files in `folder`, oldest first (none if it does not exist)."""
+    if folder is None or not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        match = _CKPT_RE.match(name)
+        if match:
+            found.append((int(match.group(1)), name))
+    return [os.path.join(folder, n) for _, n in sorted(found)]
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Delete partial checkpoint writes of a killed run (never read: the
+    final names are only ever complete files)."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if _STALE_TMP_RE.match(name):
+            try:
+                os.remove(os.path.join(folder, name))
+            except FileNotFoundError:
+                pass
+
+
+def prune_checkpoints(folder: str | os.PathLike, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints of `folder`."""
+    for path in list_checkpoints(folder)[:-keep]:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass

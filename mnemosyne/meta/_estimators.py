@@ -58,6 +58,35 @@ def _check_perturbations(num_pairs: int, std: float) -> None:
         raise ValueError(f"std must be > 0, got {std}.")
 
 
+def _pair_contributions(scale, pair_diverged, directions):
+    """Each pair's finite-difference `scale` times its direction (one array of
+    shape `(pairs, *leaf.shape)` per trainable leaf), zero for a pair in which
+    either side diverged."""
+    scale = jnp.where(pair_diverged, jnp.zeros_like(scale), scale)
+    return [
+        jnp.reshape(scale, scale.shape + (1,) * (d.ndim - 1)).astype(d.dtype) * d
+        for d in directions
+    ]
+
+
+def _evolution_strategies_estimate(per_task, states, key, treedef, penalty):
+    """Run `per_task(state, task_key) -> (contribution, pair_diverged, value,
+    diverged, new_state)` on every task of the batch; the meta-gradient is the
+    mean contribution of the non-diverged pairs, the reported meta-loss the mean
+    value of the non-diverged tasks."""
+    num_tasks = jax.tree.leaves(states)[0].shape[0]
+    task_keys = jax.random.split(key, num_tasks)
+    contribution, pair_diverged, values, diverged, new_states = jax.vmap(per_task)(
+        states, task_keys
+    )
+    # contribution leaves: [num_tasks, num_pairs, *leaf.shape]
+    meta_grads = jax.tree.unflatten(
+        treedef, _mean_over_valid(contribution, ~pair_diverged)
+    )
+    meta_loss = _reported_meta_loss(values, ~diverged, penalty)
+    return meta_loss, meta_grads, new_states, pair_diverged, diverged
+
+
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
@@ -105,7 +134,9 @@ class AbstractGradientEstimator(eqx.Module):
         (leading axis): expired placeholders, which the first window replaces
         by fresh trajectories inside the compiled outer step."""
         one = expired_truncation_state(lopt, task, keys[0])
-        batched = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(keys), *x.shape)), one)
+        batched = jax.tree.map(
+            lambda x: jnp.broadcast_to(x, (len(keys), *x.shape)), one
+        )
         return eqx.tree_at(lambda s: s.key, batched, keys)
 
     @abc.abstractmethod
@@ -244,7 +275,6 @@ class AntitheticES(AbstractGradientEstimator):
     def estimate(self, lopt, task, states, *, key, num_steps, schedule):
         trainable, static = eqx.partition(lopt, trainable_filter(lopt))
         leaves, treedef = jax.tree.flatten(trainable)
-        num_tasks = jax.tree.leaves(states)[0].shape[0]
 
         def loss_at(leaves_, state):
             lopt_ = eqx.combine(jax.tree.unflatten(treedef, leaves_), static)
@@ -285,12 +315,7 @@ class AntitheticES(AbstractGradientEstimator):
                 | diverged[self.num_pairs : 2 * self.num_pairs]
             )
             scale = (loss_plus - loss_minus) / (2 * self.std)
-            scale = jnp.where(pair_diverged, jnp.zeros_like(scale), scale)
-            contribution = [
-                jnp.reshape(scale, scale.shape + (1,) * (e.ndim - 1)).astype(e.dtype)
-                * e
-                for e in eps
-            ]
+            contribution = _pair_contributions(scale, pair_diverged, eps)
             return (
                 contribution,
                 pair_diverged,
@@ -299,20 +324,15 @@ class AntitheticES(AbstractGradientEstimator):
                 new_state,
             )
 
-        task_keys = jax.random.split(key, num_tasks)
-        contribution, pair_diverged, values, diverged, new_states = jax.vmap(per_task)(
-            states, task_keys
+        meta_loss, meta_grads, new_states, pair_diverged, diverged = (
+            _evolution_strategies_estimate(
+                per_task, states, key, treedef, self.divergence_penalty
+            )
         )
-        # contribution leaves: [num_tasks, num_pairs, *leaf.shape]
-        valid_pairs = ~pair_diverged
-        grad_leaves = _mean_over_valid(contribution, valid_pairs)
-        meta_grads = jax.tree.unflatten(treedef, grad_leaves)
-        valid = ~diverged
-        meta_loss = _reported_meta_loss(values, valid, self.divergence_penalty)
         diagnostics = {
             "num_diverged": jnp.sum(diverged).astype(jnp.int32),
             "num_diverged_pairs": jnp.sum(pair_diverged).astype(jnp.int32),
-            "num_valid": jnp.sum(valid_pairs).astype(jnp.int32),
+            "num_valid": jnp.sum(~pair_diverged).astype(jnp.int32),
         }
         return meta_loss, meta_grads, new_states, diagnostics
 
@@ -339,12 +359,14 @@ class PersistentES(AbstractGradientEstimator):
     r"""Persistent evolution strategies (PES, Vicol et al. 2021), antithetic.
 
     Each task keeps `num_pairs` $=P$ pairs of trajectories unrolled with
-    $\theta \pm \sigma\varepsilon_{p,j}$, a fresh $\varepsilon_{p,j}\sim\mathcal N(0, I)$
+    $\theta \pm \sigma\varepsilon_{p,j}$, a fresh $\varepsilon_{p,j}\sim\mathcal N(0,
+    I)$
     per truncation window $j$. The states persist across windows, and so does
     the sum $\xi_p = \sum_{j' \le j} \varepsilon_{p,j'}$ of the pair's
     directions since its trajectory started; the estimate of window $j$ is
 
-    $$\hat g = \frac1{|V|}\sum_{p \in V} \frac{L^+_{p,j} - L^-_{p,j}}{2\sigma}\,\xi_p ,$$
+    $$\hat g = \frac1{|V|}\sum_{p \in V} \frac{L^+_{p,j} - L^-_{p,j}}{2\sigma}\,\xi_p
+    ,$$
 
     an unbiased estimate of the gradient of the Gaussian-smoothed *whole-
     trajectory* meta-loss however many windows a trajectory spans: no
@@ -399,7 +421,6 @@ class PersistentES(AbstractGradientEstimator):
     def estimate(self, lopt, task, states, *, key, num_steps, schedule):
         trainable, static = eqx.partition(lopt, trainable_filter(lopt))
         leaves, treedef = jax.tree.flatten(trainable)
-        num_tasks = states.num_windows.shape[0]
         pairs = self.num_pairs
         expand = lambda a, x: jnp.reshape(a, a.shape + (1,) * (x.ndim - a.ndim))
 
@@ -408,7 +429,9 @@ class PersistentES(AbstractGradientEstimator):
             value, (new_particle, output) = self._window_loss(
                 lopt_, task, particle, num_steps, schedule
             )
-            value, diverged = guard_meta_loss(output.losses, value, self.divergence_penalty)
+            value, diverged = guard_meta_loss(
+                output.losses, value, self.divergence_penalty
+            )
             return value, diverged, new_particle, output.is_reset[0]
 
         def per_task(state: PESState, task_key):
@@ -421,7 +444,9 @@ class PersistentES(AbstractGradientEstimator):
                 jnp.concatenate([x[None] + self.std * e, x[None] - self.std * e])
                 for x, e in zip(leaves, eps, strict=True)
             ]
-            values, diverged, particles, reset = jax.vmap(window)(candidates, state.particles)
+            values, diverged, particles, reset = jax.vmap(window)(
+                candidates, state.particles
+            )
             restarted = reset[:pairs]  # a pair shares its key: both or neither reset
             accumulated = [
                 jnp.where(expand(restarted, e), e, a + e)
@@ -434,8 +459,7 @@ class PersistentES(AbstractGradientEstimator):
                 scale = jnp.sign(diff) / jnp.sqrt(num_windows.astype(diff.dtype))
             else:
                 scale = diff / (2 * self.std)
-            scale = jnp.where(pair_diverged, jnp.zeros_like(scale), scale)
-            contribution = [expand(scale, a).astype(a.dtype) * a for a in accumulated]
+            contribution = _pair_contributions(scale, pair_diverged, accumulated)
             both = jnp.concatenate([pair_diverged, pair_diverged])
             particles = eqx.tree_at(  # a diverged pair restarts both its trajectories
                 lambda s: s.inner_step,
@@ -449,16 +473,19 @@ class PersistentES(AbstractGradientEstimator):
             pair_mean = 0.5 * (values[:pairs] + values[pairs:])
             mean_value = _masked_mean(pair_mean, ~pair_diverged)
             new_state = PESState(particles, accumulated, num_windows)
-            return contribution, pair_diverged, mean_value, jnp.all(pair_diverged), new_state
+            return (
+                contribution,
+                pair_diverged,
+                mean_value,
+                jnp.all(pair_diverged),
+                new_state,
+            )
 
-        task_keys = jax.random.split(key, num_tasks)
-        contribution, pair_diverged, values, diverged, new_states = jax.vmap(per_task)(
-            states, task_keys
+        meta_loss, meta_grads, new_states, pair_diverged, _ = (
+            _evolution_strategies_estimate(
+                per_task, states, key, treedef, self.divergence_penalty
+            )
         )
-        grad_leaves = _mean_over_valid(contribution, ~pair_diverged)
-        meta_grads = jax.tree.unflatten(treedef, grad_leaves)
-        valid = ~diverged
-        meta_loss = _reported_meta_loss(values, valid, self.divergence_penalty)
         diagnostics = {
             "num_diverged": jnp.sum(pair_diverged).astype(jnp.int32),
             "num_valid": jnp.sum(~pair_diverged).astype(jnp.int32),

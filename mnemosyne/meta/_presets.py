@@ -33,40 +33,13 @@ import numpy as np
 
 from .._types import PRNGKeyArray
 from ..tasks import HELD_OUT_KINDS, MLPClassifier, Quadratic, Rosenbrock, load_dataset
+from ..tasks._base import ArrayScaledTask
 from ._estimators import AbstractGradientEstimator, PersistentES, TruncatedBPTT
-from ._trainer import MetaTrainer, plot_history
+from ._plots import plot_history
+from ._trainer import MetaTrainer
 from ._unroll import LogUniformTruncationSchedule
 
 __all__ = ["PRESETS", "Preset", "PresetFamily", "train_preset", "list_presets"]
-
-
-class _ArrayScaledTask(eqx.Module):
-    """Parameter/loss-scale augmentation with the factors as array leaves
-    (unlike `tasks.ScaledTask`, whose static factors force one compile per draw)."""
-
-    task: Any
-    init_scale: jax.Array
-    loss_scale: jax.Array
-
-    @property
-    def name(self) -> str:
-        return self.task.name
-
-    @property
-    def kind(self) -> str:
-        return self.task.kind
-
-    def init(self, key):
-        return jax.tree.map(lambda p: p * self.init_scale, self.task.init(key))
-
-    def loss(self, params, batch):
-        return self.loss_scale * self.task.loss(params, batch)
-
-    def sample_batch(self, key):
-        return self.task.sample_batch(key)
-
-    def eval_batch(self):
-        return self.task.eval_batch()
 
 
 def _mlp(dataset, hidden, activation, batch_size=64):
@@ -90,16 +63,36 @@ def _rosenbrock(dim):
 
 
 # (builder, weight, init-scale range, loss-scale range)
-_CONFIGS: tuple[tuple[str, Callable, float, tuple[float, float], tuple[float, float]], ...] = (
+_CONFIGS: tuple[
+    tuple[str, Callable, float, tuple[float, float], tuple[float, float]], ...
+] = (
     ("quadratic_d20", _quadratic(20, 0.0), 1.0, (1.0, 1.0), (0.1, 10.0)),
     ("quadratic_d50_noisy", _quadratic(50, 0.1), 1.0, (1.0, 1.0), (0.1, 10.0)),
     ("rosenbrock_d3", _rosenbrock(3), 1.0, (1.0, 1.0), (0.01, 1.0)),
     ("logreg_digits", _mlp("digits", (), "relu"), 1.0, (0.5, 2.0), (0.1, 10.0)),
     ("logreg_iris", _mlp("iris", (), "relu", 32), 0.5, (0.5, 2.0), (0.1, 10.0)),
     ("mlp_wine_16_gelu", _mlp("wine", (16,), "gelu"), 1.0, (0.5, 2.0), (0.1, 10.0)),
-    ("mlp_breast_cancer_64_tanh", _mlp("breast_cancer", (64,), "tanh"), 1.0, (0.5, 2.0), (0.1, 10.0)),
-    ("mlp_digits_16x16_relu", _mlp("digits", (16, 16), "relu", 128), 1.5, (0.5, 2.0), (0.1, 10.0)),
-    ("mlp_iris_32x32_tanh", _mlp("iris", (32, 32), "tanh", 32), 1.0, (0.5, 2.0), (0.1, 10.0)),
+    (
+        "mlp_breast_cancer_64_tanh",
+        _mlp("breast_cancer", (64,), "tanh"),
+        1.0,
+        (0.5, 2.0),
+        (0.1, 10.0),
+    ),
+    (
+        "mlp_digits_16x16_relu",
+        _mlp("digits", (16, 16), "relu", 128),
+        1.5,
+        (0.5, 2.0),
+        (0.1, 10.0),
+    ),
+    (
+        "mlp_iris_32x32_tanh",
+        _mlp("iris", (32, 32), "tanh", 32),
+        1.0,
+        (0.5, 2.0),
+        (0.1, 10.0),
+    ),
 )
 
 
@@ -115,7 +108,7 @@ class PresetFamily(eqx.Module):
     def kinds(self) -> frozenset[str]:
         return frozenset(_build(n, jax.random.key(0)).kind for n in self.names)
 
-    def sample(self, key) -> _ArrayScaledTask:
+    def sample(self, key) -> ArrayScaledTask:
         k_pick, k_task = jax.random.split(key)
         weights = np.asarray([_CONFIG_MAP[n][1] for n in self.names], np.float64)
         index = int(jax.random.choice(k_pick, len(weights), p=weights / weights.sum()))
@@ -125,14 +118,18 @@ class PresetFamily(eqx.Module):
 _CONFIG_MAP = {c[0]: c[1:] for c in _CONFIGS}
 
 
-def _build(name: str, key) -> _ArrayScaledTask:
+def _build(name: str, key) -> ArrayScaledTask:
     builder, _, init_range, loss_range = _CONFIG_MAP[name]
     k_task, k_init, k_loss = jax.random.split(key, 3)
 
     def log_uniform(k, lo, hi):
         return jnp.exp(jax.random.uniform(k, (), minval=np.log(lo), maxval=np.log(hi)))
 
-    return _ArrayScaledTask(builder(k_task), log_uniform(k_init, *init_range), log_uniform(k_loss, *loss_range))
+    return ArrayScaledTask(
+        builder(k_task),
+        log_uniform(k_init, *init_range),
+        log_uniform(k_loss, *loss_range),
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -149,11 +146,30 @@ _WORK_CAP = 2**22  # batch x parameters of one inner step, to bound a step's cos
 def _broad_config(rng: np.random.Generator) -> tuple[str, Callable]:
     """One task configuration of the broad v2 distribution (a name and a
     `key -> task` builder), drawn with `rng`."""
-    from ..tasks import CNNClassifier, NoisyLabelMLP, RNNClassifier, SequenceLM, TeacherRegression
+    from ..tasks import (
+        CNNClassifier,
+        NoisyLabelMLP,
+        RNNClassifier,
+        SequenceLM,
+        TeacherRegression,
+    )
 
-    kind = str(rng.choice(
-        ["mlp", "mlp", "mlp", "mlp", "logreg", "regression", "rnn", "cnn", "lm", "quadratic"]
-    ))
+    kind = str(
+        rng.choice(
+            [
+                "mlp",
+                "mlp",
+                "mlp",
+                "mlp",
+                "logreg",
+                "regression",
+                "rnn",
+                "cnn",
+                "lm",
+                "quadratic",
+            ]
+        )
+    )
     batch = int(rng.choice(_BATCHES))
     if kind in ("mlp", "logreg"):
         dataset = str(rng.choice(_DATASETS))
@@ -167,8 +183,8 @@ def _broad_config(rng: np.random.Generator) -> tuple[str, Callable]:
         name = f"{kind}_{dataset}_{shape}_b{batch}_noise{noise:g}"
         hidden = (width,) * depth
         return name, lambda key: NoisyLabelMLP(
-            load_dataset(dataset), hidden=hidden, activation=activation, batch_size=batch,
-            label_noise=noise, name=name, kind=kind,
+            load_dataset(dataset), hidden=hidden, activation=activation,
+            batch_size=batch, label_noise=noise, name=name, kind=kind,
         )
     if kind == "regression":
         width, depth = int(rng.choice(_WIDTHS[:5])), int(rng.integers(1, 4))
@@ -200,7 +216,12 @@ def _broad_config(rng: np.random.Generator) -> tuple[str, Callable]:
         batch = int(rng.choice([8, 16, 32]))
         name = f"lm_{problem}_d{d_model}_l{layers}_b{batch}"
         return name, lambda key: SequenceLM(
-            problem, d_model=d_model, num_layers=layers, num_heads=4, batch_size=batch, name=name
+            problem,
+            d_model=d_model,
+            num_layers=layers,
+            num_heads=4,
+            batch_size=batch,
+            name=name,
         )
     dim, noise = int(rng.choice([10, 50, 200])), float(rng.choice([0.0, 0.1, 1.0]))
     name = f"quadratic_d{dim}_n{noise:g}"
@@ -241,7 +262,7 @@ class BroadFamily(eqx.Module):
     def kinds(self) -> frozenset[str]:
         return frozenset(n.split("_")[0] for n in self.names)
 
-    def sample(self, key) -> _ArrayScaledTask:
+    def sample(self, key) -> ArrayScaledTask:
         k_pick, k_task, k_init, k_loss = jax.random.split(key, 4)
         configs = broad_configs(self.count, self.seed)
         names = list(configs)
@@ -249,7 +270,7 @@ class BroadFamily(eqx.Module):
         log_uniform = lambda k, lo, hi: jnp.exp(
             jax.random.uniform(k, (), minval=np.log(lo), maxval=np.log(hi))
         )
-        return _ArrayScaledTask(
+        return ArrayScaledTask(
             configs[names[index]](k_task), log_uniform(k_init, 0.2, 5.0),
             log_uniform(k_loss, 1e-2, 1e2),
         )
@@ -291,11 +312,17 @@ class Preset:
 
     def config(self) -> dict:
         """JSON-friendly description of the preset."""
-        est = {f.name: getattr(self.estimator, f.name) for f in dataclasses.fields(self.estimator)}
+        est = {
+            f.name: getattr(self.estimator, f.name)
+            for f in dataclasses.fields(self.estimator)
+        }
         return {
             "lopt": self.lopt_description,
             "family": list(self.family.names),
-            "estimator": {"class": type(self.estimator).__name__, **{k: _jsonable(v) for k, v in est.items()}},
+            "estimator": {
+                "class": type(self.estimator).__name__,
+                **{k: _jsonable(v) for k, v in est.items()},
+            },
             "trainer": {k: _jsonable(v) for k, v in self.trainer.items()},
             "num_outer_steps": self.num_outer_steps,
             "seed": self.seed,
@@ -344,7 +371,9 @@ def _lstm(features):
 
 # Few configurations: each costs one compile of the outer step (about a minute
 # on a loaded 2-core machine), which dominates a short meta-training run.
-_FAMILY = PresetFamily(("quadratic_d20", "rosenbrock_d3", "logreg_digits", "mlp_digits_16x16_relu"))
+_FAMILY = PresetFamily(
+    ("quadratic_d20", "rosenbrock_d3", "logreg_digits", "mlp_digits_16x16_relu")
+)
 _ESTIMATOR = TruncatedBPTT(meta_loss="mean_log", stop_gradient_features=True)
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 _TRAINER = dict(
@@ -374,20 +403,60 @@ _V2_SHRINK = 0.25
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(
-        "default", _mnemosyne, "CoordinatewiseMnemosyne()", _V2_FAMILY, _V2_ESTIMATOR,
-        _V2_TRAINER, _V2_OUTER_STEPS, held_out_kinds=frozenset({"vit", "mlm", "prompt"}),
-        average=_V2_AVERAGE, shrink=_V2_SHRINK,
+        "default",
+        _mnemosyne,
+        "CoordinatewiseMnemosyne()",
+        _V2_FAMILY,
+        _V2_ESTIMATOR,
+        _V2_TRAINER,
+        _V2_OUTER_STEPS,
+        held_out_kinds=frozenset({"vit", "mlm", "prompt"}),
+        average=_V2_AVERAGE,
+        shrink=_V2_SHRINK,
     ),
     # The LSTM baselines still follow the v1 recipe (what their shipped weights
     # came from); re-meta-training them with the v2 recipe is open work.
-    "lstm": Preset("lstm", _lstm("gradient"), 'LSTMOptimizer(features="gradient")', _FAMILY, _ESTIMATOR, _TRAINER, _OUTER_STEPS),
-    "lstm_multiscale": Preset(
-        "lstm_multiscale", _lstm("multiscale"), 'LSTMOptimizer(features="multiscale")', _FAMILY, _ESTIMATOR, _TRAINER, _OUTER_STEPS
+    "lstm": Preset(
+        "lstm",
+        _lstm("gradient"),
+        'LSTMOptimizer(features="gradient")',
+        _FAMILY,
+        _ESTIMATOR,
+        _TRAINER,
+        _OUTER_STEPS,
     ),
-    "v1": Preset("v1", _mnemosyne_v1, _V1_DESCRIPTION, _FAMILY, _ESTIMATOR, _TRAINER, _OUTER_STEPS),
+    "lstm_multiscale": Preset(
+        "lstm_multiscale",
+        _lstm("multiscale"),
+        'LSTMOptimizer(features="multiscale")',
+        _FAMILY,
+        _ESTIMATOR,
+        _TRAINER,
+        _OUTER_STEPS,
+    ),
+    "v1": Preset(
+        "v1",
+        _mnemosyne_v1,
+        _V1_DESCRIPTION,
+        _FAMILY,
+        _ESTIMATOR,
+        _TRAINER,
+        _OUTER_STEPS,
+    ),
     "quick": Preset(
-        "quick", _mnemosyne, "CoordinatewiseMnemosyne()", PresetFamily(("quadratic_d20",), name="quick_family"),
-        _ESTIMATOR, dict(learning_rate=3e-3, num_tasks=2, unroll_length=5, horizon=10, compiler_options=_FAST_COMPILE), 3,
+        "quick",
+        _mnemosyne,
+        "CoordinatewiseMnemosyne()",
+        PresetFamily(("quadratic_d20",), name="quick_family"),
+        _ESTIMATOR,
+        dict(
+            learning_rate=3e-3,
+            num_tasks=2,
+            unroll_length=5,
+            horizon=10,
+            compiler_options=_FAST_COMPILE,
+        ),
+        3,
     ),
 }
 """The named presets. `default` produces `weights/default.eqx`; `lstm` and
@@ -449,7 +518,12 @@ def train_preset(
     wall = time.perf_counter() - start
     if output is not None:
         save_preset_weights(
-            name, lopt, history, output, num_outer_steps=int(trainer.step), wall_time_s=wall,
+            name,
+            lopt,
+            history,
+            output,
+            num_outer_steps=int(trainer.step),
+            wall_time_s=wall,
         )
     return lopt, history
 
@@ -462,7 +536,9 @@ def save_preset_weights(
     *,
     num_outer_steps: int,
     wall_time_s: float,
-    wall_time_note: str = "this process only; excludes earlier runs resumed from checkpoints",
+    wall_time_note: str = (
+        "this process only; excludes earlier runs resumed from checkpoints"
+    ),
     extra: dict | None = None,
 ) -> None:
     """Write a preset's weights with [`mnemosyne.save`][], its training record
@@ -509,26 +585,48 @@ def validation_tasks() -> dict[str, Any]:
 
     return {
         "val_mlp_wine_64x64_relu_b32": MLPClassifier(
-            load_dataset("wine"), hidden=(64, 64), activation="relu", batch_size=32,
-            name="val_mlp_wine_64x64_relu_b32", kind="mlp",
+            load_dataset("wine"),
+            hidden=(64, 64),
+            activation="relu",
+            batch_size=32,
+            name="val_mlp_wine_64x64_relu_b32",
+            kind="mlp",
         ),
         "val_mlp_digits_4x48_tanh_b16": MLPClassifier(
-            load_dataset("digits"), hidden=(48,) * 4, activation="tanh", batch_size=16,
-            name="val_mlp_digits_4x48_tanh_b16", kind="mlp",
+            load_dataset("digits"),
+            hidden=(48,) * 4,
+            activation="tanh",
+            batch_size=16,
+            name="val_mlp_digits_4x48_tanh_b16",
+            kind="mlp",
         ),
         "val_rnn_digits_h48_b32": RNNClassifier(
-            load_dataset("digits"), hidden=48, batch_size=32, name="val_rnn_digits_h48_b32"
+            load_dataset("digits"),
+            hidden=48,
+            batch_size=32,
+            name="val_rnn_digits_h48_b32",
         ),
         "val_lm_reverse_d24_l2_b16": SequenceLM(
-            "reverse", d_model=24, num_layers=2, num_heads=4, batch_size=16,
+            "reverse",
+            d_model=24,
+            num_layers=2,
+            num_heads=4,
+            batch_size=16,
             name="val_lm_reverse_d24_l2_b16",
         ),
         "val_regression_2x96_tanh_b8": TeacherRegression.random(
-            7, hidden=(96, 96), activation="tanh", noise=0.2, batch_size=8,
+            7,
+            hidden=(96, 96),
+            activation="tanh",
+            noise=0.2,
+            batch_size=8,
             name="val_regression_2x96_tanh_b8",
         ),
         "val_cnn_digits_c6_12_b16": CNNClassifier(
-            load_dataset("digits"), channels=(6, 12), batch_size=16, name="val_cnn_digits_c6_12_b16"
+            load_dataset("digits"),
+            channels=(6, 12),
+            batch_size=16,
+            name="val_cnn_digits_c6_12_b16",
         ),
         "val_quadratic_d30_cond1e3": Quadratic.random(
             jax.random.key(11), 30, 3.0, 0.0, "val_quadratic_d30_cond1e3"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import warnings
 from typing import Any
 
@@ -20,10 +19,14 @@ from .._types import PRNGKeyArray
 from ._checkpoint import (
     CheckpointError,
     IncompatibleCheckpointError,
+    checkpoint_path,
     describe_settings,
     differing_settings,
+    list_checkpoints,
     load_checkpoint,
+    prune_checkpoints,
     read_checkpoint_header,
+    remove_stale_temporaries,
     save_checkpoint,
 )
 from ._estimators import AbstractGradientEstimator, TruncatedBPTT
@@ -33,14 +36,9 @@ from ._unroll import (
     TruncationState,
     _raw_key,
     as_truncation_schedule,
-    expired_truncation_state,
 )
 
 History = dict[str, list]
-_CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.eqx$")
-# temporary files of `save_checkpoint` ("." + name + random + ".tmp"), left
-# behind only when a process is killed in the middle of a write
-_STALE_TMP_RE = re.compile(r"^\.ckpt-\d{8,}\.eqx\..*\.tmp$")
 _HISTORY_KEYS = ("step", "meta_loss", "grad_norm", "skipped", "num_diverged", "task")
 
 # Independent streams derived from the base key: fold_in(base, stream) then
@@ -74,9 +72,6 @@ def task_config_key(task: Task) -> Any:
     return treedef, tuple(parts)
 
 
-_TRACES = {"outer_step": 0}
-
-
 def _outer_step(
     trainable,
     static,
@@ -89,7 +84,6 @@ def _outer_step(
     num_steps,
     schedule,
 ):
-    _TRACES["outer_step"] += 1  # runs at trace time only
     lopt = eqx.combine(trainable, static)
     meta_loss, meta_grads, new_states, diagnostics = estimator.estimate(
         lopt, task, states, key=key, num_steps=num_steps, schedule=schedule
@@ -145,7 +139,9 @@ class _DefaultOuterOptimizer(eqx.Module):
     max_grad_value: float | None = eqx.field(static=True, default=None)
 
     def _tx(self) -> optax.GradientTransformation:
-        clip_values = () if self.max_grad_value is None else (optax.clip(self.max_grad_value),)
+        clip_values = (
+            () if self.max_grad_value is None else (optax.clip(self.max_grad_value),)
+        )
         return optax.chain(
             *clip_values,
             optax.clip_by_global_norm(self.max_grad_norm),
@@ -215,9 +211,32 @@ class MetaTrainer:
             runs and tests.
         key: the base PRNG key.
 
+    Returns:
+        The trainer; [`run`][mnemosyne.meta.MetaTrainer.run]`(num_steps)`
+        returns `(lopt, history)`: the meta-trained optimizer and a dict of
+        per-outer-step lists (`"step"`, `"meta_loss"`, `"grad_norm"`,
+        `"skipped"`, `"num_diverged"`, `"task"`).
+
     Examples:
-        >>> trainer = MetaTrainer(lopt, family, key=key)  # doctest: +SKIP
-        >>> lopt, history = trainer.run(200)  # doctest: +SKIP
+        >>> import jax
+        >>> from mnemosyne.baselines import LearnableSGD
+        >>> from mnemosyne.meta import MetaTrainer
+        >>> from mnemosyne.tasks import get_task
+        >>> trainer = MetaTrainer(
+        ...     LearnableSGD(0.01), get_task("quadratic"), num_tasks=2,
+        ...     unroll_length=4, horizon=8, learning_rate=0.1, key=jax.random.key(0),
+        ... )
+        >>> lopt, history = trainer.run(3, progress=False)
+        >>> history["step"]
+        [0, 1, 2]
+        >>> type(lopt).__name__
+        'LearnableSGD'
+
+    References:
+        Andrychowicz et al., "Learning to learn by gradient descent by
+        gradient descent", NeurIPS 2016 (truncated backpropagation through the
+        unroll). Jain et al., "Mnemosyne: Learning to Train Transformers with
+        Transformers", NeurIPS 2023 (its "simple meta-training strategy").
     """
 
     def __init__(
@@ -352,7 +371,7 @@ class MetaTrainer:
             if self.checkpoint_dir is None:
                 raise ValueError("No checkpoint_dir was given; pass a path.")
             os.makedirs(self.checkpoint_dir, exist_ok=True)
-            path = os.path.join(self.checkpoint_dir, f"ckpt-{self.step:08d}.eqx")
+            path = checkpoint_path(self.checkpoint_dir, self.step)
         path = os.fspath(path)
         tree = {
             "trainable": self._trainable,
@@ -369,7 +388,7 @@ class MetaTrainer:
         save_checkpoint(path, tree, header)
         self._last_saved_step = self.step
         if in_checkpoint_dir:
-            self._prune()
+            prune_checkpoints(self.checkpoint_dir, self.keep_checkpoints)
         return path
 
     def load(self, path: str | os.PathLike) -> None:
@@ -389,7 +408,8 @@ class MetaTrainer:
         if header.get("config") != fingerprint:
             differing = differing_settings(header.get("config"), fingerprint)
             raise IncompatibleCheckpointError(
-                f"Checkpoint {os.fspath(path)!r} was written by a differently configured "
+                f"Checkpoint {os.fspath(path)!r} was written by a differently "
+                "configured "
                 f"trainer; resuming would silently change these settings: "
                 f"{'; '.join(differing)}. Use the same settings, or start afresh "
                 "(resume=False, or another checkpoint_dir)."
@@ -416,14 +436,7 @@ class MetaTrainer:
 
     def checkpoints(self) -> list[str]:
         """Checkpoint files in `checkpoint_dir`, oldest first."""
-        if self.checkpoint_dir is None or not os.path.isdir(self.checkpoint_dir):
-            return []
-        found = []
-        for name in os.listdir(self.checkpoint_dir):
-            match = _CKPT_RE.match(name)
-            if match:
-                found.append((int(match.group(1)), name))
-        return [os.path.join(self.checkpoint_dir, n) for _, n in sorted(found)]
+        return list_checkpoints(self.checkpoint_dir)
 
     # ------------------------------------------------------------------ #
     # internals
@@ -437,7 +450,9 @@ class MetaTrainer:
         resampling settings, the compiler options, and θ's configuration (its
         class and static fields, the shapes and dtypes of its trainable arrays,
         the values of its frozen ones, which the checkpoint does not hold)."""
-        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self._trainable)
+        shapes = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self._trainable
+        )
         settings = {
             "lopt": eqx.combine(shapes, self._static),
             "task": self.task,
@@ -456,7 +471,7 @@ class MetaTrainer:
         return getattr(self, "_last_saved_step", None) == self.step
 
     def _restore_latest(self) -> None:
-        self._remove_stale_temporaries()
+        remove_stale_temporaries(self.checkpoint_dir)
         paths = self.checkpoints()
         for path in reversed(paths):
             try:
@@ -473,26 +488,6 @@ class MetaTrainer:
                 f"No readable checkpoint in {self.checkpoint_dir!r}; "
                 "pass resume=False to start afresh."
             )
-
-    def _remove_stale_temporaries(self) -> None:
-        """Delete partial checkpoint writes of a killed run (never read: the
-        final names are only ever complete files)."""
-        if not os.path.isdir(self.checkpoint_dir):
-            return
-        for name in os.listdir(self.checkpoint_dir):
-            if _STALE_TMP_RE.match(name):
-                try:
-                    os.remove(os.path.join(self.checkpoint_dir, name))
-                except FileNotFoundError:
-                    pass
-
-    def _prune(self) -> None:
-        paths = self.checkpoints()
-        for path in paths[: -self.keep_checkpoints]:
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                pass
 
     def _make_mesh(self):
         num_devices = math.gcd(self.num_tasks, jax.device_count())
@@ -579,54 +574,3 @@ class MetaTrainer:
         self.history["num_diverged"].append(int(diagnostics["num_diverged"]))
         self.history["task"].append(str(getattr(task, "name", type(task).__name__)))
         self.step += 1
-
-
-def plot_history(history: History, path: str | os.PathLike) -> str:
-    """Write a PNG of the meta-training curve (meta-loss and meta-gradient norm).
-
-    Uses matplotlib's Agg canvas directly, so it changes no global backend.
-
-    Args:
-        history: the history returned by
-            [`MetaTrainer.run`][mnemosyne.meta.MetaTrainer.run].
-        path: the PNG file to write.
-
-    Returns:
-        The path written.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    steps = np.asarray(history["step"])
-    meta_loss = np.asarray(history["meta_loss"], dtype=float)
-    grad_norm = np.asarray(history["grad_norm"], dtype=float)
-    skipped = np.asarray(history["skipped"], dtype=bool)
-
-    fig = Figure(figsize=(8, 5.5), constrained_layout=True)
-    FigureCanvasAgg(fig)
-    ax_loss, ax_grad = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
-    ax_loss.plot(steps, meta_loss, lw=0.8, alpha=0.5, label="meta-loss")
-    if len(meta_loss) >= 5:
-        window = max(2, len(meta_loss) // 20)
-        kernel = np.ones(window) / window
-        smooth = np.convolve(meta_loss, kernel, mode="valid")
-        ax_loss.plot(steps[window - 1 :], smooth, lw=1.8, label=f"mean of {window}")
-    if skipped.any():
-        ax_loss.plot(
-            steps[skipped],
-            np.full(skipped.sum(), np.nanmin(meta_loss) if len(meta_loss) else 0.0),
-            "rx",
-            label=f"skipped ({int(skipped.sum())})",
-        )
-    ax_loss.set_ylabel("meta-loss")
-    ax_loss.legend(loc="upper right")
-    ax_loss.grid(alpha=0.3)
-    ax_grad.semilogy(steps, np.maximum(grad_norm, 1e-30), lw=0.8)
-    ax_grad.set_ylabel("|meta-gradient|")
-    ax_grad.set_xlabel("outer step")
-    ax_grad.grid(alpha=0.3)
-    fig.suptitle(
-        f"meta-training ({int(np.sum(history['num_diverged']))} diverged unrolls)"
-    )
-    fig.savefig(os.fspath(path), dpi=100)
-    return os.fspath(path)

@@ -120,7 +120,9 @@ class LogUniformTruncationSchedule(AbstractTruncationSchedule):
 
     @property
     def max_horizon(self) -> int:
-        return max(self.multiple_of, self.max_horizon_ // self.multiple_of * self.multiple_of)
+        return max(
+            self.multiple_of, self.max_horizon_ // self.multiple_of * self.multiple_of
+        )
 
 
 def as_truncation_schedule(

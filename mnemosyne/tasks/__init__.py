@@ -28,8 +28,9 @@ from ._families import (
     RosenbrockFamily,
     logreg_family,
 )
-from ._registry import HELD_OUT_KINDS, get_family, get_task, list_families, list_tasks
+from ._registry import HELD_OUT_KINDS, get_family, list_families
 from ._sequence import MaskedLM, PromptTuning, SequenceLM
+from ._suite import get_task, list_tasks
 from ._synthetic import Quadratic, Rosenbrock
 
 __all__ = [

@@ -63,8 +63,39 @@ class AbstractTask(eqx.Module):
         return None
 
 
-class ScaledTask(AbstractTask):
-    """Parameter-scale augmentation of another task.
+class AbstractScaledTask(AbstractTask):
+    """Parameter- and loss-scale augmentation of another task.
+
+    The initial parameters are multiplied by `init_scale` and the loss by
+    `loss_scale`, so a learned optimizer meets parameters and gradients of many
+    magnitudes (the augmentation learned_optimization and VeLO use). The two
+    final classes differ only in where the factors live: static Python floats
+    ([`ScaledTask`][mnemosyne.tasks.ScaledTask], part of the compiled program)
+    or array leaves (`ArrayScaledTask`, one compile for every draw).
+    """
+
+    task: AbstractVar[AbstractTask]
+    init_scale: AbstractVar[Any]
+    loss_scale: AbstractVar[Any]
+
+    def init(self, key):
+        return jax.tree.map(lambda p: p * self.init_scale, self.task.init(key))
+
+    def loss(self, params, batch):
+        return self.loss_scale * self.task.loss(params, batch)
+
+    def sample_batch(self, key):
+        return self.task.sample_batch(key)
+
+    def eval_batch(self):
+        return self.task.eval_batch()
+
+    def accuracy(self, params, batch):
+        return self.task.accuracy(params, batch)
+
+
+class ScaledTask(AbstractScaledTask):
+    """Parameter-scale augmentation of another task, with static factors.
 
     The initial parameters are multiplied by `init_scale` and the loss by
     `loss_scale`, so a learned optimizer meets parameters and gradients of many
@@ -88,20 +119,23 @@ class ScaledTask(AbstractTask):
         self.name = f"{task.name}_x{self.init_scale:.2g}_l{self.loss_scale:.2g}"
         self.kind = task.kind
 
-    def init(self, key):
-        return jax.tree.map(lambda p: p * self.init_scale, self.task.init(key))
 
-    def loss(self, params, batch):
-        return self.loss_scale * self.task.loss(params, batch)
+class ArrayScaledTask(AbstractScaledTask):
+    """[`ScaledTask`][mnemosyne.tasks.ScaledTask] with the factors as array
+    leaves: tasks drawn with different factors share one compiled program
+    (static factors force one compile per draw)."""
 
-    def sample_batch(self, key):
-        return self.task.sample_batch(key)
+    task: AbstractTask
+    init_scale: jax.Array
+    loss_scale: jax.Array
 
-    def eval_batch(self):
-        return self.task.eval_batch()
+    @property
+    def name(self) -> str:
+        return self.task.name
 
-    def accuracy(self, params, batch):
-        return self.task.accuracy(params, batch)
+    @property
+    def kind(self) -> str:
+        return self.task.kind
 
 
 class AbstractTaskFamily(eqx.Module):

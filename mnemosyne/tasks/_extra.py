@@ -25,7 +25,10 @@ class NoisyLabelMLP(MLPClassifier):
         batch = self.data.sample(k_batch, self.batch_size)
         flip = jax.random.bernoulli(k_flip, self.label_noise, batch["y"].shape)
         random = jax.random.randint(k_label, batch["y"].shape, 0, self.data.num_classes)
-        return {"x": batch["x"], "y": jnp.where(flip, random, batch["y"]).astype(batch["y"].dtype)}
+        return {
+            "x": batch["x"],
+            "y": jnp.where(flip, random, batch["y"]).astype(batch["y"].dtype),
+        }
 
 
 class RNNClassifier(AbstractClassificationTask):
@@ -77,7 +80,9 @@ class TeacherRegression(AbstractTask):
     kind: str = eqx.field(static=True, default="regression", kw_only=True)
 
     @classmethod
-    def random(cls, seed: int = 0, num_inputs: int = 16, teacher_hidden=(32,), **kwargs):
+    def random(
+        cls, seed: int = 0, num_inputs: int = 16, teacher_hidden=(32,), **kwargs
+    ):
         key = jax.random.key(seed)
         teacher = mlp_init(key, (num_inputs, *teacher_hidden, 1))
         return cls(teacher, num_inputs=num_inputs, **kwargs)

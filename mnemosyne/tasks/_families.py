@@ -11,6 +11,7 @@ import numpy as np
 from ._base import AbstractTask, AbstractTaskFamily, ScaledTask
 from ._classification import MLPClassifier
 from ._data import DATASETS, load_dataset
+from ._suite import get_task
 from ._synthetic import Quadratic, Rosenbrock
 
 
@@ -138,13 +139,9 @@ class FixedTasksFamily(AbstractTaskFamily):
 
     @property
     def kinds(self) -> frozenset[str]:
-        from ._registry import get_task
-
         return frozenset(get_task(n).kind for n in self.names)
 
     def sample(self, key) -> AbstractTask:
-        from ._registry import get_task
-
         return get_task(_choice(key, self.names))
 
 

@@ -20,6 +20,9 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ._lopt import MnemosyneState
+from ._memory import MemoryState
+
 
 def _spec_axes(spec) -> tuple[str, ...]:
     names = []
@@ -36,14 +39,13 @@ def _lead(spec, lead: int):
 
 def state_specs(lopt, state, param_specs):
     """Partition specs for a Mnemosyne state: the memory of each leaf is split
-    like the leaf (coordinate-wise) or replicated (tensor-wise meta-tokens)."""
-    from .._lopt import MnemosyneState, TensorwiseMnemosyne
-    from .._memory import MemoryState
+    like the leaf (`lopt.memory_per_coordinate`, the coordinate-wise variant)
+    or replicated (the tensor-wise variant's meta-tokens)."""
 
     def leaf(spec, memory):
         if memory is None:
             return None
-        if isinstance(lopt, TensorwiseMnemosyne):
+        if not lopt.memory_per_coordinate:
             return MemoryState(P(), P())
         second = None if memory.second_moment is None else _lead(spec, 1)
         return MemoryState(_lead(spec, 3), _lead(spec, 2), second)
@@ -52,7 +54,9 @@ def state_specs(lopt, state, param_specs):
     treedef = jax.tree.structure(param_specs, is_leaf=is_leaf)
     specs = treedef.flatten_up_to(param_specs)
     memories = treedef.flatten_up_to(state.memory)
-    memory = treedef.unflatten([leaf(s, m) for s, m in zip(specs, memories)])
+    memory = treedef.unflatten(
+        [leaf(s, m) for s, m in zip(specs, memories, strict=False)]
+    )
     return MnemosyneState(step=P(), memory=memory, skipped=P())
 
 
@@ -86,17 +90,20 @@ def sharded_update(lopt, mesh, param_specs) -> Any:
     Returns:
         A function to call (typically inside `jax.jit`) with global arrays.
     """
-    from .._lopt import TensorwiseMnemosyne
-
     is_leaf = lambda x: x is None or isinstance(x, P)
-    gather = isinstance(lopt, TensorwiseMnemosyne)
+    gather = not lopt.memory_per_coordinate  # pools across shards: whole tensors
 
     def per_shard(lopt, grads, state, params):
         if gather:
-            full = lambda tree: jax.tree.map(_gather, tree, param_specs, is_leaf=is_leaf)
+            full = lambda tree: jax.tree.map(
+                _gather, tree, param_specs, is_leaf=is_leaf
+            )
             updates, state = lopt.update(full(grads), state, full(params))
             updates = jax.tree.map(
-                lambda u, s, g: _local_block(u, s, g.shape), updates, param_specs, grads,
+                lambda u, s, g: _local_block(u, s, g.shape),
+                updates,
+                param_specs,
+                grads,
                 is_leaf=is_leaf,
             )
             return updates, state
@@ -116,7 +123,8 @@ def sharded_update(lopt, mesh, param_specs) -> Any:
             mesh=mesh,
             in_specs=(P(), param_specs, s_specs, param_specs),
             out_specs=(param_specs, s_specs),
-            check_vma=False,  # replicated outputs are computed from psum-reduced statistics
+            # replicated outputs are computed from psum-reduced statistics
+            check_vma=False,
         )
         return fn(lopt, grads, state, params)
 
