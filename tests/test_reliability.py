@@ -134,6 +134,13 @@ def clean_run():
     )
 
 
+@pytest.fixture(scope="module")
+def adam_clean_run():
+    return _injected_run(
+        optax.adam(1e-3), jnp.float32(1.0), _constant(0.0), jnp.int32(0), jnp.int32(0)
+    )
+
+
 _SATURATING = pytest.mark.xfail(
     strict=True,
     reason="v2 keeps Adam's second moment: after every coordinate's gradient is "
@@ -152,7 +159,7 @@ _SATURATING = pytest.mark.xfail(
         for c in INJECTIONS
     ],
 )
-def test_extreme_gradients_mid_run(case, clean_run):
+def test_extreme_gradients_mid_run(case, clean_run, adam_clean_run):
     """Params and state stay finite at every step, every step is bounded, the
     non-finite cases are skipped (zero update, counted), and training goes on
     converging afterwards: the final loss is below the loss at the injection."""
@@ -180,9 +187,13 @@ def test_extreme_gradients_mid_run(case, clean_run):
     # recovery: below the loss at the injection, and below the loss right after it
     assert losses[-1] < losses[start] and losses[-1] < losses[stop]
     clean_losses = np.asarray(clean_run[2])
-    # (v2 steps about as far as Adam(1e-3): slower on this problem than v1's 1e-2)
-    assert losses[-1] < 0.75 * losses[start], (losses[start], losses[-1])
-    assert clean_losses[-1] < 0.5 * clean_losses[0]  # the clean run converges
+    # after the injection it makes at least half the progress the clean run
+    # makes over the same steps (the pace is θ's; the recovery is the point)
+    clean_progress = clean_losses[start] - clean_losses[-1]
+    progress = losses[start] - losses[-1]
+    assert progress > 0.5 * clean_progress, (losses[start], losses[-1])
+    # the clean run converges at least as fast as Adam(1e-3) on the same problem
+    assert clean_losses[-1] <= np.asarray(adam_clean_run[2])[-1] < clean_losses[0]
 
 
 def test_gradient_scale_invariance_reference():
