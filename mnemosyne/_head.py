@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._memory import split_by_parity
+
 
 class LearnedStepHead(eqx.Module):
     """The head (H): a small MLP with a linear skip path, then the output (O).
@@ -88,15 +90,13 @@ class LearnedStepHead(eqx.Module):
         u_e + b_2^s,$$
         so $d(Su) = -d(u)$ and $s(Su) = s(u)$: no gradient, no step (no drift
         at a stationary point), and the step's size never depends on a sign."""
-        odd = np.flatnonzero(self.odd_inputs)
-        even = np.flatnonzero(~np.asarray(self.odd_inputs))
-        u_odd, u_even = [inputs[i] for i in odd], [inputs[i] for i in even]
+        (odd, u_odd), (even, u_even) = split_by_parity(inputs, self.odd_inputs)
         a = B.dense(w1[:, even], b1, u_even)
         c = B.dense(w1[:, odd], B.xp.zeros_like(b1), u_odd)
-        plus = [B.relu(x + y) for x, y in zip(a, c, strict=False)]
-        minus = [B.relu(x - y) for x, y in zip(a, c, strict=False)]
-        odd_hidden = [0.5 * (p - m) for p, m in zip(plus, minus, strict=False)]
-        even_hidden = [0.5 * (p + m) for p, m in zip(plus, minus, strict=False)]
+        plus = [B.relu(x + y) for x, y in zip(a, c, strict=True)]
+        minus = [B.relu(x - y) for x, y in zip(a, c, strict=True)]
+        odd_hidden = [0.5 * (p - m) for p, m in zip(plus, minus, strict=True)]
+        even_hidden = [0.5 * (p + m) for p, m in zip(plus, minus, strict=True)]
         xp = B.xp
         w_d = xp.concatenate([self.w2[:1], skip[:1, odd]], axis=1)
         w_s = xp.concatenate([self.w2[1:], skip[1:, even]], axis=1)

@@ -14,6 +14,14 @@ from ._random_features import RandomFeatureMap
 from ._types import PRNGKeyArray
 
 
+def split_by_parity(rows, odd_mask):
+    """`((odd indices, odd rows), (even indices, even rows))` of feature-major
+    `rows` under the static mask of which rows flip sign with the gradient."""
+    odd = np.flatnonzero(odd_mask)
+    even = np.flatnonzero(~np.asarray(odd_mask))
+    return (odd, [rows[i] for i in odd]), (even, [rows[i] for i in even])
+
+
 class MemoryState(NamedTuple):
     """The memory of one parameter tensor (or of its meta-tokens).
 
@@ -132,18 +140,18 @@ class CompactAssociativeMemory(eqx.Module):
         """
         B = backend
         heads = range(self.num_heads)
-        project = lambda w: B.dense(w, B.xp.zeros(w.shape[0], inputs[0].dtype), inputs)
-        project_value = project_context = project
-        if embedding is not None:
+        no_bias = lambda w: B.xp.zeros(w.shape[0], inputs[0].dtype)
+        if embedding is None:
+            project_context = project_value = lambda w: B.dense(w, no_bias(w), inputs)
+        elif odd_inputs is None:
             embed_w, embed_b = embedding
-            project = lambda w: B.dense(w @ embed_w, w @ embed_b, inputs)
-            project_value = project_context = project
-        if odd_inputs is not None:
-            odd = np.flatnonzero(odd_inputs)
-            even = np.flatnonzero(~np.asarray(odd_inputs))
-            u_odd, u_even = [inputs[i] for i in odd], [inputs[i] for i in even]
-            project_value = lambda w: B.dense(
-                (w @ embed_w)[:, odd], B.xp.zeros(w.shape[0], inputs[0].dtype), u_odd)
+            project_context = project_value = lambda w: B.dense(
+                w @ embed_w, w @ embed_b, inputs
+            )
+        else:  # Eq. (2±)
+            embed_w, embed_b = embedding
+            (odd, u_odd), (even, u_even) = split_by_parity(inputs, odd_inputs)
+            project_value = lambda w: B.dense((w @ embed_w)[:, odd], no_bias(w), u_odd)
             project_context = lambda w: B.dense(
                 (w @ embed_w)[:, even], w @ embed_b, u_even
             )

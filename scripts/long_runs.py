@@ -89,9 +89,7 @@ def _plot(curves, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted(
-        {n for n, _ in curves}, key=list(dict.fromkeys(n for n, _ in curves)).index
-    )
+    names = list(dict.fromkeys(name for name, _ in curves))
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6))
     for ax, name in zip(np.atleast_1d(axes), names, strict=False):
         for (n, opt), losses in curves.items():
