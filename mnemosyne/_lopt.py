@@ -29,6 +29,7 @@ from ._memory import CompactAssociativeMemory, MemoryState
 from ._packing import (
     PACK_MAX_SIZE,
     Pack,
+    TensorStatistics,
     all_finite,
     as_dtype,
     cast_leaf,
@@ -83,6 +84,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     feature_clip: eqx.AbstractVar[float]
     skip_nonfinite: eqx.AbstractVar[bool]
     second_moment_decay: eqx.AbstractVar[float | None]
+    gradient_scale: eqx.AbstractVar[str]
     epsilon: eqx.AbstractVar[float]
     read_out: eqx.AbstractVar[bool]
     packs_small_leaves: eqx.AbstractClassVar[bool]
@@ -118,24 +120,25 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         `(S,)`, and the gradient's RMS (non-finite iff the gradient is).
 
         Eq. (F2) when `second_moment` ($\\nu_t$ of Eq. (V), already updated with
-        this gradient) is given (v2), else Eq. (F) (v1). `rms = (g_rms, x_rms)`,
-        if given, are precomputed tensor RMS values (scalars, or per-coordinate
-        vectors for packed small tensors)."""
+        this gradient) is given (v2), else Eq. (F) (v1). `rms`, if given, is the
+        tensor's precomputed `TensorStatistics` (per-coordinate values for packed
+        small tensors)."""
         B = backend
         if rms is None:
-            rms = (B.tensor_rms(grad, axis_names), B.tensor_rms(param, axis_names))
-        g_rms, x_rms = rms
+            rms = TensorStatistics.of_leaf(grad, param, B, axis_names)
         if second_moment is None:
             coordinate = B.coordinate_features(
-                grad, param, g_rms, x_rms, self.feature_clip
+                grad, param, rms.g_rms, rms.x_rms, self.feature_clip
             )
         else:
+            running = self.gradient_scale == "running"
+            g_scale = rms.rms_of(B.xp.sqrt(second_moment)) if running else rms.g_rms
             coordinate = B.adaptive_coordinate_features(
-                grad, param, second_moment, step + 1, g_rms, x_rms,
-                self.second_moment_decay, self.epsilon, self.feature_clip,
+                grad, param, second_moment, step + 1, g_scale, rms.x_rms,
+                self.second_moment_decay, self.epsilon, self.feature_clip, running,
             )
         shared = B.step_embedding(step, self.step_timescales, grad.dtype)
-        return coordinate, shared, g_rms
+        return coordinate, shared, rms.g_rms
 
     def init(self, params: Params, *, memory_dtype: Any = None) -> MnemosyneState:
         """Empty memory for `params`.
@@ -249,8 +252,10 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         rms = {}
         for i in single:
             dtype = step_dtype(g_leaves[i].dtype, m_leaves[i].numerator.dtype)
-            rms[i] = tuple(B.tensor_rms(B.asarray(x, dtype), a_leaves[i])
-                           for x in (g_leaves[i], p_leaves[i]))
+            rms[i] = TensorStatistics.of_leaf(
+                B.asarray(g_leaves[i], dtype), B.asarray(p_leaves[i], dtype), B,
+                a_leaves[i],
+            )
         packs = [
             Pack.of([g_leaves[i] for i in members], [p_leaves[i] for i in members],
                      [m_leaves[i] for i in members], B)
@@ -309,8 +314,9 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     def _packed_step(self, pack: Pack, step, B):
         """`(update, memory)` of a packed group, still packed (the skip is
         applied by `Pack.unpack`)."""
-        rms = (pack.g_rms[pack.segments], pack.x_rms[pack.segments])
-        return self._leaf_step(pack.grad, pack.param, pack.memory, step, B, None, rms)
+        return self._leaf_step(
+            pack.grad, pack.param, pack.memory, step, B, None, pack.statistics(B)
+        )
 
 
 @register_serialisable
@@ -370,6 +376,11 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         direction_clip: clip of the direction (`None`: unclipped, v1).
         feature_clip: clip of the normalised features.
         second_moment_decay: decay of $\\nu$ (V); `None` gives v1's features.
+        gradient_scale: what v2 divides the gradient by for $\\hat g$ (F2):
+            `"running"` (default), the tensor's running scale
+            $\\operatorname{rms}(\\sqrt{\\hat\\nu_t})$ (S), so a small gradient
+            gives a small step; `"current"`, the current gradient's RMS (before
+            December 2026), which blows a tiny gradient up to unit size.
         epsilon: $\\epsilon$ of the second-moment normalisation.
         read_out: feed the memory read-out to the head (`False`: no memory).
         sign_symmetric: make the step odd in the gradient history (H±), (2±).
@@ -411,6 +422,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     feature_clip: float = eqx.field(static=True)
     skip_nonfinite: bool = eqx.field(static=True)
     second_moment_decay: float | None = eqx.field(static=True)
+    gradient_scale: str = eqx.field(static=True)
     epsilon: float = eqx.field(static=True)
     read_out: bool = eqx.field(static=True)
     sign_symmetric: bool = eqx.field(static=True)
@@ -433,6 +445,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         direction_clip: float | None = 5.0,
         feature_clip: float = 10.0,
         second_moment_decay: float | None = 0.999,
+        gradient_scale: str = "running",
         epsilon: float = 1e-8,
         read_out: bool = True,
         sign_symmetric: bool = True,
@@ -462,6 +475,11 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         self.step_timescales = tuple(float(t) for t in step_timescales)
         self.feature_clip = float(feature_clip)
         self.second_moment_decay = None if not adaptive else float(second_moment_decay)
+        if gradient_scale not in ("running", "current"):
+            raise ValueError(
+                f"gradient_scale must be 'running' or 'current', got {gradient_scale!r}"
+            )
+        self.gradient_scale = gradient_scale
         self.epsilon = float(epsilon)
         self.read_out = bool(read_out)
         self.sign_symmetric = bool(sign_symmetric)
@@ -574,6 +592,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
     feature_clip: float = eqx.field(static=True)
     skip_nonfinite: bool = eqx.field(static=True)
     second_moment_decay: None = eqx.field(static=True)
+    gradient_scale: str = eqx.field(static=True)
     epsilon: float = eqx.field(static=True)
     read_out: bool = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
@@ -620,6 +639,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         self.step_timescales = tuple(float(t) for t in step_timescales)
         self.feature_clip = float(feature_clip)
         self.second_moment_decay = None
+        self.gradient_scale = "current"  # v1 features (F): no running scale
         self.epsilon = 0.0
         self.read_out = True
         self.skip_nonfinite = skip_nonfinite

@@ -9,6 +9,7 @@ leaves, and unpacks the result (`Pack.unpack`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -29,6 +30,23 @@ def cast_leaf(grad, param, memory: MemoryState, B):
     return B.asarray(grad, dtype), B.asarray(param, dtype), as_dtype(memory, dtype, B)
 
 
+class TensorStatistics(NamedTuple):
+    """Per-tensor statistics of one leaf, or of the tensors packed in a `Pack`:
+    the gradient's and the parameter's RMS (scalars, or one per packed
+    coordinate), and `rms_of(y)`, the RMS of another array of the same layout
+    over the same tensors (collectives under `shard_map`, segments in a pack),
+    broadcast like `g_rms`."""
+
+    g_rms: Array
+    x_rms: Array
+    rms_of: Callable[[Array], Array]
+
+    @classmethod
+    def of_leaf(cls, grad, param, B, axis_names=None) -> TensorStatistics:
+        rms_of = lambda y: B.tensor_rms(y, axis_names)
+        return cls(rms_of(grad), rms_of(param), rms_of)
+
+
 class Pack(NamedTuple):
     """Small tensors of one dtype as one vector (see `AbstractMnemosyne._step_leaves`):
     gradients, parameters and memory packed along the coordinate axis, in the
@@ -43,6 +61,15 @@ class Pack(NamedTuple):
     shapes: tuple
     dtypes: tuple
     store: Any  # the memory's storage dtype
+
+    def statistics(self, B) -> TensorStatistics:
+        """The packed tensors' statistics, one value per coordinate."""
+        count = len(self.g_rms)
+        return TensorStatistics(
+            self.g_rms[self.segments],
+            self.x_rms[self.segments],
+            lambda y: B.segment_rms(y, self.segments, count)[self.segments],
+        )
 
     @classmethod
     def of(cls, grads, params, memories, B) -> Pack:

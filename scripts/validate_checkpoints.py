@@ -4,8 +4,11 @@
 
 Each θ file (and the untrained θ of the default preset, as `untrained`) trains
 every task of `mnemosyne.meta.validation_tasks()` (configurations in neither the
-meta-training distribution nor the evaluation suite) for `--steps` steps on
-`--seeds`, beside Adam(1e-3), all in one program per task. The score of a θ is
+meta-training distribution nor the evaluation suite) for `--steps` steps, and
+every task of `mnemosyne.meta.stress_validation_tasks()` (deep narrow nets at
+tiny batches, batch 512, Rosenbrock, a 2-layer LM) for its own 2,000-4,000
+steps (`--no-stress` skips them), on `--seeds`, beside Adam(1e-3), all in one
+program per task. The score of a θ is
 the mean over tasks of log(final loss / Adam's final loss) (final loss: mean
 over the last 5% of steps and over seeds, floored at 1e-6 as in the ablation,
 since some runs reach exactly 0 in float32). A θ is ineligible if a run is
@@ -30,7 +33,7 @@ import optax
 import mnemosyne
 from mnemosyne import evaluation
 from mnemosyne.evaluation._ablation import LOSS_FLOOR
-from mnemosyne.meta import PRESETS, validation_tasks
+from mnemosyne.meta import PRESETS, stress_validation_tasks, validation_tasks
 
 
 def main() -> None:
@@ -38,6 +41,8 @@ def main() -> None:
     parser.add_argument("weights", nargs="*", help="θ files to compare")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--no-stress", action="store_true",
+                        help="skip stress_validation_tasks()")
     parser.add_argument("--out", default=None, help="JSON record to write")
     args = parser.parse_args()
 
@@ -64,11 +69,14 @@ def main() -> None:
     stability = {n: [] for n in names}
     ruined = {n: [] for n in names}
     per_task = {}
-    w = evaluation.window_size(args.steps)
-    for task_name, task in validation_tasks().items():
+    tasks = {name: (task, args.steps) for name, task in validation_tasks().items()}
+    if not args.no_stress:
+        tasks.update(stress_validation_tasks())
+    for task_name, (task, steps) in tasks.items():
         losses, _, _ = evaluation.train_groups(
-            factories, task, lrs, keys, num_steps=args.steps
+            factories, task, lrs, keys, num_steps=steps
         )
+        w = evaluation.window_size(steps)
         adam = max(losses[0, : args.seeds, -w:].mean(), LOSS_FLOOR)
         per_task[task_name] = {"adam": float(adam)}
         for i, n in enumerate(names):
@@ -106,8 +114,10 @@ def main() -> None:
     print("best:", best)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"steps": args.steps, "seeds": args.seeds, "scores": scores,
-                       "final_losses": per_task, "best": best}, f, indent=2)
+            record = {"steps": {name: steps for name, (_, steps) in tasks.items()},
+                      "seeds": args.seeds, "scores": scores,
+                      "final_losses": per_task, "best": best}
+            json.dump(record, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -370,3 +370,84 @@ def test_sign_symmetric_step_is_odd_in_the_gradient_history(backend):
             assert odd and drift == 0.0
         else:
             assert not odd and drift > 1e-6
+
+
+# ----------------------------------------------------------------------------
+# Eq. (F2), (S): the gradient relative to its tensor's running scale
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+@pytest.mark.parametrize("scale", ["running", "current"])
+def test_v2_gradient_feature_is_relative_to_the_tensors_running_scale(backend, scale):
+    """f[1] = g / rms(sqrt(nu_hat)) (running) or g / rms(g) (current), checked
+    against a direct NumPy computation: after a history of unit-size gradients,
+    a gradient 1e-4 as large gives f[1] of size ~1e-4 with the running scale,
+    while the current-RMS form blows it up to unit size."""
+    lopt = mnemosyne.CoordinatewiseMnemosyne(
+        gradient_scale=scale, key=jax.random.key(0)
+    )
+    B = mnemosyne.backends.get_backend(backend)
+    rng = np.random.default_rng(0)
+    history = rng.normal(size=(5, 6, 7))
+    g = 1e-4 * rng.normal(size=(6, 7))
+    decay = lopt.second_moment_decay
+    nu = np.zeros((6, 7))
+    for past in [*history, g]:
+        nu = decay * nu + (1 - decay) * past**2
+    t = len(history) + 1
+    cast = (lambda x: jnp.asarray(x, jnp.float32)) if backend == "jax" else np.asarray
+    f, _, _ = lopt.features(
+        cast(g), cast(np.ones((6, 7))), t - 1, B, second_moment=cast(nu)
+    )
+    if scale == "running":
+        expected = g / np.sqrt(np.mean(nu / (1 - decay**t)))
+        assert np.max(np.abs(expected)) < 1e-3
+    else:
+        expected = g / np.sqrt(np.mean(g**2))
+    np.testing.assert_allclose(np.asarray(f[1]), expected, rtol=1e-5, atol=1e-9)
+
+
+def test_running_scale_is_per_tensor_inside_a_pack():
+    """Small leaves are packed into one vector (`_packing.Pack`); the running
+    scale is still each tensor's own: updating leaves of very different
+    gradient scales together equals updating each on its own."""
+    lopt = _perturbed(mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0)), 1)
+    params = {"a": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.ones(5)}
+    scales = {"a": 1.0, "b": 1e-3}
+    grads = [
+        {k: scales[k] * v for k, v in random_like(params, seed).items()}
+        for seed in range(3)
+    ]
+    together = lopt.init(params)
+    alone = {k: lopt.init({k: params[k]}) for k in params}
+    for g in grads:
+        u, together = lopt.update(g, together, params)
+        for k in params:
+            u_k, alone[k] = lopt.update({k: g[k]}, alone[k], {k: params[k]})
+            np.testing.assert_allclose(u[k], u_k[k], rtol=1e-5, atol=1e-12)
+
+
+def test_pretrained_steps_shrink_when_gradients_become_tiny():
+    """At a noise floor most minibatch gradients are tiny. After steps with
+    unit-size gradients, steps with gradients 1e-6 as large (random signs):
+    the shipped θ's updates fade with its memory, as Adam's do; normalised by
+    the current gradient's RMS instead (`gradient_scale="current"`), the same
+    θ keeps taking full-size steps in random directions."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 64 * 80).reshape(64, 80)}
+    shipped = mnemosyne.pretrained()
+    current = mnemosyne.CoordinatewiseMnemosyne(
+        gradient_scale="current", key=jax.random.key(0)
+    )
+    current = jax.tree.unflatten(jax.tree.structure(current), jax.tree.leaves(shipped))
+    last = {}
+    for name, lopt in {"running": shipped, "current": current}.items():
+        tx = mnemosyne.mnemosyne(lopt=lopt)
+        state = tx.init(params)
+        for seed in range(100):
+            g = random_like(params, seed)
+            if seed >= 20:
+                g = jax.tree.map(lambda x: 1e-6 * x, g)
+            u, state = jit_tx_update(tx, g, state, params)
+        last[name] = float(jnp.sqrt(jnp.mean(u["w"] ** 2)))
+    assert last["running"] < 0.01 * last["current"]

@@ -172,12 +172,16 @@ def second_moment(nu, g, decay):
     return decay * nu + (1.0 - decay) * jnp.minimum(g * g, ceiling)
 
 
-def adaptive_coordinate_features(g, x, nu, count, g_rms, x_rms, decay, eps, clip):
+def adaptive_coordinate_features(
+    g, x, nu, count, g_scale, x_rms, decay, eps, clip, running_scale=True
+):
     """Eq. (F2); see the NumPy reference. Returns `(4, *g.shape)` in `g`'s dtype."""
     # 1 - decay^t as -expm1(t log decay): accurate in float32 (1 - 0.999 is not)
     correction = 1.0 / -jnp.expm1(jnp.asarray(count, g.dtype) * float(np.log(decay)))
     g_tilde = g * (1.0 / (jnp.sqrt(nu * correction) + eps))
-    g_hat = normalise(g, g_rms)
+    if running_scale:
+        g_scale = g_scale * jnp.sqrt(correction)
+    g_hat = normalise(g, g_scale)
     magnitude, _ = log_sign(g_hat)
     x_hat = normalise(x, x_rms)
     return [jnp.clip(g_tilde, -clip, clip), jnp.clip(g_hat, -clip, clip), magnitude,

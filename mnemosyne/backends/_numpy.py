@@ -153,25 +153,37 @@ def second_moment(nu, g, decay):
     )
 
 
-def adaptive_coordinate_features(g, x, nu, count, g_rms, x_rms, decay, eps, clip):
+def adaptive_coordinate_features(
+    g, x, nu, count, g_scale, x_rms, decay, eps, clip, running_scale=True
+):
     r"""Eq. (F2): the per-coordinate features of Mnemosyne v2, `(4, *g.shape)`.
 
     With $\hat\nu_t = \nu_t / (1 - \beta_2^t)$ (bias-corrected, Eq. (V)),
     $\tilde g = g / (\sqrt{\hat\nu_t} + \epsilon)$ (Adam's per-coordinate
-    normalisation: it shrinks when the gradient is mostly noise) and the
-    tensor-normalised $\hat g = g/\operatorname{rms}(g)$, $\hat x =
+    normalisation: it shrinks when the gradient is mostly noise), the gradient
+    relative to its tensor's *running* scale
+    $\hat g = g / \sigma_t$, $\sigma_t = \operatorname{rms}(\sqrt{\hat\nu_t})
+    = \sqrt{\operatorname{mean}_i \hat\nu_{t,i}}$ (Eq. (S)), and $\hat x =
     x/\operatorname{rms}(x)$:
 
     $$f_i = [\operatorname{clip}(\tilde g_i),\ \operatorname{clip}(\hat g_i),\
     \log|\hat g_i| / p,\ \operatorname{clip}(\hat x_i)]$$
 
     (the third is the magnitude half of (L)). $t$ = `count`, the steps taken
-    including this one.
+    including this one. `g_scale` is $\operatorname{rms}(\sqrt{\nu_t})$, before
+    bias correction. Normalising by the running scale, not by the current
+    gradient's RMS, keeps a small gradient small: at a noise floor, where most
+    minibatch gradients are tiny, $g/\operatorname{rms}(g)$ would blow each one
+    up to unit size. `running_scale=False` gives that older form (`g_scale` is
+    then $\operatorname{rms}(g_t)$).
     """
     g = np.asarray(g, np.float64)
-    nu_hat = np.asarray(nu, np.float64) / (1.0 - decay ** np.float64(count))
+    correction = 1.0 / (1.0 - decay ** np.float64(count))
+    nu_hat = np.asarray(nu, np.float64) * correction
     g_tilde = g / (np.sqrt(nu_hat) + eps)
-    g_hat = normalise(g, g_rms)
+    if running_scale:
+        g_scale = np.asarray(g_scale, np.float64) * np.sqrt(correction)
+    g_hat = normalise(g, g_scale)
     magnitude, _ = log_sign(g_hat)
     x_hat = normalise(np.asarray(x, np.float64), x_rms)
     return np.stack([np.clip(g_tilde, -clip, clip), np.clip(g_hat, -clip, clip),

@@ -45,6 +45,7 @@ from ._presets import (
     PresetFamily,
     broad_configs,
     list_presets,
+    stress_validation_tasks,
     train_preset,
     validation_tasks,
 )
@@ -103,5 +104,6 @@ __all__ = [
     "trajectory_keys",
     "truncated_unroll",
     "unroll",
+    "stress_validation_tasks",
     "validation_tasks",
 ]

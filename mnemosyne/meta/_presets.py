@@ -632,3 +632,36 @@ def validation_tasks() -> dict[str, Any]:
             jax.random.key(11), 30, 3.0, 0.0, "val_quadratic_d30_cond1e3"
         ),
     }
+
+
+def stress_validation_tasks() -> dict[str, tuple[Any, int]]:
+    """`(task, steps)`: long runs where a learned optimizer is most likely to
+    ruin a run (deep and narrow nets at batch 4-16, batch 512, a chained
+    Rosenbrock, a 2-layer causal LM), in neither the v2 training distribution,
+    the evaluation suite nor `scripts/long_runs.py`. With `validation_tasks()`,
+    what picks the θ to ship (`scripts/validate_checkpoints.py`): a θ that ends
+    a run above both 1.5x its best window and Adam's loss is not shipped."""
+    from ..tasks import SequenceLM, TeacherRegression
+
+    def mlp(dataset, depth, width, activation, batch_size, steps):
+        name = f"stress_mlp_{dataset}_{depth}x{width}_{activation}_b{batch_size}"
+        task = MLPClassifier(
+            load_dataset(dataset), hidden=(width,) * depth, activation=activation,
+            batch_size=batch_size, name=name, kind="mlp",
+        )
+        return name, (task, steps)
+
+    return dict([
+        mlp("digits", 5, 24, "relu", 4, 4000),
+        mlp("wine", 6, 12, "gelu", 8, 4000),
+        mlp("breast_cancer", 2, 64, "relu", 512, 3000),
+        mlp("digits", 8, 32, "tanh", 16, 3000),
+        ("stress_regression_3x32_relu_b4", (TeacherRegression.random(
+            3, hidden=(32,) * 3, activation="relu", noise=0.1, batch_size=4,
+            name="stress_regression_3x32_relu_b4"), 4000)),
+        ("stress_rosenbrock_d10", (Rosenbrock(dim=10, name="stress_rosenbrock_d10"),
+                                   3000)),
+        ("stress_lm_copy_d24_l2_b8", (SequenceLM(
+            "copy", d_model=24, num_layers=2, num_heads=4, batch_size=8,
+            name="stress_lm_copy_d24_l2_b8"), 2000)),
+    ])
