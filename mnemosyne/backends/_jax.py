@@ -25,6 +25,11 @@ import numpy as np
 
 xp = jnp
 LOG_SIGN_P = 10.0
+#: Floor added to the running gradient scale of Eq. (S): below it float32's
+#: second moment (1 - beta_2) g^2 underflows (entries below ~1e-38 flush to
+#: zero on CPUs), so the scale is no longer measured; 4 orders below Adam's
+#: epsilon, far below any gradient RMS seen in practice.
+SCALE_FLOOR = 1e-12
 #: The dtype of computations that do not follow the parameters' dtype (the
 #: LSTM optimizer's): float32 under JAX, float64 in the reference.
 DEFAULT_COMPUTE_DTYPE = jnp.float32
@@ -180,7 +185,7 @@ def adaptive_coordinate_features(
     correction = 1.0 / -jnp.expm1(jnp.asarray(count, g.dtype) * float(np.log(decay)))
     g_tilde = g * (1.0 / (jnp.sqrt(nu * correction) + eps))
     if running_scale:
-        g_scale = g_scale * jnp.sqrt(correction)
+        g_scale = g_scale * jnp.sqrt(correction) + SCALE_FLOOR
     g_hat = normalise(g, g_scale)
     magnitude, _ = log_sign(g_hat)
     x_hat = normalise(x, x_rms)

@@ -17,6 +17,11 @@ import numpy as np
 
 xp = np
 LOG_SIGN_P = 10.0
+#: Floor added to the running gradient scale of Eq. (S): below it float32's
+#: second moment (1 - beta_2) g^2 underflows (entries below ~1e-38 flush to
+#: zero on CPUs), so the scale is no longer measured; 4 orders below Adam's
+#: epsilon, far below any gradient RMS seen in practice.
+SCALE_FLOOR = 1e-12
 #: The dtype of computations that do not follow the parameters' dtype (the
 #: LSTM optimizer's): float64 here, the reference; float32 under JAX.
 DEFAULT_COMPUTE_DTYPE = np.float64
@@ -162,7 +167,7 @@ def adaptive_coordinate_features(
     $\tilde g = g / (\sqrt{\hat\nu_t} + \epsilon)$ (Adam's per-coordinate
     normalisation: it shrinks when the gradient is mostly noise), the gradient
     relative to its tensor's *running* scale
-    $\hat g = g / \sigma_t$, $\sigma_t = \operatorname{rms}(\sqrt{\hat\nu_t})
+    $\hat g = g / (\sigma_t + 10^{-12})$, $\sigma_t = \operatorname{rms}(\sqrt{\hat\nu_t})
     = \sqrt{\operatorname{mean}_i \hat\nu_{t,i}}$ (Eq. (S)), and $\hat x =
     x/\operatorname{rms}(x)$:
 
@@ -181,8 +186,8 @@ def adaptive_coordinate_features(
     correction = 1.0 / (1.0 - decay ** np.float64(count))
     nu_hat = np.asarray(nu, np.float64) * correction
     g_tilde = g / (np.sqrt(nu_hat) + eps)
-    if running_scale:
-        g_scale = np.asarray(g_scale, np.float64) * np.sqrt(correction)
+    if running_scale:  # sigma_t + the floor (SCALE_FLOOR)
+        g_scale = np.asarray(g_scale, np.float64) * np.sqrt(correction) + SCALE_FLOOR
     g_hat = normalise(g, g_scale)
     magnitude, _ = log_sign(g_hat)
     x_hat = normalise(np.asarray(x, np.float64), x_rms)
