@@ -166,8 +166,8 @@ def adaptive_coordinate_features(
     With $\hat\nu_t = \nu_t / (1 - \beta_2^t)$ (bias-corrected, Eq. (V)),
     $\tilde g = g / (\sqrt{\hat\nu_t} + \epsilon)$ (Adam's per-coordinate
     normalisation: it shrinks when the gradient is mostly noise), the gradient
-    relative to its tensor's *running* scale
-    $\hat g = g / (\sigma_t + 10^{-12})$, $\sigma_t = \operatorname{rms}(\sqrt{\hat\nu_t})
+    relative to its tensor's *running* scale $\hat g = g / (\sigma_t + 10^{-12})$,
+    $\sigma_t = \operatorname{rms}(\sqrt{\hat\nu_t})
     = \sqrt{\operatorname{mean}_i \hat\nu_{t,i}}$ (Eq. (S)), and $\hat x =
     x/\operatorname{rms}(x)$:
 
