@@ -46,11 +46,11 @@ def features_and_head_only(lopt) -> optax.GradientTransformation:
     width = lopt.memory.num_heads * lopt.memory.value_size
 
     def leaf_step(grad, param):
-        rms = (B.tensor_rms(grad), B.tensor_rms(param))
         nu = None  # v2: the second moment after this (first) gradient
         if lopt.second_moment_decay is not None:
             nu = B.second_moment(jnp.zeros_like(grad), grad, lopt.second_moment_decay)
-        f, e, _ = lopt.features(grad, param, jnp.zeros((), jnp.int32), B, None, rms, nu)
+        step = jnp.zeros((), jnp.int32)
+        f, e, _ = lopt.features(grad, param, step, B, second_moment=nu)
         return -lopt.head(f, e, [jnp.zeros_like(grad)] * width, B)
 
     def update(grads, state, params=None):
