@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._distributed import is_main_process
 from .._types import PRNGKeyArray
 from ..tasks import HELD_OUT_KINDS, MLPClassifier, Quadratic, Rosenbrock, load_dataset
 from ..tasks._base import ArrayScaledTask
@@ -484,7 +485,7 @@ def train_preset(
         name: a key of [`PRESETS`][mnemosyne.meta.PRESETS].
         output: if given, save the weights there with [`mnemosyne.save`][], a
             JSON training record at `<output>.json` and the meta-training curve
-            at `<output>.png`.
+            at `<output>.png` (process 0 of a multi-process run writes them).
         checkpoint_dir: where the trainer writes resumable checkpoints.
         resume: continue from the latest checkpoint in `checkpoint_dir`.
         progress: show a progress bar.
@@ -516,7 +517,7 @@ def train_preset(
     if preset.shrink != 1.0:
         lopt = jax.tree.map(lambda a, b: b + preset.shrink * (a - b), lopt, untrained)
     wall = time.perf_counter() - start
-    if output is not None:
+    if output is not None and is_main_process():
         save_preset_weights(
             name,
             lopt,
