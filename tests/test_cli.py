@@ -52,6 +52,14 @@ ARGUMENT_ERRORS = {
     "unknown-option": (["evaluate", "--optimiser", "adam"], ["unrecognized arguments"]),
     "missing-preset": (["meta-train"], ["required: --preset", "meta-train --help"]),
     "missing-value": (["demo", "--out"], ["expected one argument"]),
+    "process-id-negative": (
+        ["meta-train", "--preset", "quick", "--process-id", "-1"],
+        ["non-negative integer, got '-1'"],
+    ),
+    "num-processes-zero": (
+        ["meta-train", "--preset", "quick", "--num-processes", "0"],
+        ["positive integer"],
+    ),
 }
 
 
@@ -62,6 +70,17 @@ def test_bad_arguments(capsys, case):
     assert code == 2
     assert out == ""
     _assert_one_line_error(err, *needles)
+
+
+def test_malformed_process_variables_are_one_line(capsys, monkeypatch):
+    """A launcher's malformed JAX_NUM_PROCESSES is reported before anything
+    tries to join other processes."""
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    code, out, err = _run(capsys, ["meta-train", "--preset", "quick"])
+    assert code == 2 and out == ""
+    _assert_one_line_error(
+        err, "JAX_NUM_PROCESSES='two' is not an integer", "--num-processes"
+    )
 
 
 def test_help_still_exits_zero(capsys):
