@@ -13,6 +13,8 @@ program never initialises the distributed runtime.
 - [`spread_devices`][mnemosyne._distributed.spread_devices]: `n` devices
   taken evenly from every process, for a mesh whose shards every process
   holds some of;
+- [`put_global`][mnemosyne._distributed.put_global]: values that every
+  process holds placed on such a mesh;
 - [`gather_to_host`][mnemosyne._distributed.gather_to_host]: a pytree of
   global arrays as NumPy arrays on every process (a collective: every process
   calls it);
@@ -121,6 +123,30 @@ def spread_devices(num_devices: int) -> list:
             :per_process
         ]
     ]
+
+
+def put_global(tree: Any, sharding) -> Any:
+    """`jax.device_put(tree, sharding)` for values that are the same on every
+    process, with a sharding that may span processes.
+
+    With several processes, an array already placed so is kept, and any other
+    leaf is cut, on each process, from its own host copy
+    (`jax.make_array_from_callback`): no cross-process equality check, which
+    `jax.device_put` makes with an all-gather of every leaf. With one process,
+    `jax.device_put` itself.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+            return x
+        host = np.asarray(x)
+        return jax.make_array_from_callback(
+            host.shape, sharding, lambda index: host[index]
+        )
+
+    return jax.tree.map(put, tree)
 
 
 def gather_to_host(tree: Any) -> Any:

@@ -155,6 +155,16 @@ def _join_processes(args) -> None:
         ) from None
 
 
+def _check_task_batch(num_tasks: int) -> None:
+    import jax
+
+    if num_tasks % jax.process_count():
+        raise UsageError(
+            f"the task batch ({num_tasks}) must be a multiple of the number of "
+            f"processes ({jax.process_count()}); pass --num-tasks"
+        )
+
+
 def cmd_meta_train(args) -> int:
     """Meta-train a preset and save its weights."""
     _join_processes(args)
@@ -180,6 +190,7 @@ def cmd_meta_train(args) -> int:
         args.checkpoint_dir or f"{output.with_suffix('')}_checkpoints",
         "--checkpoint-dir",
     )
+    _check_task_batch(args.num_tasks or PRESETS[args.preset].trainer["num_tasks"])
     start = time.perf_counter()
     try:
         train_preset(
@@ -189,6 +200,7 @@ def cmd_meta_train(args) -> int:
             resume=not args.no_resume,
             progress=True,
             num_outer_steps=args.steps,
+            num_tasks=args.num_tasks,
         )
     except IncompatibleCheckpointError as err:
         raise UsageError(
@@ -304,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     meta.add_argument(
         "--steps", type=_positive_int, default=None, help="outer steps (preset's)"
+    )
+    meta.add_argument(
+        "--num-tasks", type=_positive_int, default=None,
+        help="trajectories per outer step over all processes (preset's)",
     )
     many = meta.add_argument_group(
         "several processes (see the Scale out page; one process if none is given)"

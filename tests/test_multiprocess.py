@@ -198,9 +198,10 @@ def test_meta_training_equals_the_single_process_run(tmp_path):
         assert (header["step"], header["num_processes"]) == (3, 2)
 
 
-def _newest_step(folder: pathlib.Path) -> int:
+def _newest_header(folder: pathlib.Path) -> dict:
+    """The newest checkpoint's verified header (`{"step": -1}` if none)."""
     paths = list_checkpoints(folder)
-    return read_checkpoint_header(paths[-1])["step"] if paths else -1
+    return read_checkpoint_header(paths[-1]) if paths else {"step": -1}
 
 
 @pytest.mark.parametrize("victim", [0, 1], ids=["writer-killed", "other-killed"])
@@ -216,7 +217,7 @@ def test_a_killed_process_stops_the_other_and_the_checkpoint_resumes(
     with _runs() as start:
         run = start("meta-long", tmp_path, 2, "--steps", "100000")
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while _newest_step(checkpoints) < 3:
+        while _newest_header(checkpoints)["step"] < 3:
             if time.monotonic() > deadline or any(
                 p.poll() is not None for p in run.processes
             ):
@@ -233,7 +234,7 @@ def test_a_killed_process_stops_the_other_and_the_checkpoint_resumes(
             )
         assert survivor.returncode != 0, run.output()
 
-    header = read_checkpoint_header(list_checkpoints(checkpoints)[-1])  # verified
+    header = _newest_header(checkpoints)  # verified: complete
     step = header["step"]
     assert step >= 3 and header["num_processes"] == 2
     with _runs() as start:
@@ -246,3 +247,74 @@ def test_a_killed_process_stops_the_other_and_the_checkpoint_resumes(
         json.loads((tmp_path / f"meta-long-{i}.json").read_text()) for i in (0, 1)
     )
     assert first == second and first["step"] == step + 1
+
+
+_PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "scale-out.md"
+
+
+def _shell(script: str, cwd: pathlib.Path, env: dict) -> subprocess.CompletedProcess:
+    """`bash -c script` in its own process group, killed if it outlives
+    RUN_TIMEOUT_S."""
+    process = subprocess.Popen(
+        ["bash", "-c", script], cwd=cwd, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        out, _ = process.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate(timeout=30)
+        pytest.fail(f"still running after {RUN_TIMEOUT_S} s:\n{out[-4000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # a background process left
+    return subprocess.CompletedProcess(script, process.returncode, out)
+
+
+def _fresh_shell_environment() -> dict:
+    """This environment without the test session's JAX settings: one CPU
+    device per process, as in a fresh shell."""
+    env = _environment(1)
+    del env["XLA_FLAGS"]
+    return env
+
+
+def test_two_process_command_of_the_docs_runs(tmp_path):
+    """The Scale out page's two-process command, word for word but on a free
+    port: both processes finish, process 0 alone prints and writes."""
+    import re
+
+    block = re.search(r"```bash\n(.*?)```", _PAGE.read_text(), re.S).group(1)
+    assert block.count("--num-processes 2") == 2, block
+    result = _shell(
+        block.replace("12355", str(_free_port())), tmp_path, _fresh_shell_environment()
+    )
+    output = result.stdout
+    assert result.returncode == 0, output[-4000:]
+    assert output.count("Saved quick.eqx") == 1, output[-4000:]
+    assert (tmp_path / "quick.eqx").exists()
+    header = _newest_header(tmp_path / "quick_checkpoints")
+    assert header["num_processes"] == 2
+
+
+def test_slurm_detection(tmp_path):
+    """`--distributed` under a SLURM step of two tasks (its variables set by
+    hand, on 127.0.0.1): `jax.distributed.initialize()` finds the coordinator,
+    the process count and the ids by itself."""
+    port = _free_port()
+    env = {
+        **_fresh_shell_environment(),
+        "SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "127.0.0.1",
+        "SLURM_NTASKS": "2", "SLURM_STEP_NUM_NODES": "1",
+        "JAX_COORDINATOR_PORT": str(port),
+    }
+    command = "mnemosyne meta-train --preset quick --steps 1 --distributed"
+    script = (
+        f"SLURM_PROCID=1 SLURM_LOCALID=1 {command} &\n"
+        f"SLURM_PROCID=0 SLURM_LOCALID=0 {command}\n"
+        "wait $!\n"
+    )
+    result = _shell(script, tmp_path, env)
+    assert result.returncode == 0, result.stdout[-4000:]
+    header = _newest_header(tmp_path / "quick_checkpoints")
+    assert (header["step"], header["num_processes"]) == (1, 2)

@@ -14,7 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._distributed import gather_to_host, is_main_process, spread_devices
+from .._distributed import (
+    gather_to_host,
+    is_main_process,
+    put_global,
+    spread_devices,
+)
 from .._lopt_base import AbstractLearnedOptimizer, trainable_filter
 from .._types import PRNGKeyArray
 from ._checkpoint import (
@@ -549,7 +554,7 @@ class MetaTrainer:
             else (jax.sharding.PartitionSpec())
         )
         sharding = jax.sharding.NamedSharding(self._mesh, spec)
-        return jax.device_put(tree, sharding)
+        return put_global(tree, sharding)
 
     def _stream(self, stream: int, index: int) -> PRNGKeyArray:
         return jax.random.fold_in(jax.random.fold_in(self.key, stream), index)
