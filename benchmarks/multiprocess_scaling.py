@@ -10,7 +10,7 @@ table prints outer steps per second and the weak-scaling efficiency
 (steps/s with N processes over steps/s with 1: 1.0 is perfect).
 
     python benchmarks/multiprocess_scaling.py
-    python benchmarks/multiprocess_scaling.py --processes 1,2 --steps 20
+    python benchmarks/multiprocess_scaling.py --tasks-per-process 16 --steps 50
 
 On a machine with fewer cores than processes times the threads each would
 use, the processes share cores and the figure measures that sharing plus the
@@ -105,7 +105,7 @@ def main() -> None:
                         help="comma-separated process counts (1,2)")
     parser.add_argument("--tasks-per-process", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=900,
                         help="seconds before a run is killed")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
