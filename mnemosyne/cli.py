@@ -8,6 +8,7 @@ status 2 and a one-line message, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 import time
@@ -63,6 +64,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a non-negative integer, got {text!r}"
+        )
+    return value
+
+
 def _check_tasks(names: list[str]) -> list[str]:
     from .tasks import list_tasks
 
@@ -112,8 +125,50 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _join_processes(args) -> None:
+    """`jax.distributed.initialize` when the command line, the environment or
+    `--distributed` asks for several processes (before anything starts a JAX
+    backend); nothing otherwise."""
+    from . import _distributed
+
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    variables = (
+        _distributed.ENV_COORDINATOR,
+        _distributed.ENV_NUM_PROCESSES,
+        _distributed.ENV_PROCESS_ID,
+    )
+    if not (
+        args.distributed
+        or any(f is not None for f in flags)
+        or any(os.environ.get(v) for v in variables)
+    ):
+        return
+    try:
+        _distributed.initialize(
+            *flags, heartbeat_timeout_s=args.heartbeat_timeout
+        )
+    except ValueError as err:  # missing or malformed settings
+        raise UsageError(
+            f"cannot join the other processes: {err} Pass --coordinator, "
+            "--num-processes and --process-id (or set "
+            f"{', '.join(variables)}), or run under SLURM or on a Cloud TPU"
+        ) from None
+
+
+def _check_task_batch(num_tasks: int) -> None:
+    import jax
+
+    if num_tasks % jax.process_count():
+        raise UsageError(
+            f"the task batch ({num_tasks}) must be a multiple of the number of "
+            f"processes ({jax.process_count()}); pass --num-tasks"
+        )
+
+
 def cmd_meta_train(args) -> int:
     """Meta-train a preset and save its weights."""
+    _join_processes(args)
+    from ._distributed import is_main_process
     from .meta import (
         PRESETS,
         CheckpointError,
@@ -135,6 +190,7 @@ def cmd_meta_train(args) -> int:
         args.checkpoint_dir or f"{output.with_suffix('')}_checkpoints",
         "--checkpoint-dir",
     )
+    _check_task_batch(args.num_tasks or PRESETS[args.preset].trainer["num_tasks"])
     start = time.perf_counter()
     try:
         train_preset(
@@ -144,6 +200,7 @@ def cmd_meta_train(args) -> int:
             resume=not args.no_resume,
             progress=True,
             num_outer_steps=args.steps,
+            num_tasks=args.num_tasks,
         )
     except IncompatibleCheckpointError as err:
         raise UsageError(
@@ -151,8 +208,9 @@ def cmd_meta_train(args) -> int:
         ) from None
     except CheckpointError as err:
         raise UsageError(f"{err} Pass --no-resume to start over") from None
-    print(f"Saved {output} ({time.perf_counter() - start:.0f} s); "
-          f"load it with mnemosyne.load({str(output)!r}).")
+    if is_main_process():
+        print(f"Saved {output} ({time.perf_counter() - start:.0f} s); "
+              f"load it with mnemosyne.load({str(output)!r}).")
     return 0
 
 
@@ -258,6 +316,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     meta.add_argument(
         "--steps", type=_positive_int, default=None, help="outer steps (preset's)"
+    )
+    meta.add_argument(
+        "--num-tasks", type=_positive_int, default=None,
+        help="trajectories per outer step over all processes (preset's)",
+    )
+    many = meta.add_argument_group(
+        "several processes (see the Scale out page; one process if none is given)"
+    )
+    many.add_argument(
+        "--coordinator",
+        help="host:port of process 0's coordinator (or $JAX_COORDINATOR_ADDRESS)",
+    )
+    many.add_argument(
+        "--num-processes", type=_positive_int, default=None,
+        help="processes taking part (or $JAX_NUM_PROCESSES)",
+    )
+    many.add_argument(
+        "--process-id", type=_non_negative_int, default=None,
+        help="this process's index, 0 first (or $JAX_PROCESS_ID)",
+    )
+    many.add_argument(
+        "--distributed", action="store_true",
+        help="join other processes, leaving what is not given to JAX's detection "
+        "of SLURM, Cloud TPU, Open MPI or Kubernetes",
+    )
+    many.add_argument(
+        "--heartbeat-timeout", type=_positive_int, default=None, metavar="SECONDS",
+        help="stop with an error when a process is silent this long (JAX's 100)",
     )
     meta.set_defaults(func=cmd_meta_train)
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 import mnemosyne
 import mnemosyne.baselines
@@ -112,6 +113,33 @@ def random_like(tree, seed: int, scale: float = 1.0):
 # LLVM at -O0 for the test jits: the whole-step graphs are large (kernels are
 # unrolled per feature row) and XLA's backend optimisation dominates their
 # compile time (measured ~2x faster compiles); results stay IEEE-exact.
+# Leaves of several ranks for a 1-D mesh of 8 devices along "d"
+# (test_sharding.py, test_multiprocess.py); the split ones divide by 8, the
+# others (10,), (5, 7) and the scalar do not and are replicated.
+SHAPES_AND_SPECS = {
+    "matrix_rows": ((64, 12), P("d", None)),
+    "vector": ((24,), P("d")),
+    "tensor3": ((8, 5, 3), P("d", None, None)),
+    "matrix_cols": ((3, 16), P(None, "d")),
+    "odd_vector": ((10,), P()),
+    "odd_matrix": ((5, 7), P()),
+    "scalar": ((), P()),
+}
+
+
+def sharded_problem() -> tuple[dict, dict, dict]:
+    """`(params, grads, specs)` over `SHAPES_AND_SPECS`: float32 NumPy arrays
+    (the same on every process: nothing is placed on a device yet) and the
+    partition specs."""
+    rng = np.random.default_rng(0)
+    draw = lambda: {
+        k: rng.normal(size=s).astype(np.float32)
+        for k, (s, _) in SHAPES_AND_SPECS.items()
+    }
+    params, grads = draw(), draw()
+    return params, grads, {k: spec for k, (_, spec) in SHAPES_AND_SPECS.items()}
+
+
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 

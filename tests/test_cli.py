@@ -52,6 +52,14 @@ ARGUMENT_ERRORS = {
     "unknown-option": (["evaluate", "--optimiser", "adam"], ["unrecognized arguments"]),
     "missing-preset": (["meta-train"], ["required: --preset", "meta-train --help"]),
     "missing-value": (["demo", "--out"], ["expected one argument"]),
+    "process-id-negative": (
+        ["meta-train", "--preset", "quick", "--process-id", "-1"],
+        ["non-negative integer, got '-1'"],
+    ),
+    "num-processes-zero": (
+        ["meta-train", "--preset", "quick", "--num-processes", "0"],
+        ["positive integer"],
+    ),
 }
 
 
@@ -62,6 +70,17 @@ def test_bad_arguments(capsys, case):
     assert code == 2
     assert out == ""
     _assert_one_line_error(err, *needles)
+
+
+def test_malformed_process_variables_are_one_line(capsys, monkeypatch):
+    """A launcher's malformed JAX_NUM_PROCESSES is reported before anything
+    tries to join other processes."""
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    code, out, err = _run(capsys, ["meta-train", "--preset", "quick"])
+    assert code == 2 and out == ""
+    _assert_one_line_error(
+        err, "JAX_NUM_PROCESSES='two' is not an integer", "--num-processes"
+    )
 
 
 def test_help_still_exits_zero(capsys):
@@ -205,3 +224,47 @@ def test_subprocess_exit_status_and_stderr():
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     _assert_one_line_error(result.stderr, "unknown task(s) ['no_such_task']")
+
+
+def test_scale_out_commands_parse():
+    """Every `mnemosyne` command on the Scale out page (two processes here, a
+    SLURM cluster, a Cloud TPU slice) is one the command line accepts."""
+    import pathlib
+    import re
+    import shlex
+
+    page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "scale-out.md"
+    commands = re.findall(r"mnemosyne (meta-train [^\n&\"]*)", page.read_text())
+    assert len(commands) >= 4, commands
+    for command in commands:
+        args = cli.build_parser().parse_args(shlex.split(command))
+        assert args.func is cli.cmd_meta_train, command
+
+
+def test_distributed_flags_reach_jax(monkeypatch):
+    """`--distributed` leaves everything to `jax.distributed.initialize`'s
+    detection of the cluster; flags and the environment are passed on; no
+    flag and no variable: no initialisation (one process, as before)."""
+    import jax
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize",
+                        lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr(jax.config, "update", lambda *args: None)
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    parse = lambda *flags: cli.build_parser().parse_args(
+        ["meta-train", "--preset", "quick", *flags]
+    )
+    cli._join_processes(parse())
+    assert calls == []
+    cli._join_processes(parse("--distributed"))
+    assert calls.pop() == ((None, None, None), {})
+    cli._join_processes(parse("--coordinator", "h:1", "--num-processes", "2",
+                              "--process-id", "1", "--heartbeat-timeout", "7"))
+    assert calls.pop() == (("h:1", 2, 1), {"heartbeat_timeout_seconds": 7})
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "h:2")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "3")
+    monkeypatch.setenv("JAX_PROCESS_ID", "0")
+    cli._join_processes(parse())
+    assert calls.pop() == (("h:2", 3, 0), {})

@@ -392,6 +392,41 @@ def test_resume_is_bit_identical_es(tmp_path):
         assert np.array_equal(a, b)
 
 
+def test_resume_checks_the_process_count(tmp_path):
+    """A checkpoint records how many processes wrote it; one without that field
+    (written before runs had several) counts as one process; another count
+    is refused, naming both."""
+    trainer = _resume_trainer(tmp_path)
+    trainer.run(2, progress=False)
+    path = trainer.checkpoints()[-1]
+    like = {"trainable": trainer._trainable, "outer_state": trainer._outer_state,
+            "states": trainer._states}
+    tree, header = meta.load_checkpoint(path, like)
+    assert header["num_processes"] == 1
+    fields = {k: v for k, v in header.items()
+              if k not in ("format_version", "payload_bytes", "payload_sha256")}
+    old = {k: v for k, v in fields.items() if k != "num_processes"}
+    meta.save_checkpoint(path, tree, old)
+    resumed = _resume_trainer(tmp_path)
+    resumed.load(path)
+    assert resumed.step == 2
+    meta.save_checkpoint(path, tree, {**fields, "num_processes": 2})
+    with pytest.raises(meta.IncompatibleCheckpointError,
+                       match=r"written by a run of 2 process\(es\); this run has 1"):
+        _resume_trainer(tmp_path).run(3, progress=False)
+
+
+def test_task_mesh_devices_in_one_process():
+    """With one process the task mesh takes the first devices, as before runs
+    could have several."""
+    from mnemosyne._distributed import spread_devices
+
+    assert spread_devices(jax.device_count()) == jax.devices()
+    assert spread_devices(1) == jax.devices()[:1]
+    with pytest.raises(ValueError, match="Cannot spread"):
+        spread_devices(jax.device_count() + 1)
+
+
 def test_resume_refuses_other_config(tmp_path):
     _resume_trainer(tmp_path).run(2, progress=False)
     other = meta.MetaTrainer(

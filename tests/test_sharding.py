@@ -4,9 +4,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
-from helpers import assert_allclose_tree, coordinatewise, tensorwise
+from helpers import (
+    SHAPES_AND_SPECS,
+    assert_allclose_tree,
+    coordinatewise,
+    sharded_problem,
+    tensorwise,
+)
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -17,17 +22,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8",
 )
 
-# Leaves of several ranks; the split ones divide by 8, the others (10,), (5, 7)
-# and the scalar do not and are replicated.
-SHAPES_AND_SPECS = {
-    "matrix_rows": ((64, 12), P("d", None)),
-    "vector": ((24,), P("d")),
-    "tensor3": ((8, 5, 3), P("d", None, None)),
-    "matrix_cols": ((3, 16), P(None, "d")),
-    "odd_vector": ((10,), P()),
-    "odd_matrix": ((5, 7), P()),
-    "scalar": ((), P()),
-}
 
 def _same_spec(sharding, spec, ndim):
     pad = lambda t: tuple(t) + (None,) * (ndim - len(tuple(t)))
@@ -40,17 +34,10 @@ RTOL = 2e-5
 
 
 def _problem():
-    rng = np.random.default_rng(0)
-    params = {
-        k: jnp.asarray(rng.normal(size=s), jnp.float32)
-        for k, (s, _) in SHAPES_AND_SPECS.items()
-    }
-    grads = {
-        k: jnp.asarray(rng.normal(size=s), jnp.float32)
-        for k, (s, _) in SHAPES_AND_SPECS.items()
-    }
-    specs = {k: spec for k, (_, spec) in SHAPES_AND_SPECS.items()}
-    return params, grads, specs
+    params, grads, specs = sharded_problem()
+    return (
+        jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, grads), specs
+    )
 
 
 @pytest.fixture(scope="module")

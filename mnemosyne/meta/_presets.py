@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._distributed import is_main_process
 from .._types import PRNGKeyArray
 from ..tasks import HELD_OUT_KINDS, MLPClassifier, Quadratic, Rosenbrock, load_dataset
 from ..tasks._base import ArrayScaledTask
@@ -477,6 +478,7 @@ def train_preset(
     resume: bool = True,
     progress: bool = True,
     num_outer_steps: int | None = None,
+    num_tasks: int | None = None,
 ):
     """Run a preset's meta-training.
 
@@ -484,11 +486,13 @@ def train_preset(
         name: a key of [`PRESETS`][mnemosyne.meta.PRESETS].
         output: if given, save the weights there with [`mnemosyne.save`][], a
             JSON training record at `<output>.json` and the meta-training curve
-            at `<output>.png`.
+            at `<output>.png` (process 0 of a multi-process run writes them).
         checkpoint_dir: where the trainer writes resumable checkpoints.
         resume: continue from the latest checkpoint in `checkpoint_dir`.
         progress: show a progress bar.
         num_outer_steps: override the preset's outer step count.
+        num_tasks: override the preset's task batch (trajectories per outer
+            step, over all processes: a multiple of the process count).
 
     Returns:
         `(lopt, history)`.
@@ -497,10 +501,13 @@ def train_preset(
         raise ValueError(f"unknown preset {name!r}; known: {list_presets()}")
     preset = PRESETS[name]
     steps = preset.num_outer_steps if num_outer_steps is None else int(num_outer_steps)
+    settings = dict(preset.trainer)
+    if num_tasks is not None:
+        settings["num_tasks"] = int(num_tasks)
     k_lopt, k_train = jax.random.split(jax.random.key(preset.seed))
     trainer = MetaTrainer(
         preset.make_lopt(k_lopt), preset.family, preset.estimator,
-        checkpoint_dir=checkpoint_dir, key=k_train, **preset.trainer,
+        checkpoint_dir=checkpoint_dir, key=k_train, **settings,
     )
     start = time.perf_counter()
     untrained = trainer.lopt
@@ -516,7 +523,7 @@ def train_preset(
     if preset.shrink != 1.0:
         lopt = jax.tree.map(lambda a, b: b + preset.shrink * (a - b), lopt, untrained)
     wall = time.perf_counter() - start
-    if output is not None:
+    if output is not None and is_main_process():
         save_preset_weights(
             name,
             lopt,
@@ -524,6 +531,14 @@ def train_preset(
             output,
             num_outer_steps=int(trainer.step),
             wall_time_s=wall,
+            extra=(
+                None
+                if settings == preset.trainer and jax.process_count() == 1
+                else {
+                    "num_tasks": trainer.num_tasks,
+                    "num_processes": jax.process_count(),
+                }
+            ),
         )
     return lopt, history
 

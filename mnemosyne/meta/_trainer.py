@@ -14,6 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .._distributed import (
+    gather_to_host,
+    is_main_process,
+    put_global,
+    spread_devices,
+)
 from .._lopt_base import AbstractLearnedOptimizer, trainable_filter
 from .._types import PRNGKeyArray
 from ._checkpoint import (
@@ -179,6 +185,17 @@ class MetaTrainer:
     period `j = s // task_resample_every` from `(key, j)`, so a run resumed
     from a checkpoint is bit-identical to an uninterrupted one.
 
+    Across processes (after `jax.distributed.initialize`; see the "Scale out"
+    page) every process runs the same trainer: the `"tasks"` mesh takes
+    devices from every process, each holds `num_tasks / process_count`
+    trajectories (and their perturbations), the meta-gradient's mean over the
+    batch is a collective inside the jitted step, and every process ends the
+    step with the same θ. `num_tasks` is the global batch: the trajectories'
+    keys depend on their index in it, not on the process holding them.
+    Checkpoints are gathered by all processes and written by process 0 alone;
+    a checkpoint records the process count, and resuming with another count
+    is refused.
+
     The jitted outer step is compiled once per task configuration
     ([`task_config_key`][mnemosyne.meta.task_config_key]); families should
     sample from a small set of configurations.
@@ -263,6 +280,12 @@ class MetaTrainer:
             raise ValueError(
                 "num_tasks, unroll_length and checkpoint_every must be >= 1."
             )
+        if num_tasks % jax.process_count():
+            raise ValueError(
+                f"num_tasks={num_tasks} must be a multiple of the number of "
+                f"processes ({jax.process_count()}): each process holds an equal "
+                "share of the task batch."
+            )
         self.estimator = TruncatedBPTT() if estimator is None else estimator
         self.outer_optimizer = (
             _DefaultOuterOptimizer(
@@ -338,7 +361,7 @@ class MetaTrainer:
         bar = tqdm(
             total=num_outer_steps,
             initial=min(self.step, num_outer_steps),
-            disable=not progress,
+            disable=not (progress and is_main_process()),
             desc="meta-train",
         )
         try:
@@ -370,25 +393,31 @@ class MetaTrainer:
         if path is None:
             if self.checkpoint_dir is None:
                 raise ValueError("No checkpoint_dir was given; pass a path.")
-            os.makedirs(self.checkpoint_dir, exist_ok=True)
             path = checkpoint_path(self.checkpoint_dir, self.step)
         path = os.fspath(path)
-        tree = {
-            "trainable": self._trainable,
-            "outer_state": self._outer_state,
-            "states": self._states,
-        }
+        # every process takes part in the gather; process 0 alone writes
+        tree = gather_to_host(
+            {
+                "trainable": self._trainable,
+                "outer_state": self._outer_state,
+                "states": self._states,
+            }
+        )
         header = {
             "step": self.step,
             "states_period": self._states_period,
             "base_key": np.asarray(self.key).tolist(),
             "config": self._fingerprint(),
             "history": self.history,
+            "num_processes": jax.process_count(),
         }
-        save_checkpoint(path, tree, header)
+        if is_main_process():
+            if in_checkpoint_dir:
+                os.makedirs(self.checkpoint_dir, exist_ok=True)
+            save_checkpoint(path, tree, header)
+            if in_checkpoint_dir:
+                prune_checkpoints(self.checkpoint_dir, self.keep_checkpoints)
         self._last_saved_step = self.step
-        if in_checkpoint_dir:
-            prune_checkpoints(self.checkpoint_dir, self.keep_checkpoints)
         return path
 
     def load(self, path: str | os.PathLike) -> None:
@@ -397,9 +426,19 @@ class MetaTrainer:
         Raises:
             CheckpointError: if the file is truncated or corrupted.
             IncompatibleCheckpointError: if it was written by a differently
-                configured trainer (other key, task batch, window, etc.).
+                configured trainer (other key, task batch, window, etc.) or
+                by another number of processes (a checkpoint without that
+                field was written by one).
         """
         header = read_checkpoint_header(path)
+        written_by = header.get("num_processes", 1)
+        if written_by != jax.process_count():
+            raise IncompatibleCheckpointError(
+                f"Checkpoint {os.fspath(path)!r} was written by a run of "
+                f"{written_by} process(es); this run has {jax.process_count()}. "
+                f"Resume it with {written_by} process(es), or start afresh "
+                "(resume=False, or another checkpoint_dir)."
+            )
         if header.get("base_key") != np.asarray(self.key).tolist():
             raise IncompatibleCheckpointError(
                 f"Checkpoint {os.fspath(path)!r} was written with another base key."
@@ -471,7 +510,8 @@ class MetaTrainer:
         return getattr(self, "_last_saved_step", None) == self.step
 
     def _restore_latest(self) -> None:
-        remove_stale_temporaries(self.checkpoint_dir)
+        if is_main_process():
+            remove_stale_temporaries(self.checkpoint_dir)
         paths = self.checkpoints()
         for path in reversed(paths):
             try:
@@ -490,6 +530,7 @@ class MetaTrainer:
             )
 
     def _make_mesh(self):
+        # (a multiple of the process count, which divides num_tasks)
         num_devices = math.gcd(self.num_tasks, jax.device_count())
         if num_devices <= 1:
             return None
@@ -501,7 +542,7 @@ class MetaTrainer:
             (num_devices,),
             ("tasks",),
             axis_types=(jax.sharding.AxisType.Auto,),
-            devices=jax.devices()[:num_devices],
+            devices=spread_devices(num_devices),
         )
 
     def _place(self, tree, batched: bool):
@@ -513,7 +554,7 @@ class MetaTrainer:
             else (jax.sharding.PartitionSpec())
         )
         sharding = jax.sharding.NamedSharding(self._mesh, spec)
-        return jax.device_put(tree, sharding)
+        return put_global(tree, sharding)
 
     def _stream(self, stream: int, index: int) -> PRNGKeyArray:
         return jax.random.fold_in(jax.random.fold_in(self.key, stream), index)
