@@ -55,6 +55,32 @@ def test_unknown_preset():
         train_preset("nope")
 
 
+class _CountingTrainer:
+    """Stands in for `MetaTrainer`: θ after outer step n is the scalar n."""
+
+    def __init__(self):
+        self.lopt, self.stops = np.float32(0.0), []
+
+    def run(self, stop, *, resume, progress):
+        self.stops.append(stop)
+        return np.float32(stop), {"step": list(range(stop))}
+
+
+@pytest.mark.parametrize(
+    "steps, stops", [(600, list(range(400, 601, 20))), (150, list(range(100, 151, 5)))]
+)
+def test_run_recipe_averages_the_same_fraction_of_any_run_then_shrinks(steps, stops):
+    from mnemosyne.meta._presets import run_recipe
+
+    preset = PRESETS["default"]
+    assert (preset.average, preset.num_outer_steps) == ((400, 20), 600)
+    trainer = _CountingTrainer()
+    lopt, history = run_recipe(trainer, preset, steps, progress=False)
+    assert trainer.stops == stops and len(history["step"]) == steps
+    # θ0 = 0, so the shipped θ is the shrinkage times the iterates' mean
+    np.testing.assert_allclose(lopt, preset.shrink * np.mean(stops), rtol=1e-6)
+
+
 @pytest.mark.slow  # a real (3-step) meta-training run and its resume; run by .ci/run
 def test_quick_preset_end_to_end(tmp_path):
     out = tmp_path / "quick.eqx"

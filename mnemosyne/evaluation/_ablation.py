@@ -3,8 +3,10 @@
 Every variant is a `CoordinatewiseMnemosyne` meta-trained with the `default`
 preset's task distribution, estimator, trainer settings and seed, only fewer
 outer steps (`dataclasses.replace(PRESETS["default"], make_lopt=...,
-num_outer_steps=N)`), then evaluated beside `optax.adam(1e-3)` on a fixed
-subset of the suite that includes kinds held out of meta-training.
+num_outer_steps=N)`), shipped by the preset's rule (iterate averaging over
+the same fraction of the run, then the shrinkage toward the untrained θ), then
+evaluated beside `optax.adam(1e-3)` on a fixed subset of the suite that
+includes kinds held out of meta-training.
 
 The "no memory" variant keeps the architecture but fixes the head's weights on
 the memory read-out at zero (they start at zero and the outer optimizer zeroes
@@ -42,7 +44,7 @@ ABLATION_TASKS: tuple[str, ...] = (
     "prompt_tuning",
 )
 
-#: Outer steps per variant (the shipped `default` weights take the preset's 200).
+#: Outer steps per variant (the shipped `default` weights take the preset's 600).
 ABLATION_OUTER_STEPS: int = 100
 
 #: Floor applied to final losses before taking ratios (some runs reach 0).
@@ -189,11 +191,13 @@ def _meta_train(
     progress,
 ):
     """Meta-train one variant exactly as `train_preset(preset_name)` does, with
-    its own constructor and `num_outer_steps` outer steps; resumes from
-    `checkpoint_dir`."""
+    its own constructor and `num_outer_steps` outer steps, and ship θ by the
+    preset's rule (iterate averaging over the same fraction of the run, then the
+    shrinkage; `run_recipe`); resumes from `checkpoint_dir`."""
     import jax
 
     from ..meta import PRESETS, MetaTrainer
+    from ..meta._presets import run_recipe
     from ..meta._trainer import _DefaultOuterOptimizer
 
     preset = dataclasses.replace(
@@ -227,7 +231,7 @@ def _meta_train(
         **preset.trainer,
     )
     start = time.perf_counter()
-    lopt, history = trainer.run(preset.num_outer_steps, resume=True, progress=progress)
+    lopt, history = run_recipe(trainer, preset, num_outer_steps, progress=progress)
     return lopt, history, time.perf_counter() - start, preset.config()
 
 

@@ -510,18 +510,7 @@ def train_preset(
         checkpoint_dir=checkpoint_dir, key=k_train, **settings,
     )
     start = time.perf_counter()
-    untrained = trainer.lopt
-    if preset.average is None:
-        lopt, history = trainer.run(steps, resume=resume, progress=progress)
-    else:
-        first, every = preset.average
-        iterates = []
-        for stop in range(first, steps + 1, every):
-            lopt, history = trainer.run(stop, resume=resume, progress=progress)
-            iterates.append(lopt)
-        lopt = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *iterates)
-    if preset.shrink != 1.0:
-        lopt = jax.tree.map(lambda a, b: b + preset.shrink * (a - b), lopt, untrained)
+    lopt, history = run_recipe(trainer, preset, steps, resume=resume, progress=progress)
     wall = time.perf_counter() - start
     if output is not None and is_main_process():
         save_preset_weights(
@@ -540,6 +529,38 @@ def train_preset(
                 }
             ),
         )
+    return lopt, history
+
+
+def run_recipe(trainer, preset: Preset, num_outer_steps: int, *, resume=True,
+               progress=True):
+    r"""Run `trainer` for `num_outer_steps` outer steps and return the θ the
+    preset ships: the mean of the iterates of `preset.average`, then moved back
+    toward the untrained θ by `preset.shrink`.
+
+    A run shorter (or longer) than the preset's scales the averaging window with
+    it: with `average = (400, 20)` for 600 steps, a 150-step run averages the
+    iterates at 100, 105, ..., 150. So a reduced-budget run (the ablation) ships
+    θ by the same rule as the full one.
+
+    Returns:
+        `(lopt, history)`.
+    """
+    untrained = trainer.lopt
+    if preset.average is None:
+        lopt, history = trainer.run(num_outer_steps, resume=resume, progress=progress)
+    else:
+        first, every = preset.average
+        scale = num_outer_steps / preset.num_outer_steps
+        first = min(num_outer_steps, max(1, round(first * scale)))
+        every = max(1, round(every * scale))
+        iterates = []
+        for stop in range(first, num_outer_steps + 1, every):
+            lopt, history = trainer.run(stop, resume=resume, progress=progress)
+            iterates.append(lopt)
+        lopt = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *iterates)
+    if preset.shrink != 1.0:
+        lopt = jax.tree.map(lambda a, b: b + preset.shrink * (a - b), lopt, untrained)
     return lopt, history
 
 
