@@ -52,19 +52,31 @@ def main() -> None:
     }
     candidates.update({path: mnemosyne.load(path) for path in args.weights})
     names = list(candidates)
-    # One program per task: the candidates' θ stacked on a leading axis, each
-    # run picking its θ by index (passed where train_groups passes learning
-    # rates), so Mnemosyne's step compiles once whatever the candidate count.
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(candidates[n] for n in names))
-    pick = lambda index: jax.tree.map(lambda x: x[index.astype(jnp.int32)], stacked)
-    factories = [
-        lambda lr: optax.adam(1e-3),
-        lambda index: mnemosyne.scale_by_mnemosyne(pick(index)),
-    ]
-    runs = len(names) * args.seeds
-    seeds = np.tile(np.arange(args.seeds, dtype=np.uint32), len(names))
-    keys = jnp.broadcast_to(jax.vmap(jax.random.key)(seeds), (2, runs))
-    lrs = np.stack([np.zeros(runs), np.repeat(np.arange(len(names)), args.seeds)])
+    # One program per task and θ structure: candidates of one structure (the
+    # same constructor settings) are stacked on a leading axis, each run
+    # picking its θ by index (passed where train_groups passes learning rates),
+    # so Mnemosyne's step compiles once per structure whatever the candidate
+    # count. Groups smaller than the largest repeat their last θ (padding runs,
+    # not scored).
+    groups = {}
+    for n in names:
+        groups.setdefault(jax.tree.structure(candidates[n]), []).append(n)
+    groups = list(groups.values())
+    width = max(len(g) for g in groups)
+    factories, rows, lrs = [lambda lr: optax.adam(1e-3)], {}, [np.zeros(width)]
+    for g in groups:
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(candidates[n] for n in g))
+        factories.append(
+            lambda index, stacked=stacked: mnemosyne.scale_by_mnemosyne(
+                jax.tree.map(lambda x: x[index.astype(jnp.int32)], stacked)
+            )
+        )
+        lrs.append(np.minimum(np.arange(width), len(g) - 1))
+        rows.update({n: (len(factories) - 1, i) for i, n in enumerate(g)})
+    runs = width * args.seeds
+    seeds = np.tile(np.arange(args.seeds, dtype=np.uint32), width)
+    keys = jnp.broadcast_to(jax.vmap(jax.random.key)(seeds), (len(factories), runs))
+    lrs = np.repeat(np.stack(lrs).astype(np.float64), args.seeds, axis=1)
     log_ratio = {n: [] for n in names}
     stability = {n: [] for n in names}
     ruined = {n: [] for n in names}
@@ -79,8 +91,9 @@ def main() -> None:
         w = evaluation.window_size(steps)
         adam = max(losses[0, : args.seeds, -w:].mean(), LOSS_FLOOR)
         per_task[task_name] = {"adam": float(adam)}
-        for i, n in enumerate(names):
-            mine = losses[1, i * args.seeds : (i + 1) * args.seeds]
+        for n in names:
+            row, i = rows[n]
+            mine = losses[row, i * args.seeds : (i + 1) * args.seeds]
             final = max(mine[:, -w:].mean(), LOSS_FLOOR)
             log_ratio[n].append(float(np.log(final / adam)))
             stability[n].append(float(np.max(evaluation.stability_ratio(mine))))

@@ -403,6 +403,7 @@ def memory_ablation(
     """
     from .._serialisation import save
     from .._transform import mnemosyne
+    from ..meta import PRESETS
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -454,7 +455,10 @@ def memory_ablation(
     )
     wall = time.perf_counter() - start
     baseline = "h1_r2" if any(v.name == "h1_r2" for v in variants) else variants[0].name
-    rows = summarize_ablation(result, variants, training, baseline=baseline)
+    rows = summarize_ablation(
+        result, variants, training, baseline=baseline,
+        held_out_kinds=PRESETS[preset].held_out_kinds,
+    )
     md = [
         f"### {title} ({num_outer_steps} outer steps of the `{preset}` preset "
         f"per variant; {len(seeds)} seeds, {num_steps} steps; geometric means of "
