@@ -2,7 +2,9 @@
 
 import json
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -55,15 +57,32 @@ def test_unknown_preset():
         train_preset("nope")
 
 
-class _CountingTrainer:
-    """Stands in for `MetaTrainer`: θ after outer step n is the scalar n."""
+_BASE = mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0))
 
-    def __init__(self):
-        self.lopt, self.stops = np.float32(0.0), []
+
+def _theta(n):
+    """A saveable θ whose output bias b2 is (n, n): the step it stands for."""
+    return eqx.tree_at(lambda m: m.head.b2, _BASE, jnp.full(2, n, jnp.float32))
+
+
+class _CountingTrainer:
+    """Stands in for `MetaTrainer`: θ after outer step n is the θ whose leaf is n. A
+    trainer "resumed" at step `at` starts there; `kill_at` stops a run with an
+    exception when it reaches that step (its checkpoint written)."""
+
+    def __init__(self, checkpoint_dir=None, at=0, kill_at=None):
+        self.lopt, self.checkpoint_dir, self.step = _theta(0), checkpoint_dir, 0
+        self.at, self.kill_at, self.stops = at, kill_at, []
 
     def run(self, stop, *, resume, progress):
+        if resume and self.step == 0:
+            self.step = self.at
+        if self.kill_at is not None and self.step < self.kill_at <= stop:
+            self.step = self.kill_at
+            raise KeyboardInterrupt
+        self.step = max(self.step, stop)
         self.stops.append(stop)
-        return np.float32(stop), {"step": list(range(stop))}
+        return _theta(self.step), {"step": list(range(self.step))}
 
 
 @pytest.mark.parametrize(
@@ -76,9 +95,35 @@ def test_run_recipe_averages_the_same_fraction_of_any_run_then_shrinks(steps, st
     assert (preset.average, preset.num_outer_steps) == ((400, 20), 600)
     trainer = _CountingTrainer()
     lopt, history = run_recipe(trainer, preset, steps, progress=False)
-    assert trainer.stops == stops and len(history["step"]) == steps
+    assert trainer.stops[1:-1] == stops and len(history["step"]) == steps
     # θ0 = 0, so the shipped θ is the shrinkage times the iterates' mean
-    np.testing.assert_allclose(lopt, preset.shrink * np.mean(stops), rtol=1e-6)
+    np.testing.assert_allclose(lopt.head.b2, preset.shrink * np.mean(stops), rtol=1e-6)
+
+
+def test_run_recipe_killed_inside_the_averaging_window_resumes_to_the_same_theta(
+    tmp_path,
+):
+    from mnemosyne.meta import CheckpointError
+    from mnemosyne.meta._presets import run_recipe
+
+    preset = PRESETS["default"]
+    whole, _ = run_recipe(_CountingTrainer(tmp_path / "a"), preset, 600, progress=False)
+    with pytest.raises(KeyboardInterrupt):  # killed at step 500, iterates 400-480 kept
+        run_recipe(_CountingTrainer(tmp_path / "b", kill_at=500), preset, 600,
+                   progress=False)
+    assert len(list((tmp_path / "b" / "iterates").glob("theta-*.eqx"))) == 5
+    resumed = _CountingTrainer(tmp_path / "b", at=500)
+    again, _ = run_recipe(resumed, preset, 600, progress=False)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(whole), strict=True)
+    )
+    assert resumed.stops[1:-1] == list(range(500, 601, 20))
+    # past an averaging step whose iterate is lost: a clear error, not a wrong mean
+    (tmp_path / "b" / "iterates" / "theta-00000420.eqx").unlink()
+    with pytest.raises(CheckpointError, match="iterate of step 420"):
+        run_recipe(_CountingTrainer(tmp_path / "b", at=600), preset, 600,
+                   progress=False)
 
 
 @pytest.mark.slow  # a real (3-step) meta-training run and its resume; run by .ci/run

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import os
+import pathlib
 import platform
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .._distributed import is_main_process
 from .._types import PRNGKeyArray
 from ..tasks import HELD_OUT_KINDS, MLPClassifier, Quadratic, Rosenbrock, load_dataset
 from ..tasks._base import ArrayScaledTask
+from ._checkpoint import CheckpointError
 from ._estimators import AbstractGradientEstimator, PersistentES, TruncatedBPTT
 from ._plots import plot_history
 from ._trainer import MetaTrainer
@@ -543,22 +545,64 @@ def run_recipe(trainer, preset: Preset, num_outer_steps: int, *, resume=True,
     iterates at 100, 105, ..., 150. So a reduced-budget run (the ablation) ships
     θ by the same rule as the full one.
 
+    With a `checkpoint_dir`, each averaged iterate is also saved (atomically) as
+    `iterates/theta-<step>.eqx` there, so a run killed inside the averaging
+    window and resumed averages the same iterates as an uninterrupted one.
+
     Returns:
         `(lopt, history)`.
+
+    Raises:
+        CheckpointError: a resumed run is past an averaging step whose iterate
+            was not saved (a checkpoint written without this function).
     """
     untrained = trainer.lopt
     if preset.average is None:
-        lopt, history = trainer.run(num_outer_steps, resume=resume, progress=progress)
-    else:
-        first, every = preset.average
-        scale = num_outer_steps / preset.num_outer_steps
-        first = min(num_outer_steps, max(1, round(first * scale)))
-        every = max(1, round(every * scale))
-        iterates = []
-        for stop in range(first, num_outer_steps + 1, every):
-            lopt, history = trainer.run(stop, resume=resume, progress=progress)
-            iterates.append(lopt)
-        lopt = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *iterates)
+        return _shrunk(
+            preset, trainer.run(num_outer_steps, resume=resume, progress=progress),
+            untrained,
+        )
+    first, every = preset.average
+    scale = num_outer_steps / preset.num_outer_steps
+    first = min(num_outer_steps, max(1, round(first * scale)))
+    every = max(1, round(every * scale))
+    folder = (
+        None if trainer.checkpoint_dir is None
+        else pathlib.Path(trainer.checkpoint_dir) / "iterates"
+    )
+    trainer.run(0, resume=resume, progress=False)  # restores the latest checkpoint
+    iterates = []
+    for stop in range(first, num_outer_steps + 1, every):
+        iterates.append(_iterate(trainer, stop, folder, resume, progress))
+    lopt, history = trainer.run(num_outer_steps, resume=resume, progress=progress)
+    mean = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *iterates)
+    return _shrunk(preset, (mean, history), untrained)
+
+
+def _iterate(trainer, stop: int, folder, resume: bool, progress: bool):
+    """θ after outer step `stop`: trained to it, or read back if the resumed
+    trainer is already past it."""
+    from .._serialisation import load, save
+
+    path = None if folder is None else folder / f"theta-{stop:08d}.eqx"
+    if trainer.step > stop:
+        if not (resume and path is not None and path.is_file()):
+            raise CheckpointError(
+                f"the run resumed at outer step {trainer.step}, past the averaged "
+                f"iterate of step {stop}, which was not saved"
+                + ("" if path is None else f" ({path})")
+            )
+        return load(path)
+    lopt, _ = trainer.run(stop, resume=resume, progress=progress)
+    if path is not None and is_main_process():
+        folder.mkdir(parents=True, exist_ok=True)
+        save(path, lopt)
+    return lopt
+
+
+def _shrunk(preset: Preset, result, untrained):
+    """`(θ, history)` with θ moved back toward `untrained` by `preset.shrink`."""
+    lopt, history = result
     if preset.shrink != 1.0:
         lopt = jax.tree.map(lambda a, b: b + preset.shrink * (a - b), lopt, untrained)
     return lopt, history
