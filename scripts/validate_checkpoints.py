@@ -43,10 +43,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--no-stress", action="store_true",
                         help="skip stress_validation_tasks()")
+    parser.add_argument("--preset", default="default",
+                        help="preset whose untrained θ joins the candidates (default)")
     parser.add_argument("--out", default=None, help="JSON record to write")
     args = parser.parse_args()
 
-    preset = PRESETS["default"]
+    preset = PRESETS[args.preset]
     candidates = {
         "untrained": preset.make_lopt(jax.random.split(jax.random.key(preset.seed))[0])
     }
@@ -67,7 +69,7 @@ def main() -> None:
     for g in groups:
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(candidates[n] for n in g))
         factories.append(
-            lambda index, stacked=stacked: mnemosyne.scale_by_mnemosyne(
+            lambda index, stacked=stacked: mnemosyne.as_gradient_transformation(
                 jax.tree.map(lambda x: x[index.astype(jnp.int32)], stacked)
             )
         )
