@@ -31,13 +31,18 @@ def test_presets_listed_and_hold_out_kinds():
     assert not default.family.kinds & default.held_out_kinds
     assert {"mlp", "rnn", "cnn", "lm", "regression"} <= default.family.kinds
     assert v1.held_out_kinds == HELD_OUT_KINDS and not v1.family.kinds & HELD_OUT_KINDS
-    for name in (
-        "lstm",
-        "lstm_multiscale",
-    ):  # the recipe their shipped weights came from
+    for name in ("lstm", "lstm_multiscale"):  # the recipe of their shipped weights
         p = PRESETS[name]
         assert p.family == v1.family and p.estimator == v1.estimator
         assert p.trainer == v1.trainer and p.num_outer_steps == v1.num_outer_steps
+    for name in ("lstm_v2", "lstm_multiscale_v2"):  # the default's recipe
+        p = PRESETS[name]
+        assert p.family == default.family and p.estimator == default.estimator
+        assert p.trainer == default.trainer
+        assert p.num_outer_steps == default.num_outer_steps
+        assert p.average == default.average
+        assert p.held_out_kinds == default.held_out_kinds
+        assert 0.0 < p.shrink <= 1.0
 
 
 def test_broad_family_is_a_fixed_broad_sample():
