@@ -446,30 +446,6 @@ PRESETS: dict[str, Preset] = {
         _TRAINER,
         _OUTER_STEPS,
     ),
-    "lstm_v2": Preset(
-        "lstm_v2",
-        _lstm("gradient"),
-        'LSTMOptimizer(features="gradient")',
-        _V2_FAMILY,
-        _V2_ESTIMATOR,
-        _V2_TRAINER,
-        _V2_OUTER_STEPS,
-        held_out_kinds=_V2_HELD_OUT,
-        average=_V2_AVERAGE,
-        shrink=_LSTM_SHRINK["gradient"],
-    ),
-    "lstm_multiscale_v2": Preset(
-        "lstm_multiscale_v2",
-        _lstm("multiscale"),
-        'LSTMOptimizer(features="multiscale")',
-        _V2_FAMILY,
-        _V2_ESTIMATOR,
-        _V2_TRAINER,
-        _V2_OUTER_STEPS,
-        held_out_kinds=_V2_HELD_OUT,
-        average=_V2_AVERAGE,
-        shrink=_LSTM_SHRINK["multiscale"],
-    ),
     "v1": Preset(
         "v1",
         _mnemosyne_v1,
@@ -501,6 +477,15 @@ PRESETS: dict[str, Preset] = {
 3.9 minutes on one H200 GPU; on 2 busy CPU cores one outer step took 38 s, so
 hours; not shipped yet);
 `quick` is a seconds-long smoke run for tests and CI."""
+
+for _features, _name in (("gradient", "lstm_v2"), ("multiscale", "lstm_multiscale_v2")):
+    PRESETS[_name] = dataclasses.replace(
+        PRESETS["default"],
+        name=_name,
+        make_lopt=_lstm(_features),
+        lopt_description=f'LSTMOptimizer(features="{_features}")',
+        shrink=_LSTM_SHRINK[_features],
+    )
 
 
 def list_presets() -> list[str]:
