@@ -579,25 +579,26 @@ def run_recipe(trainer, preset: Preset, num_outer_steps: int, *, resume=True,
     """
     untrained = trainer.lopt
     if preset.average is None:
-        return _shrunk(
-            preset, trainer.run(num_outer_steps, resume=resume, progress=progress),
-            untrained,
+        lopt, history = trainer.run(num_outer_steps, resume=resume, progress=progress)
+    else:
+        first, every = preset.average
+        scale = num_outer_steps / preset.num_outer_steps
+        first = min(num_outer_steps, max(1, round(first * scale)))
+        every = max(1, round(every * scale))
+        folder = (
+            None if trainer.checkpoint_dir is None
+            else pathlib.Path(trainer.checkpoint_dir) / "iterates"
         )
-    first, every = preset.average
-    scale = num_outer_steps / preset.num_outer_steps
-    first = min(num_outer_steps, max(1, round(first * scale)))
-    every = max(1, round(every * scale))
-    folder = (
-        None if trainer.checkpoint_dir is None
-        else pathlib.Path(trainer.checkpoint_dir) / "iterates"
-    )
-    trainer.run(0, resume=resume, progress=False)  # restores the latest checkpoint
-    iterates = []
-    for stop in range(first, num_outer_steps + 1, every):
-        iterates.append(_iterate(trainer, stop, folder, resume, progress))
-    lopt, history = trainer.run(num_outer_steps, resume=resume, progress=progress)
-    mean = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *iterates)
-    return _shrunk(preset, (mean, history), untrained)
+        trainer.run(0, resume=resume, progress=False)  # restores the latest checkpoint
+        iterates = [
+            _iterate(trainer, stop, folder, resume, progress)
+            for stop in range(first, num_outer_steps + 1, every)
+        ]
+        _, history = trainer.run(num_outer_steps, resume=resume, progress=progress)
+        lopt = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *iterates)
+    if preset.shrink != 1.0:
+        lopt = jax.tree.map(lambda a, b: b + preset.shrink * (a - b), lopt, untrained)
+    return lopt, history
 
 
 def _iterate(trainer, stop: int, folder, resume: bool, progress: bool):
@@ -619,14 +620,6 @@ def _iterate(trainer, stop: int, folder, resume: bool, progress: bool):
         folder.mkdir(parents=True, exist_ok=True)
         save(path, lopt)
     return lopt
-
-
-def _shrunk(preset: Preset, result, untrained):
-    """`(θ, history)` with θ moved back toward `untrained` by `preset.shrink`."""
-    lopt, history = result
-    if preset.shrink != 1.0:
-        lopt = jax.tree.map(lambda a, b: b + preset.shrink * (a - b), lopt, untrained)
-    return lopt, history
 
 
 def save_preset_weights(
