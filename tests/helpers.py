@@ -57,14 +57,20 @@ TENSORWISE_SMALL = dict(
 
 @functools.cache
 def coordinatewise() -> mnemosyne.CoordinatewiseMnemosyne:
-    """The default coordinate-wise Mnemosyne (already small: d_model 8, r = 2)."""
-    return mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(1))
+    """The default coordinate-wise Mnemosyne (already small: d_model 8, r = 2).
+
+    Cached, so built in float32 whatever test calls it first (one under the
+    `x64` fixture would otherwise cache float64 θ for every later test)."""
+    with enable_x64(False):
+        return mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(1))
 
 
 @functools.cache
 def tensorwise() -> mnemosyne.TensorwiseMnemosyne:
-    """A small tensor-wise Mnemosyne: chunk_len 4, two levels, narrow widths."""
-    return mnemosyne.TensorwiseMnemosyne(key=jax.random.key(2), **TENSORWISE_SMALL)
+    """A small tensor-wise Mnemosyne: chunk_len 4, two levels, narrow widths
+    (float32, as `coordinatewise`)."""
+    with enable_x64(False):
+        return mnemosyne.TensorwiseMnemosyne(key=jax.random.key(2), **TENSORWISE_SMALL)
 
 
 LOPTS: dict[str, Callable[[], mnemosyne.AbstractMnemosyne]] = {
@@ -219,10 +225,12 @@ register(OptimizerSpec("adam", optax.adam, learning_rate=1e-3))
 
 @functools.cache
 def lstm_small(features: str = "gradient") -> mnemosyne.baselines.LSTMOptimizer:
-    """A narrow LSTM optimizer (hidden size 4; Andrychowicz et al. use 20)."""
-    return mnemosyne.baselines.LSTMOptimizer(
-        hidden_size=4, features=features, key=jax.random.key(3)
-    )
+    """A narrow LSTM optimizer (hidden size 4; Andrychowicz et al. use 20), in
+    float32 (as `coordinatewise`)."""
+    with enable_x64(False):
+        return mnemosyne.baselines.LSTMOptimizer(
+            hidden_size=4, features=features, key=jax.random.key(3)
+        )
 
 
 for _features in ("gradient", "multiscale"):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import OPTIMIZERS, fast_jit, random_like, ranked_params
+from helpers import OPTIMIZERS, enable_x64, fast_jit, random_like, ranked_params
 
 import mnemosyne
 import mnemosyne.baselines
@@ -107,6 +107,20 @@ def test_another_theta_does_not_retrace(name):
         tx = mnemosyne.as_gradient_transformation(theta)
         _step(tx, (name, "raw"), _small_grads(0), tx.init(params), params)
     assert TRACES[(name, "raw")] == 1
+
+
+@pytest.mark.parametrize("name", LEARNED)
+def test_shared_theta_is_float32_whichever_test_builds_it_first(name):
+    """The registry's θ factories are cached and shared by every test of a
+    worker process: built first inside an `x64` test, they must not hand
+    float64 θ to the rest (the retrace test above then failed, depending on
+    which tests pytest-xdist gave the worker first)."""
+    build = OPTIMIZERS[name].lopt
+    build = getattr(build, "func", build)  # a functools.partial over a cached factory
+    with enable_x64():
+        lopt = build.__wrapped__(*getattr(OPTIMIZERS[name].lopt, "args", ()))
+    dtypes = {x.dtype for x in jax.tree.leaves(lopt) if eqx.is_inexact_array(x)}
+    assert dtypes == {jnp.dtype(jnp.float32)}, dtypes
 
 
 @pytest.mark.parametrize("name", NAMES)
