@@ -7,7 +7,8 @@ every task of `mnemosyne.meta.validation_tasks()` (configurations in neither the
 meta-training distribution nor the evaluation suite) for `--steps` steps, and
 every task of `mnemosyne.meta.stress_validation_tasks()` (deep narrow nets at
 tiny batches, batch 512, Rosenbrock, a 2-layer LM) for its own 2,000-4,000
-steps (`--no-stress` skips them), on `--seeds`, beside Adam(1e-3), all in one
+steps (`--no-stress` skips them), on `--seeds` seeds from `--first-seed`
+(0), beside Adam(1e-3), all in one
 program per task. The score of a θ is
 the mean over tasks of log(final loss / Adam's final loss) (final loss: mean
 over the last 5% of steps and over seeds, floored at 1e-6 as in the ablation,
@@ -40,7 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="*", help="θ files to compare")
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=2, help="how many seeds")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first seed (a later range confirms a choice)")
     parser.add_argument("--no-stress", action="store_true",
                         help="skip stress_validation_tasks()")
     parser.add_argument("--preset", default="default",
@@ -76,7 +79,9 @@ def main() -> None:
         lrs.append(np.minimum(np.arange(width), len(g) - 1))
         rows.update({n: (len(factories) - 1, i) for i, n in enumerate(g)})
     runs = width * args.seeds
-    seeds = np.tile(np.arange(args.seeds, dtype=np.uint32), width)
+    seeds = np.tile(
+        np.arange(args.first_seed, args.first_seed + args.seeds, dtype=np.uint32), width
+    )
     keys = jnp.broadcast_to(jax.vmap(jax.random.key)(seeds), (len(factories), runs))
     lrs = np.repeat(np.stack(lrs).astype(np.float64), args.seeds, axis=1)
     log_ratio = {n: [] for n in names}
@@ -130,7 +135,8 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             record = {"steps": {name: steps for name, (_, steps) in tasks.items()},
-                      "seeds": args.seeds, "scores": scores,
+                      "seeds": args.seeds, "first_seed": args.first_seed,
+                      "scores": scores,
                       "final_losses": per_task, "best": best}
             json.dump(record, f, indent=2)
 
