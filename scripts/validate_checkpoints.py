@@ -104,9 +104,7 @@ def main() -> None:
             final = max(mine[:, -w:].mean(), LOSS_FLOOR)
             log_ratio[n].append(float(np.log(final / adam)))
             stability[n].append(float(np.max(evaluation.stability_ratio(mine))))
-            ends = np.maximum(mine[:, -w:].mean(axis=1), LOSS_FLOOR)
-            rose = evaluation.stability_ratio(mine) > 1.5
-            if np.any(rose & (ends > adam)) or not np.all(np.isfinite(mine)):
+            if np.any(evaluation.ruined(mine, adam, floor=LOSS_FLOOR)):
                 ruined[n].append(task_name)
             per_task[task_name][n] = float(final)
             per_task[task_name][f"{n} stability"] = stability[n][-1]

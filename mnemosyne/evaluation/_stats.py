@@ -86,6 +86,26 @@ def stability_ratio(
     return np.where(np.all(np.isfinite(losses), axis=1), ratio, math.inf)
 
 
+def ruined(
+    losses: np.ndarray,
+    reference_final_loss,
+    limit: float = 1.5,
+    floor: float = 1e-6,
+) -> np.ndarray:
+    """Per seed (rows of `losses`): whether the run is *ruined*, the rule the
+    shipped θ is chosen by (`scripts/validate_checkpoints.py`): it ended above
+    `limit` times its own best window (`stability_ratio`) **and** above
+    `reference_final_loss` (e.g. Adam(1e-3)'s final loss on the same task: one
+    number, or one per seed), or its loss is not finite. A rise
+    that still ends below the reference, typically a fluctuation near zero loss
+    at tiny batches, is not a ruin. Final losses are window means (last 5% of
+    steps) floored at `floor`, as in `stability_ratio`."""
+    losses = np.atleast_2d(np.asarray(losses, np.float64))
+    ends = np.maximum(losses[:, -window_size(losses.shape[1]) :].mean(axis=1), floor)
+    rose = stability_ratio(losses, floor=floor) > limit
+    return rose & ~(ends <= np.asarray(reference_final_loss, np.float64))
+
+
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
     if not np.all(np.isfinite(values)):
         return math.inf, math.inf
