@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+import mnemosyne
 from mnemosyne import baselines, evaluation
 from mnemosyne.evaluation import EvaluationResult, Run
 from mnemosyne.tasks import AbstractTask, get_task
@@ -496,3 +497,35 @@ def test_ablation_command_all_variants(tmp_path, capsys):
     assert by_name["h3_r2"]["floats_per_parameter"] == 12
     assert by_name["h1_r8"]["floats_per_parameter"] == 16
     assert "ablation.md" in capsys.readouterr().out
+
+
+def test_compare_updates_reads_a_doubled_step_as_ratio_two_and_cosine_one():
+    """θ₀ at twice the step against θ₀ from the same key: fed the same
+    gradients, the reference keeps its own state, so every update is exactly
+    half; and the compared run is the one `train` gives for that seed."""
+    key = jax.random.key(0)
+    double = mnemosyne.as_gradient_transformation(
+        mnemosyne.CoordinatewiseMnemosyne(alpha=2e-3, key=key)
+    )
+    base = mnemosyne.as_gradient_transformation(
+        mnemosyne.CoordinatewiseMnemosyne(key=key)
+    )
+    task = get_task("quadratic")
+    c = evaluation.compare_updates(double, base, task, seed=3, num_steps=30)
+    np.testing.assert_allclose(c.ratio, 2.0, rtol=1e-5)
+    np.testing.assert_allclose(c.cosine, 1.0, atol=1e-5)
+    run = evaluation.train(double, task, [3], num_steps=30)
+    np.testing.assert_allclose(c.losses, run.losses[0], rtol=1e-4)
+
+
+def test_compare_updates_of_orthogonal_optimizers_has_cosine_zero():
+    """SGD against SGD on a sign-flipped gradient: cosine −1; against a
+    transformation that zeroes updates: cosine 0 and ratio 0 (no division by
+    zero)."""
+    task = get_task("quadratic")
+    flipped = optax.chain(optax.sgd(0.1), optax.scale(-1.0))
+    c = evaluation.compare_updates(optax.sgd(0.1), flipped, task, num_steps=5)
+    np.testing.assert_allclose(c.cosine, -1.0, atol=1e-6)
+    zero = optax.set_to_zero()
+    c = evaluation.compare_updates(zero, optax.sgd(0.1), task, num_steps=5)
+    assert np.all(c.cosine == 0) and np.all(c.ratio == 0)

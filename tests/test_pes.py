@@ -39,14 +39,16 @@ TASK = FixedQuadratic(jnp.asarray(np.geomspace(0.2, 2.0, 8), jnp.float32))
 SCHEDULE = meta.ConstantTruncationSchedule(HORIZON)
 
 
-def _exact_gradient(log_lr: float) -> float:
-    """d/dθ of Σ_j (mean log loss of window j) over one whole trajectory."""
+def _exact_gradient(log_lr: float, windows=slice(None)) -> float:
+    """d/dθ of Σ_j (mean log loss of window j) over one whole trajectory, the
+    sum over the windows `windows` picks."""
 
     def total(log_lr):
         lopt = eqx.tree_at(lambda o: o.log_learning_rate, LearnableSGD(), log_lr)
         state = meta.init_truncation_state(lopt, TASK, SCHEDULE, jax.random.key(0))
         _, out = meta.truncated_unroll(lopt, TASK, state, HORIZON, SCHEDULE)
-        return jnp.sum(jnp.mean(jnp.log(out.losses.reshape(WINDOWS, WINDOW)), axis=1))
+        per_window = jnp.mean(jnp.log(out.losses.reshape(WINDOWS, WINDOW)), axis=1)
+        return jnp.sum(per_window[windows])
 
     return float(jax.grad(total)(jnp.asarray(log_lr, jnp.float32)))
 
@@ -83,6 +85,26 @@ def test_pes_is_unbiased_across_truncation_windows(exact):
         meta.PersistentES(std=1e-3, num_pairs=256), np.log(0.3), 8
     )
     assert estimate == pytest.approx(exact, rel=0.1)
+
+
+def test_end_charged_pes_is_the_gradient_of_the_last_window_alone(exact):
+    """`final_fraction=1/4` of a 3-window trajectory: only the last window
+    counts, and its estimate carries the rate's effect on the two windows
+    before it (what makes the final loss low, not the mean over the run)."""
+    last = _exact_gradient(np.log(0.3), windows=slice(WINDOWS - 1, None))
+    assert abs(last - exact) > 0.2 * abs(exact)  # a different target
+    estimate = _summed_estimate(
+        meta.PersistentES(std=1e-3, num_pairs=256, final_fraction=0.25),
+        np.log(0.3),
+        8,
+    )
+    assert estimate == pytest.approx(last, rel=0.1)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
+def test_final_fraction_outside_zero_one_is_refused(fraction):
+    with pytest.raises(ValueError, match="final_fraction"):
+        meta.PersistentES(final_fraction=fraction)
 
 
 def test_per_window_es_is_biased_on_the_same_problem(exact):

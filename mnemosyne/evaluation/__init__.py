@@ -16,7 +16,9 @@
 - outputs: `result.to_markdown()` (Transformer tasks in their own table),
   `result.save(out_dir)` (JSON, markdown, PNG loss curves and a
   relative-performance chart), and
-  [`compare`][mnemosyne.evaluation.compare] (wins / within 10% / losses).
+  [`compare`][mnemosyne.evaluation.compare] (wins / within 10% / losses);
+- [`compare_updates`][mnemosyne.evaluation.compare_updates]: an optimizer's
+  update beside a reference's on the same gradients (RMS ratio, cosine).
 
 Example:
     >>> from mnemosyne import evaluation
@@ -59,6 +61,7 @@ from ._stats import (
     summarize,
     window_size,
 )
+from ._updates import UpdateComparison, compare_updates
 
 
 def compare(
@@ -89,8 +92,10 @@ __all__ = [
     "RunStats",
     "TRANSFORMER_KINDS",
     "TUNING_SEED",
+    "UpdateComparison",
     "compare",
     "compare_final_losses",
+    "compare_updates",
     "default_target",
     "diverged",
     "evaluate",

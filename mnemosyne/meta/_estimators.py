@@ -388,6 +388,12 @@ class PersistentES(AbstractGradientEstimator):
         meta_loss: the per-window meta-objective (default mean log inner loss).
         stop_gradient_features: irrelevant to ES; kept for a uniform interface.
         divergence_penalty: meta-loss reported when every trajectory diverged.
+        final_fraction: if given, only windows that end in the last
+            `final_fraction` of their trajectory's horizon contribute to the
+            estimate (the others still advance the trajectory and its $\xi_p$):
+            the gradient of the loss at the *end* of training, the quantity an
+            evaluation compares, rather than of its mean over the run, which
+            rewards fast early progress over a low final loss.
 
     References:
         Vicol, Metz and Sohl-Dickstein, "Unbiased gradient estimation in
@@ -402,9 +408,14 @@ class PersistentES(AbstractGradientEstimator):
     meta_loss: str | MetaLoss = eqx.field(static=True, default="mean_log")
     stop_gradient_features: bool = eqx.field(static=True, default=False)
     divergence_penalty: float = eqx.field(static=True, default=1e3)
+    final_fraction: float | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         _check_perturbations(self.num_pairs, self.std)
+        if self.final_fraction is not None and not 0 < self.final_fraction <= 1:
+            raise ValueError(
+                f"final_fraction must be in (0, 1], got {self.final_fraction}"
+            )
 
     def init_states(self, lopt, task, keys) -> PESState:
         base = super().init_states(lopt, task, keys)
@@ -459,6 +470,10 @@ class PersistentES(AbstractGradientEstimator):
                 scale = jnp.sign(diff) / jnp.sqrt(num_windows.astype(diff.dtype))
             else:
                 scale = diff / (2 * self.std)
+            if self.final_fraction is not None:
+                ends = particles.inner_step[:pairs]
+                late = ends >= (1 - self.final_fraction) * particles.horizon[:pairs]
+                scale = jnp.where(late, scale, 0)
             contribution = _pair_contributions(scale, pair_diverged, accumulated)
             both = jnp.concatenate([pair_diverged, pair_diverged])
             particles = eqx.tree_at(  # a diverged pair restarts both its trajectories
