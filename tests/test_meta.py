@@ -536,6 +536,31 @@ def test_resume_accepts_equal_settings_in_fresh_objects(tmp_path):
         other.load(path)
 
 
+def test_resume_accepts_a_checkpoint_written_before_an_option_existed(
+    tmp_path, monkeypatch
+):
+    """An option added to a class later, left at `None` (its behaviour before
+    it existed), does not invalidate older checkpoints; set, it is refused by
+    name. The older checkpoint is simulated by a fingerprint without the
+    field (as `PersistentES.final_fraction` was absent from the committed
+    preset checkpoints)."""
+    pes = lambda **kw: {"estimator": meta.PersistentES(std=0.01, num_pairs=2, **kw),
+                        "horizon": meta.ConstantTruncationSchedule(6)}
+    fingerprint = meta.MetaTrainer._fingerprint
+
+    def before_the_option(self):
+        out = fingerprint(self)
+        del out["estimator"]["final_fraction"]
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(meta.MetaTrainer, "_fingerprint", before_the_option)
+        path = _settings_trainer(tmp_path, **pes()).save()
+    _settings_trainer(tmp_path, **pes()).load(path)
+    with pytest.raises(meta.IncompatibleCheckpointError, match="final_fraction"):
+        _settings_trainer(tmp_path, **pes(final_fraction=0.5)).load(path)
+
+
 def test_resume_refuses_other_optimizer_configuration(tmp_path):
     """θ's configuration: a static setting (same shapes) or other frozen random
     projections (not in the checkpoint, which holds the trainable part only)."""

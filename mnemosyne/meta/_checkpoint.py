@@ -310,11 +310,19 @@ def _describe(obj: Any, depth: int, active: set) -> Any:
 
 def differing_settings(saved: Any, current: Any, path: str = "") -> list[str]:
     """Where two descriptions from `describe_settings` differ, one line each:
-    `path: checkpoint <value>, this trainer <value>` (values shortened)."""
+    `path: checkpoint <value>, this trainer <value>` (values shortened).
+
+    A setting added to a class after the checkpoint was written (a key the
+    checkpoint's description lacks) matches if this trainer leaves it at
+    `None`: options are added with `None` meaning the behaviour before them
+    (e.g. `PersistentES.final_fraction`), so older checkpoints and records
+    stay valid."""
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
         for key in sorted(set(saved) | set(current)):
             sub = f"{path}.{key}" if path else str(key)
+            if key not in saved and current[key] is None:
+                continue
             if key not in saved:
                 out.append(
                     f"{sub}: not recorded in the checkpoint, this trainer "

@@ -443,9 +443,8 @@ class MetaTrainer:
             raise IncompatibleCheckpointError(
                 f"Checkpoint {os.fspath(path)!r} was written with another base key."
             )
-        fingerprint = self._fingerprint()
-        if header.get("config") != fingerprint:
-            differing = differing_settings(header.get("config"), fingerprint)
+        differing = differing_settings(header.get("config"), self._fingerprint())
+        if differing:
             raise IncompatibleCheckpointError(
                 f"Checkpoint {os.fspath(path)!r} was written by a differently "
                 "configured "
