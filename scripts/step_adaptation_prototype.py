@@ -15,7 +15,9 @@ Baydin et al. 2018, on the cosine). The inner optimizer is the default
 preset's untrained θ₀ (`theta0`: Adam-like momentum, step 1e-3) or the
 shipped θ (`shipped`). Every candidate, and the shipped θ alone, trains the 14
 validation and stress runs of `scripts/validate_checkpoints.py` beside
-Adam(1e-3), scored by the same rule (wins, mean log ratio, ruined runs).
+Adam(1e-3), scored by the same rule (wins, mean log ratio, ruined runs);
+`--long-runs 6000` trains `scripts/long_runs.py`'s three configurations
+instead.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ def main() -> None:
                         choices=["theta0", "shipped"])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--long-runs", type=int, default=None, metavar="STEPS",
+                        help="train scripts/long_runs.py's configurations for "
+                        "STEPS steps instead of the validation runs")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     preset = PRESETS["default"]
@@ -88,8 +93,13 @@ def main() -> None:
     keys = jnp.broadcast_to(jax.vmap(jax.random.key)(seeds),
                             (len(factories), args.seeds))
     lrs = np.zeros((len(factories), args.seeds))
-    tasks = {name: (task, 1000) for name, task in validation_tasks().items()}
-    tasks.update(stress_validation_tasks())
+    if args.long_runs:
+        from long_runs import configurations  # scripts/ is on sys.path
+
+        tasks = {n: (t, args.long_runs) for n, t in configurations().items()}
+    else:
+        tasks = {name: (task, 1000) for name, task in validation_tasks().items()}
+        tasks.update(stress_validation_tasks())
     final_losses, log_ratio = {}, {n: [] for n in names}
     ruined = {n: [] for n in names}
     for task_name, (task, steps) in tasks.items():
