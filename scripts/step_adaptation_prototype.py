@@ -17,7 +17,7 @@ shipped θ (`shipped`). Every candidate, and the shipped θ alone, trains the 14
 validation and stress runs of `scripts/validate_checkpoints.py` beside
 Adam(1e-3), scored by the same rule (wins, mean log ratio, ruined runs);
 `--long-runs 6000` trains `scripts/long_runs.py`'s three configurations
-instead.
+instead; `--suite 1000 --out DIR` runs the evaluation suite.
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ def main() -> None:
     parser.add_argument("--long-runs", type=int, default=None, metavar="STEPS",
                         help="train scripts/long_runs.py's configurations for "
                         "STEPS steps instead of the validation runs")
+    parser.add_argument("--suite", type=int, default=None, metavar="STEPS",
+                        help="run the evaluation suite (seeds 0-2, STEPS steps) "
+                        "with Adam(1e-3), the shipped θ and θ₀ adapted at the "
+                        "first --kappa, writing results.md and .json to --out")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     preset = PRESETS["default"]
@@ -80,6 +84,18 @@ def main() -> None:
         "shipped": mnemosyne.load("mnemosyne/weights/default.eqx"),
     }
     inners = {k: mnemosyne.as_gradient_transformation(v) for k, v in inners.items()}
+    if args.suite:
+        from mnemosyne.tasks import list_tasks
+
+        optimizers = {"adam": optax.adam(1e-3), "mnemosyne": inners["shipped"],
+                      "adapted_theta0": step_adaptation(inners["theta0"],
+                                                        args.kappa[0])}
+        result = evaluation.evaluate(optimizers, list_tasks(), seeds=(0, 1, 2),
+                                     num_steps=args.suite, progress=False)
+        print(result.to_markdown())
+        if args.out:
+            result.save(args.out)
+        return
     candidates = {"shipped": inners["shipped"]}
     for inner in args.inner:
         for kappa in args.kappa:
