@@ -15,7 +15,8 @@ Baydin et al. 2018, on the cosine). The inner optimizer is the default
 preset's untrained θ₀ (`theta0`: Adam-like momentum, step 1e-3) or the
 shipped θ (`shipped`). Every candidate, and the shipped θ alone, trains the 14
 validation and stress runs of `scripts/validate_checkpoints.py` beside
-Adam(1e-3), scored by the same rule (wins, mean log ratio, ruined runs);
+Adam(1e-3), scored by the same rule and function
+(`validate_checkpoints.score_candidates`: wins, mean log ratio, ruined runs);
 `--long-runs 6000` trains `scripts/long_runs.py`'s three configurations
 instead; `--suite 1000 --out DIR` runs the evaluation suite.
 """
@@ -32,7 +33,6 @@ import optax
 
 import mnemosyne
 from mnemosyne import evaluation
-from mnemosyne.evaluation._ablation import LOSS_FLOOR
 from mnemosyne.meta import PRESETS, stress_validation_tasks, validation_tasks
 
 
@@ -96,13 +96,14 @@ def main() -> None:
         if args.out:
             result.save(args.out)
         return
+    from validate_checkpoints import score_candidates  # scripts/ is on sys.path
+
     candidates = {"shipped": inners["shipped"]}
     for inner in args.inner:
         for kappa in args.kappa:
             candidates[f"adapted {inner}, kappa {kappa:g}"] = step_adaptation(
                 inners[inner], kappa
             )
-    names = list(candidates)
     factories = [lambda lr: optax.adam(1e-3)]
     factories += [lambda lr, tx=tx: tx for tx in candidates.values()]
     seeds = np.arange(args.first_seed, args.first_seed + args.seeds, dtype=np.uint32)
@@ -110,35 +111,16 @@ def main() -> None:
                             (len(factories), args.seeds))
     lrs = np.zeros((len(factories), args.seeds))
     if args.long_runs:
-        from long_runs import configurations  # scripts/ is on sys.path
+        from long_runs import configurations
 
         tasks = {n: (t, args.long_runs) for n, t in configurations().items()}
     else:
         tasks = {name: (task, 1000) for name, task in validation_tasks().items()}
         tasks.update(stress_validation_tasks())
-    final_losses, log_ratio = {}, {n: [] for n in names}
-    ruined = {n: [] for n in names}
-    for task_name, (task, steps) in tasks.items():
-        losses, _, _ = evaluation.train_groups(factories, task, lrs, keys,
-                                               num_steps=steps)
-        w = evaluation.window_size(steps)
-        adam = max(losses[0, :, -w:].mean(), LOSS_FLOOR)
-        final_losses[task_name] = {"adam": float(adam)}
-        for i, n in enumerate(names):
-            mine = losses[i + 1]
-            final = max(mine[:, -w:].mean(), LOSS_FLOOR)
-            log_ratio[n].append(float(np.log(final / adam)))
-            if np.any(evaluation.ruined(mine, adam, floor=LOSS_FLOOR)):
-                ruined[n].append(task_name)
-            final_losses[task_name][n] = float(final)
-            final_losses[task_name][f"{n} stability"] = float(
-                np.max(evaluation.stability_ratio(mine)))
-        print(task_name, {k: round(v, 5) for k, v in final_losses[task_name].items()},
-              flush=True)
-    scores = {n: {"wins_vs_adam": int(np.sum(np.asarray(log_ratio[n]) <= 0)),
-                  "mean_log_ratio_vs_adam": float(np.mean(log_ratio[n])),
-                  "ruined_runs_on": ruined[n]} for n in names}
-    for n in names:
+    rows = {n: (row, 0) for row, n in enumerate(candidates, start=1)}
+    final_losses, scores = score_candidates(factories, lrs, keys, rows, tasks,
+                                            args.seeds)
+    for n in candidates:
         print(n, scores[n])
     if args.out:
         with open(args.out, "w") as f:

@@ -84,23 +84,46 @@ def main() -> None:
     )
     keys = jnp.broadcast_to(jax.vmap(jax.random.key)(seeds), (len(factories), runs))
     lrs = np.repeat(np.stack(lrs).astype(np.float64), args.seeds, axis=1)
+    tasks = {name: (task, args.steps) for name, task in validation_tasks().items()}
+    if not args.no_stress:
+        tasks.update(stress_validation_tasks())
+    per_task, scores = score_candidates(factories, lrs, keys, rows, tasks, args.seeds)
+    eligible = [n for n in names if scores[n]["eligible"]]
+    rank = lambda n: (-scores[n]["wins_vs_adam"], scores[n]["mean_log_ratio_vs_adam"])
+    best = min(eligible, key=rank) if eligible else None
+    for n in names:
+        print(n, scores[n], flush=True)
+    print("best:", best)
+    if args.out:
+        with open(args.out, "w") as f:
+            record = {"steps": {name: steps for name, (_, steps) in tasks.items()},
+                      "seeds": args.seeds, "first_seed": args.first_seed,
+                      "scores": scores,
+                      "final_losses": per_task, "best": best}
+            json.dump(record, f, indent=2)
+
+
+def score_candidates(factories, lrs, keys, rows, tasks, num_seeds: int):
+    """Train `factories` (row 0: Adam(1e-3), the reference) on every task of
+    `tasks` (`name -> (task, steps)`) in one program per task and score each
+    candidate `name -> (row, i)` (its runs: `num_seeds` columns from `i *
+    num_seeds` in that row) against Adam. Returns `(final losses per task,
+    scores)`, printing each task's line as it finishes."""
+    names = list(rows)
     log_ratio = {n: [] for n in names}
     stability = {n: [] for n in names}
     ruined = {n: [] for n in names}
     per_task = {}
-    tasks = {name: (task, args.steps) for name, task in validation_tasks().items()}
-    if not args.no_stress:
-        tasks.update(stress_validation_tasks())
     for task_name, (task, steps) in tasks.items():
         losses, _, _ = evaluation.train_groups(
             factories, task, lrs, keys, num_steps=steps
         )
         w = evaluation.window_size(steps)
-        adam = max(losses[0, : args.seeds, -w:].mean(), LOSS_FLOOR)
+        adam = max(losses[0, :num_seeds, -w:].mean(), LOSS_FLOOR)
         per_task[task_name] = {"adam": float(adam)}
         for n in names:
             row, i = rows[n]
-            mine = losses[row, i * args.seeds : (i + 1) * args.seeds]
+            mine = losses[row, i * num_seeds : (i + 1) * num_seeds]
             final = max(mine[:, -w:].mean(), LOSS_FLOOR)
             log_ratio[n].append(float(np.log(final / adam)))
             stability[n].append(float(np.max(evaluation.stability_ratio(mine))))
@@ -124,19 +147,7 @@ def main() -> None:
         }
         for n in names
     }
-    eligible = [n for n in names if scores[n]["eligible"]]
-    rank = lambda n: (-scores[n]["wins_vs_adam"], scores[n]["mean_log_ratio_vs_adam"])
-    best = min(eligible, key=rank) if eligible else None
-    for n in names:
-        print(n, scores[n], flush=True)
-    print("best:", best)
-    if args.out:
-        with open(args.out, "w") as f:
-            record = {"steps": {name: steps for name, (_, steps) in tasks.items()},
-                      "seeds": args.seeds, "first_seed": args.first_seed,
-                      "scores": scores,
-                      "final_losses": per_task, "best": best}
-            json.dump(record, f, indent=2)
+    return per_task, scores
 
 
 if __name__ == "__main__":

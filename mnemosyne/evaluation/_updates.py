@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from .._training import batch_sampler
 
@@ -32,10 +33,6 @@ class UpdateComparison(NamedTuple):
         """`rms / reference_rms`: an effective learning-rate multiplier when the
         cosine is near 1."""
         return self.rms / np.maximum(self.reference_rms, np.finfo(np.float32).tiny)
-
-
-def _flat(tree) -> jax.Array:
-    return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
 
 
 def compare_updates(
@@ -86,7 +83,7 @@ def compare_updates(
         reference_update, reference_state = reference.update(
             grads, reference_state, params
         )
-        u, r = _flat(update), _flat(reference_update)
+        u, r = ravel_pytree(update)[0], ravel_pytree(reference_update)[0]
         norms = jnp.linalg.norm(u) * jnp.linalg.norm(r)
         cosine = jnp.where(norms > 0, u @ r / jnp.where(norms > 0, norms, 1), 0)
         rms = lambda x: jnp.sqrt(jnp.mean(jnp.square(x)))
