@@ -169,7 +169,10 @@ def test_pretrained_is_not_ruined_on_a_long_deep_narrow_small_batch_run():
     loss on the same seed. The literal 1.5x rule alone is not asserted: this run is
     chaotic near zero loss, and on some machines' float rounding one seed ends
     at 5e-4 after a best window of 7e-5 (7x, against Adam's 0.01), a
-    fluctuation, not the climb this test exists to catch."""
+    fluctuation, not the climb this test exists to catch. Weak: under this
+    conftest's 8 forced host devices the run passes, while the same seeds in a
+    plain process end seed 1 at 0.044, 64x its best window and 40x Adam's
+    (docs/results.md, long runs re-run): rounding alone decides the outcome."""
     from mnemosyne.tasks import MLPClassifier, load_dataset
 
     task = MLPClassifier(load_dataset("digits"), hidden=(16,) * 6, activation="relu",
