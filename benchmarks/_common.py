@@ -118,7 +118,10 @@ def make_lopt(name: str, *, seed: int = 0):
     """The learned optimizer module behind `name` (None for Adam)."""
     key = jax.random.key(seed)
     if name in ("mnemosyne", "mnemosyne_bf16"):
-        return mnemosyne.CoordinatewiseMnemosyne(key=key)
+        # the shipped configuration (step adaptation included); θ's values do
+        # not change the cost
+        shipped = mnemosyne.pretrained("default")
+        return type(shipped)(**dict(shipped.config), key=key)
     if name == "mnemosyne_tensorwise":
         return mnemosyne.TensorwiseMnemosyne(key=key)
     if name == "lstm":

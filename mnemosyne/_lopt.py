@@ -61,11 +61,15 @@ class MnemosyneState(NamedTuple):
         memory: a pytree like `params` with one [`MemoryState`][mnemosyne.MemoryState]
             per array leaf (`None` for `None` leaves).
         skipped: number of steps skipped because a gradient was not finite.
+        step_scale: with step adaptation (`step_adaptation`), a pytree like
+            `params` with each tensor's log step multiplier $\\rho$ of Eq. (A2),
+            a scalar (`None` for `None` leaves); `None` without it.
     """
 
     step: Array
     memory: Any
     skipped: Array
+    step_scale: Any = None
 
 
 class AbstractMnemosyne(AbstractLearnedOptimizer):
@@ -87,6 +91,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     gradient_scale: eqx.AbstractVar[str]
     epsilon: eqx.AbstractVar[float]
     read_out: eqx.AbstractVar[bool]
+    step_adaptation: eqx.AbstractVar[float | None]
+    step_scale_range: eqx.AbstractVar[tuple[float, float]]
     packs_small_leaves: eqx.AbstractClassVar[bool]
     #: Whether a leaf's memory has one slot per coordinate (so, under sharding,
     #: it is split like the leaf and updated shard by shard).
@@ -105,7 +111,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
 
     def state_floats_per_parameter(self, params: Params) -> float:
         """Optimizer-state floats per parameter for `params` (memory only; the
-        two int32 scalars `step` and `skipped` are not counted)."""
+        two int32 scalars `step` and `skipped`, and the one scalar per tensor
+        of step adaptation, are not counted)."""
         leaves = [x for x in jax.tree.leaves(params) if hasattr(x, "shape")]
         n = sum(int(np.prod(x.shape)) for x in leaves)
         per_slot = self.memory.floats_per_slot()
@@ -169,7 +176,15 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
 
         memory = jax.tree.map(leaf_state, params, is_leaf=lambda x: x is None)
         zero = replicate_like_params(jnp.zeros((), jnp.int32), params)
-        return MnemosyneState(step=zero, memory=memory, skipped=zero)
+        step_scale = None
+        if self.step_adaptation is not None:
+            step_scale = jax.tree.map(
+                lambda p: None if p is None else replicate_like_params(
+                    jnp.zeros((), compute_dtype(leaf_shape_dtype(p)[1])), params
+                ),
+                params, is_leaf=lambda x: x is None,
+            )
+        return MnemosyneState(zero, memory, zero, step_scale)
 
     def update(
         self,
@@ -202,6 +217,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         check_update_inputs(grads, state, params)
         expected = jax.eval_shape(self.init, params)
         check_state_like(state.memory, expected.memory, "state.memory", dtypes=False)
+        check_state_like(state.step_scale, expected.step_scale, "state.step_scale")
         B = get_backend(backend)
         theta = cast_theta(self, B)
         treedef = jax.tree.structure(grads, is_leaf=lambda x: x is None)
@@ -213,23 +229,37 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             if axis_names is None
             else treedef.flatten_up_to(axis_names)
         )
+        r_leaves = (
+            [None] * len(g_leaves)
+            if state.step_scale is None
+            else treedef.flatten_up_to(state.step_scale)
+        )
         step = state.step
-        outputs, finite = theta._step_leaves(
-            g_leaves, p_leaves, m_leaves, a_leaves, step, B
+        outputs, finite, scales = theta._step_leaves(
+            g_leaves, p_leaves, m_leaves, a_leaves, r_leaves, step, B
         )
         updates = treedef.unflatten([None if o is None else o[0] for o in outputs])
         memory = treedef.unflatten([None if o is None else o[1] for o in outputs])
         if not theta.skip_nonfinite:
-            return updates, MnemosyneState(step + 1, memory, state.skipped)
-        count = lambda taken, skipped: B.xp.where(finite, taken, skipped)
+            count = lambda taken, skipped: taken
+        else:
+            count = lambda taken, skipped: B.xp.where(finite, taken, skipped)
+        step_scale = None
+        if state.step_scale is not None:
+            step_scale = treedef.unflatten([
+                None if old is None else B.asarray(count(new, old), old.dtype)
+                for new, old in zip(scales, r_leaves, strict=True)
+            ])
         return updates, MnemosyneState(
-            count(step + 1, step), memory, count(state.skipped, state.skipped + 1)
+            count(step + 1, step), memory, count(state.skipped, state.skipped + 1),
+            step_scale,
         )
 
-    def _step_leaves(self, g_leaves, p_leaves, m_leaves, a_leaves, step, B):
-        """`(update, memory)` per leaf (`None` for `None` leaves), and whether
-        every gradient is finite. If not, and `skip_nonfinite`, the updates are
-        zero and the memory unchanged.
+    def _step_leaves(self, g_leaves, p_leaves, m_leaves, a_leaves, r_leaves, step, B):
+        """`(update, memory)` per leaf (`None` for `None` leaves), whether
+        every gradient is finite, and each leaf's new log step multiplier
+        (Eq. A2; `None` without step adaptation). If a gradient is not finite,
+        and `skip_nonfinite`, the updates are zero and the memory unchanged.
 
         When the optimizer treats coordinates independently (`packs_small_leaves`),
         leaves of at most `PACK_MAX_SIZE` entries are packed into one vector per
@@ -264,7 +294,10 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         finite = all_finite(
             [rms[i][0] for i in single] + [pack.g_rms for pack in packs], B, a_leaves
         )
+        scales: list = [None] * len(g_leaves)
         for i in single:
+            grad, _, memory = cast_leaf(g_leaves[i], p_leaves[i], m_leaves[i], B)
+            scales[i] = self._log_step_scale(grad, memory, r_leaves[i], rms[i], B)
             outputs[i] = self._step_unless_skipped(
                 g_leaves[i],
                 p_leaves[i],
@@ -274,18 +307,50 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 a_leaves[i],
                 rms[i],
                 finite,
+                scales[i],
             )
         for members, pack in zip(groups.values(), packs, strict=False):
             update, memory = self._packed_step(pack, step, B)
+            if self.step_adaptation is not None:
+                log_scale = B.xp.stack([B.asarray(r_leaves[i]) for i in members])
+                per_coordinate = self._log_step_scale(
+                    pack.grad, pack.memory, log_scale[pack.segments],
+                    pack.statistics(B), B,
+                )
+                update = update * B.xp.exp(per_coordinate)
+                new_scales = log_scale  # an empty tensor keeps its multiplier
+                if pack.grad.size:
+                    first = np.minimum(pack.starts, pack.grad.size - 1)
+                    new_scales = B.xp.where(
+                        pack.sizes > 0, per_coordinate[first], log_scale
+                    )
+                for k, i in enumerate(members):
+                    scales[i] = new_scales[k]
             unpacked = pack.unpack(update, memory, finite, self.skip_nonfinite, B)
             for i, out in zip(members, unpacked, strict=False):
                 outputs[i] = out
-        return outputs, finite
+        return outputs, finite, scales
+
+    def _log_step_scale(self, grad, memory: MemoryState, log_scale, rms, B):
+        """Eqs. (A1)-(A2): the tensor's new log step multiplier $\\rho_t$ from
+        the agreement $a_t = \\cos(g_t, m_{t-1})$ of the gradient with the
+        memory's momentum before this step's write (`memory.momentum`, the
+        direction of the last step); `None` without step adaptation. `rms` as
+        in `features` (per packed coordinate for packs, so is the result)."""
+        if self.step_adaptation is None:
+            return None
+        momentum = self.memory.momentum(memory, B)
+        g_hat = B.normalise(grad, rms.g_rms)
+        m_hat = B.normalise(momentum, rms.rms_of(momentum))
+        agreement = B.agreement(rms.rms_of(g_hat + m_hat), rms.rms_of(g_hat - m_hat))
+        low, high = self.step_scale_range
+        return B.log_step_scale(log_scale, agreement, self.step_adaptation, low, high)
 
     def _step_unless_skipped(
-        self, grad, param, memory, step, B, axis_names, rms, finite
+        self, grad, param, memory, step, B, axis_names, rms, finite, log_scale=None
     ):
-        """`_leaf_step` (cast to the compute dtype and back) inside a
+        """`_leaf_step` (cast to the compute dtype and back, its update times
+        $e^{\\rho}$ if `log_scale` $\\rho$ is given) inside a
         conditional on `finite`: if not `finite` (and `skip_nonfinite`), a zero
         update and `memory` unchanged.
 
@@ -300,6 +365,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             update, new_memory = self._leaf_step(
                 *cast_leaf(grad, param, memory, B), step, B, axis_names, rms
             )
+            if log_scale is not None:
+                update = update * B.xp.exp(log_scale)
             update = update.astype(grad.dtype)
             new_memory = as_dtype(new_memory, memory.numerator.dtype, B)
             # the skipped branch's types, shardings included (Explicit axes);
@@ -337,7 +404,11 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
        coordinate's past values;
     4. the head maps $[f_i, e_t, o_i]$ to a direction $d$ and a log-magnitude
        $s$ (H), and the step is $-\\alpha\\, d\\, e^{\\beta c \\tanh(s/c)}$ (O),
-       so no step exceeds $\\alpha e^{\\beta c}$ times a clipped direction.
+       so no step exceeds $\\alpha e^{\\beta c}$ times a clipped direction;
+    5. with `step_adaptation` $\\kappa$, each tensor's step is multiplied by
+       $e^{\\rho_t}$, a log multiplier that grows while the tensor's gradient
+       keeps the direction of the memory's momentum and shrinks when it turns
+       against it, within `step_scale_range` (A1)-(A2).
 
     Untrained (initialised) v2 θ is already a sane optimizer: the token's first
     channel and the memory's value select $\\tilde g = g/(\\sqrt{\\hat\\nu}+\\epsilon)$,
@@ -384,6 +455,9 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         epsilon: $\\epsilon$ of the second-moment normalisation.
         read_out: feed the memory read-out to the head (`False`: no memory).
         sign_symmetric: make the step odd in the gradient history (H±), (2±).
+        step_adaptation: the rate $\\kappa$ of the per-tensor step multiplier
+            (A2), or `None` (no multiplier); needs v2 with the read-out.
+        step_scale_range: the bounds $(\\ell, h)$ of that multiplier.
         skip_nonfinite: skip a step whose gradient is not finite.
         key: PRNG key for θ.
 
@@ -426,6 +500,8 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     epsilon: float = eqx.field(static=True)
     read_out: bool = eqx.field(static=True)
     sign_symmetric: bool = eqx.field(static=True)
+    step_adaptation: float | None = eqx.field(static=True)
+    step_scale_range: tuple[float, float] = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -449,6 +525,8 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         epsilon: float = 1e-8,
         read_out: bool = True,
         sign_symmetric: bool = True,
+        step_adaptation: float | None = None,
+        step_scale_range: tuple[float, float] = (0.25, 4.0),
         skip_nonfinite: bool = True,
         key: PRNGKeyArray,
     ):
@@ -483,6 +561,22 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         self.epsilon = float(epsilon)
         self.read_out = bool(read_out)
         self.sign_symmetric = bool(sign_symmetric)
+        if step_adaptation is not None and not (adaptive and read_out):
+            raise ValueError(
+                "step_adaptation reads the memory's momentum channel, which only "
+                "v2 with the memory read-out has (second_moment_decay set and "
+                "read_out=True)"
+            )
+        low, high = (float(b) for b in step_scale_range)
+        if not 0.0 < low <= 1.0 <= high:
+            raise ValueError(
+                f"step_scale_range must satisfy 0 < low <= 1 <= high, got "
+                f"{step_scale_range!r}"
+            )
+        self.step_adaptation = None if step_adaptation is None else float(
+            step_adaptation
+        )
+        self.step_scale_range = (low, high)
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):
@@ -595,6 +689,8 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
     gradient_scale: str = eqx.field(static=True)
     epsilon: float = eqx.field(static=True)
     read_out: bool = eqx.field(static=True)
+    step_adaptation: None = eqx.field(static=True)
+    step_scale_range: tuple[float, float] = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -642,6 +738,8 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         self.gradient_scale = "current"  # v1 features (F): no running scale
         self.epsilon = 0.0
         self.read_out = True
+        self.step_adaptation = None  # per-tensor step adaptation: coordinate-wise only
+        self.step_scale_range = (1.0, 1.0)
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):

@@ -116,6 +116,17 @@ class CompactAssociativeMemory(eqx.Module):
     def floats_per_slot(self) -> int:
         return self.num_heads * self.num_features * (self.value_size + 1)
 
+    def momentum(self, state: MemoryState, backend) -> Array:
+        """Head 0's first value channel read with a uniform query,
+        $\\sum_j N_{t,j} / (\\sum_j \\Psi_{t,j} + \\varepsilon)$ (Eq. 5 with
+        $\\phi(q) = 1$), shape `slots`: the discounted average of what that
+        channel stores. Initialised v2 θ stores $\\tilde g$ there and steps
+        along it (momentum, see `CoordinatewiseMnemosyne`), so this is the
+        direction of the last step, read from the state alone."""
+        xp = backend.xp
+        numerator = xp.sum(state.numerator[0, :, 0], axis=0)
+        return numerator / (xp.sum(state.normaliser[0], axis=0) + self.eps)
+
     def __call__(
         self, state: MemoryState, inputs, backend, *, embedding=None, odd_inputs=None
     ) -> tuple[MemoryState, Array]:

@@ -62,6 +62,16 @@ class Pack(NamedTuple):
     dtypes: tuple
     store: Any  # the memory's storage dtype
 
+    @property
+    def sizes(self) -> np.ndarray:
+        """Each packed tensor's number of coordinates."""
+        return np.array([int(np.prod(shape)) for shape in self.shapes], dtype=int)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Index of each packed tensor's first coordinate."""
+        return np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(int)
+
     def statistics(self, B) -> TensorStatistics:
         """The packed tensors' statistics, one value per coordinate."""
         count = len(self.g_rms)

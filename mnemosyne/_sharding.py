@@ -57,7 +57,10 @@ def state_specs(lopt, state, param_specs):
     memory = treedef.unflatten(
         [leaf(s, m) for s, m in zip(specs, memories, strict=False)]
     )
-    return MnemosyneState(step=P(), memory=memory, skipped=P())
+    step_scale = None  # one replicated scalar per tensor (Eq. A2), if any
+    if state.step_scale is not None:
+        step_scale = treedef.unflatten([None if m is None else P() for m in memories])
+    return MnemosyneState(P(), memory, P(), step_scale)
 
 
 def _gather(x, spec):

@@ -48,6 +48,8 @@ def main() -> None:
                         help="skip stress_validation_tasks()")
     parser.add_argument("--preset", default="default",
                         help="preset whose untrained θ joins the candidates (default)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="PART",
+                        help="only the tasks whose name contains one of these")
     parser.add_argument("--out", default=None, help="JSON record to write")
     args = parser.parse_args()
 
@@ -87,6 +89,8 @@ def main() -> None:
     tasks = {name: (task, args.steps) for name, task in validation_tasks().items()}
     if not args.no_stress:
         tasks.update(stress_validation_tasks())
+    if args.only:
+        tasks = {n: t for n, t in tasks.items() if any(p in n for p in args.only)}
     per_task, scores = score_candidates(factories, lrs, keys, rows, tasks, args.seeds)
     eligible = [n for n in names if scores[n]["eligible"]]
     rank = lambda n: (-scores[n]["wins_vs_adam"], scores[n]["mean_log_ratio_vs_adam"])

@@ -318,12 +318,14 @@ def _perturbed(lopt, seed, scale=0.3):
     return eqx.combine(jax.tree.unflatten(treedef, moved), static)
 
 
+@pytest.mark.parametrize("adaptation", [None, 0.1])
 @pytest.mark.parametrize("backend", ["jax", "numpy"])
-def test_sign_symmetric_step_is_odd_in_the_gradient_history(backend):
+def test_sign_symmetric_step_is_odd_in_the_gradient_history(backend, adaptation):
     """Eq. (H±), (2±): for any θ, flipping the sign of every gradient so far
     flips the sign of the update (parameters fixed), and a zero gradient gives a
     zero step: the optimizer cannot drift at a stationary point. Without the
-    symmetry (v2 `sign_symmetric=False`) the same θ drifts."""
+    symmetry (v2 `sign_symmetric=False`) the same θ drifts. With step
+    adaptation too (Eq. A1's cosine is even in the history)."""
     params = {
         **ranked_params(),
         "big": jnp.linspace(-1.0, 1.0, 80 * 64).reshape(80, 64),
@@ -335,7 +337,8 @@ def test_sign_symmetric_step_is_odd_in_the_gradient_history(backend):
     for symmetric in (True, False):
         lopt = _perturbed(
             mnemosyne.CoordinatewiseMnemosyne(
-                sign_symmetric=symmetric, key=jax.random.key(0)
+                sign_symmetric=symmetric, step_adaptation=adaptation,
+                key=jax.random.key(0),
             ),
             1,
         )
@@ -405,11 +408,18 @@ def test_v2_gradient_feature_is_relative_to_the_tensors_running_scale(backend, s
     np.testing.assert_allclose(np.asarray(f[1]), expected, rtol=1e-5, atol=1e-9)
 
 
-def test_running_scale_is_per_tensor_inside_a_pack():
+@pytest.mark.parametrize("adaptation", [None, 0.1])
+def test_running_scale_is_per_tensor_inside_a_pack(adaptation):
     """Small leaves are packed into one vector (`_packing.Pack`); the running
-    scale is still each tensor's own: updating leaves of very different
-    gradient scales together equals updating each on its own."""
-    lopt = _perturbed(mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0)), 1)
+    scale, and the step multiplier of Eq. (A2), are still each tensor's own:
+    updating leaves of very different gradient scales together equals updating
+    each on its own."""
+    lopt = _perturbed(
+        mnemosyne.CoordinatewiseMnemosyne(
+            step_adaptation=adaptation, key=jax.random.key(0)
+        ),
+        1,
+    )
     params = {"a": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.ones(5)}
     scales = {"a": 1.0, "b": 1e-3}
     grads = [
@@ -450,3 +460,129 @@ def test_pretrained_steps_shrink_when_gradients_become_tiny():
             u, state = jit_tx_update(tx, g, state, params)
         last[name] = float(jnp.sqrt(jnp.mean(u["w"] ** 2)))
     assert last["running"] < 0.01 * last["current"]
+
+
+# ----------------------------------------------------------------------------
+# Eqs. (A1)-(A2): per-tensor step adaptation
+# ----------------------------------------------------------------------------
+
+
+def _adaptive_and_plain(rate=0.1):
+    """The same perturbed θ with and without step adaptation."""
+    plain = _perturbed(mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0)), 1)
+    adaptive = mnemosyne.CoordinatewiseMnemosyne(
+        step_adaptation=rate, key=jax.random.key(0)
+    )
+    adaptive = jax.tree.unflatten(jax.tree.structure(adaptive), jax.tree.leaves(plain))
+    return adaptive, plain
+
+
+ADAPTED_PARAMS = {  # one leaf stepped alone, two packed together
+    "big": jnp.linspace(-1.0, 1.0, 80 * 64).reshape(80, 64),
+    "a": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4),
+    "b": jnp.ones(5),
+}
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_step_scale_follows_the_cosine_of_gradient_and_momentum(backend):
+    """Against a direct computation with dot products: each tensor's
+    $\\rho_t = \\operatorname{clip}(\\rho_{t-1} + \\kappa \\cos(g_t, m_{t-1}),
+    \\log\\tfrac14, \\log 4)$ with $m_{t-1}$ the memory's momentum before the
+    step (A1-A2), and the update is the same θ's unadapted update times
+    $e^{\\rho_t}$. Gradients with a persistent component, so the cosines are
+    far from zero and some tensors' multipliers grow, others shrink."""
+    adaptive, plain = _adaptive_and_plain()
+    rate, (low, high) = adaptive.step_adaptation, adaptive.step_scale_range
+    params = ADAPTED_PARAMS
+    drift = {k: (1.0 if k != "a" else -1.0) * jnp.ones_like(v)
+             for k, v in params.items()}
+    state = adaptive.init(params)
+    reference = mnemosyne.backends.get_backend("numpy")
+    rtol = 2e-5 if backend == "jax" else 1e-10
+    moved = set()
+    for t in range(6):
+        sign = 1.0 if t % 2 == 0 else -1.0  # "a" flips its persistent part
+        noise = random_like(params, t)
+        g = {k: noise[k] + (sign if k == "a" else 1.0) * drift[k] for k in params}
+        expected = {}
+        for k in params:
+            m = np.asarray(adaptive.memory.momentum(state.memory[k], reference),
+                           np.float64).ravel()
+            gk = np.asarray(g[k], np.float64).ravel()
+            norms = np.linalg.norm(gk) * np.linalg.norm(m)
+            cos = 0.0 if norms == 0 else float(gk @ m) / norms
+            rho = float(state.step_scale[k]) + rate * cos
+            expected[k] = float(np.clip(rho, np.log(low), np.log(high)))
+        plain_state = state._replace(step_scale=None)
+        u_plain, _ = plain.update(g, plain_state, params, backend=backend)
+        u, state = adaptive.update(g, state, params, backend=backend)
+        for k in params:
+            rho = float(state.step_scale[k])
+            np.testing.assert_allclose(rho, expected[k], rtol=rtol, atol=1e-7)
+            np.testing.assert_allclose(  # updates are float32, like the grads
+                np.asarray(u[k]), np.exp(rho) * np.asarray(u_plain[k]),
+                rtol=max(rtol, 1e-6), atol=1e-12,
+            )
+            moved.add((k, np.sign(round(rho, 6))))
+    assert ("big", 1.0) in moved and ("a", -1.0) in moved
+
+
+def test_momentum_read_is_the_direction_of_the_last_step():
+    """The proxy of Eq. (A1): for the untrained v2 θ (momentum on Adam-normalised
+    gradients), the memory's uniform-query read-out after a step points along
+    that step (cosine with the negated update > 0.99) on random gradients."""
+    lopt = mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0))
+    params = {"w": ADAPTED_PARAMS["big"]}
+    state = lopt.init(params)
+    B = mnemosyne.backends.get_backend("numpy")
+    for t in range(20):
+        g = random_like(params, t)
+        u, state = lopt.update(g, state, params, backend="numpy")
+        m = np.asarray(lopt.memory.momentum(state.memory["w"], B)).ravel()
+        step = -np.asarray(u["w"]).ravel()
+        assert step @ m / (np.linalg.norm(step) * np.linalg.norm(m)) > 0.99
+
+
+def test_step_scale_saturates_at_its_bounds():
+    """A gradient that keeps its direction grows the step to `high` times the
+    unadapted one; one that flips sign every step shrinks it to `low` times."""
+    adaptive, plain = _adaptive_and_plain(rate=0.5)
+    params = {"w": ADAPTED_PARAMS["big"]}
+    g = random_like(params, 0)
+    for flip, bound in ((1.0, 4.0), (-1.0, 0.25)):
+        state = adaptive.init(params)
+        for t in range(30):
+            gt = {"w": g["w"] * flip**t}
+            u_plain, _ = plain.update(gt, state._replace(step_scale=None), params,
+                                      backend="numpy")
+            u, state = adaptive.update(gt, state, params, backend="numpy")
+        np.testing.assert_allclose(np.exp(float(state.step_scale["w"])), bound,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(u["w"], bound * np.asarray(u_plain["w"]),
+                                   rtol=1e-6)
+
+
+def test_nonfinite_gradient_leaves_the_step_scale_unchanged():
+    adaptive, _ = _adaptive_and_plain()
+    params = ADAPTED_PARAMS
+    state = adaptive.init(params)
+    for t in range(3):
+        _, state = adaptive.update(random_like(params, t), state, params)
+    bad = random_like(params, 9)
+    bad["a"] = bad["a"].at[0, 0].set(jnp.nan)
+    u, after = adaptive.update(bad, state, params)
+    assert int(after.skipped) == 1
+    assert_tree_equal(after.step_scale, state.step_scale)
+    assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(u))
+
+
+def test_step_adaptation_needs_the_v2_memory_and_a_sane_range():
+    with pytest.raises(ValueError, match="step_adaptation"):
+        mnemosyne.CoordinatewiseMnemosyne(
+            step_adaptation=0.01, second_moment_decay=None, key=jax.random.key(0)
+        )
+    with pytest.raises(ValueError, match="step_scale_range"):
+        mnemosyne.CoordinatewiseMnemosyne(
+            step_adaptation=0.01, step_scale_range=(2.0, 4.0), key=jax.random.key(0)
+        )

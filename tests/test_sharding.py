@@ -89,6 +89,7 @@ def test_shard_map_update_equals_single_device(make, mesh):
         u2, s2 = sharded(g_sh, s2, p_sh)
     assert_allclose_tree(u2, u1, rtol=RTOL, atol=1e-7)
     assert_allclose_tree(s2.memory, s1.memory, rtol=RTOL, atol=1e-6)
+    assert_allclose_tree(s2.step_scale, s1.step_scale, rtol=RTOL, atol=1e-7)
     for k, (_, spec) in SHAPES_AND_SPECS.items():
         assert _same_spec(u2[k].sharding, spec, u2[k].ndim), k
 

@@ -177,6 +177,18 @@ def second_moment(nu, g, decay):
     return decay * nu + (1.0 - decay) * jnp.minimum(g * g, ceiling)
 
 
+def agreement(sum_rms, difference_rms):
+    """Eq. (A1); see the NumPy reference."""
+    return 0.25 * (jnp.square(sum_rms) - jnp.square(difference_rms))
+
+
+def log_step_scale(log_scale, agreement, rate, low, high):
+    """Eq. (A2); see the NumPy reference."""
+    return jnp.clip(
+        log_scale + rate * agreement, float(np.log(low)), float(np.log(high))
+    )
+
+
 def adaptive_coordinate_features(
     g, x, nu, count, g_scale, x_rms, decay, eps, clip, running_scale=True
 ):

@@ -158,6 +158,29 @@ def second_moment(nu, g, decay):
     )
 
 
+def agreement(sum_rms, difference_rms):
+    r"""Eq. (A1): the cosine of two tensors from the RMS of their unit-RMS
+    versions' sum and difference (polarisation), so that only the RMS
+    reductions of Eq. (F) are needed, per tensor, per packed segment or across
+    shards: with $\operatorname{rms}(\hat a) = \operatorname{rms}(\hat b) = 1$,
+    $$a_t = \cos(a, b) = \tfrac14\big(\operatorname{rms}(\hat a + \hat b)^2
+    - \operatorname{rms}(\hat a - \hat b)^2\big).$$"""
+    sum_rms = np.asarray(sum_rms, np.float64)
+    difference_rms = np.asarray(difference_rms, np.float64)
+    return 0.25 * (sum_rms**2 - difference_rms**2)
+
+
+def log_step_scale(log_scale, agreement, rate, low, high):
+    r"""Eq. (A2): the per-tensor log step multiplier,
+    $\rho_t = \operatorname{clip}(\rho_{t-1} + \kappa\, a_t,\ \log
+    \ell,\ \log h)$: it grows while the gradient keeps the direction of the
+    memory's momentum and shrinks when it turns against it (hypergradient
+    descent on the step size, Baydin et al. 2018)."""
+    log_scale = np.asarray(log_scale, np.float64)
+    return np.clip(log_scale + rate * np.asarray(agreement, np.float64),
+                   np.log(low), np.log(high))
+
+
 def adaptive_coordinate_features(
     g, x, nu, count, g_scale, x_rms, decay, eps, clip, running_scale=True
 ):

@@ -349,6 +349,14 @@ def _mnemosyne(key):
     return CoordinatewiseMnemosyne(key=key)
 
 
+def _mnemosyne_adaptive(key):
+    from .._lopt import CoordinatewiseMnemosyne
+
+    return CoordinatewiseMnemosyne(
+        step_adaptation=_STEP_ADAPTATION, step_scale_range=_STEP_SCALE_RANGE, key=key
+    )
+
+
 def _mnemosyne_v1(key):
     from .._lopt import CoordinatewiseMnemosyne
 
@@ -404,17 +412,28 @@ _V2_OUTER_STEPS = 600
 _V2_AVERAGE = (400, 20)
 _V2_SHRINK = 0.25
 _V2_HELD_OUT = frozenset({"vit", "mlm", "prompt"})
+# The rate kappa and range of Eq. (A2), hand-set: kappa = 0.003 with range
+# (1/4, 4) moved the multiplier by at most 25% over 4,000-step runs and let the
+# trained θ ruin deep narrow tiny-batch runs; 0.03 with (1/8, 2) ruined them
+# too; 0.01 with (1/4, 2) ruined none (docs/results.md, "Step adaptation").
+_STEP_ADAPTATION = 0.01
+_STEP_SCALE_RANGE = (0.25, 2.0)
 # The LSTMs' shrinkage toward their untrained θ (sign descent). Among 1/8,
 # 1/4, 1/2 and 1 no value passes the validation rule for either LSTM (each
 # ruins 7 or more of the 14 validation runs, docs/results.md); 1/8 ruins the
 # fewest.
 _LSTM_SHRINK = {"gradient": 0.125, "multiscale": 0.125}
 
+_ADAPTIVE_DESCRIPTION = (
+    f"CoordinatewiseMnemosyne(step_adaptation={_STEP_ADAPTATION}, "
+    f"step_scale_range={_STEP_SCALE_RANGE})"
+)
+
 PRESETS: dict[str, Preset] = {
     "default": Preset(
         "default",
-        _mnemosyne,
-        "CoordinatewiseMnemosyne()",
+        _mnemosyne_adaptive,
+        _ADAPTIVE_DESCRIPTION,
         _V2_FAMILY,
         _V2_ESTIMATOR,
         _V2_TRAINER,
@@ -457,8 +476,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         "quick",
-        _mnemosyne,
-        "CoordinatewiseMnemosyne()",
+        _mnemosyne_adaptive,
+        _ADAPTIVE_DESCRIPTION,
         PresetFamily(("quadratic_d20",), name="quick_family"),
         _ESTIMATOR,
         dict(
@@ -471,7 +490,9 @@ PRESETS: dict[str, Preset] = {
         3,
     ),
 }
-"""The named presets. `default` produces `weights/default.eqx` (the v2 recipe);
+"""The named presets. `default` produces `weights/default.eqx` (the v2 recipe,
+with per-tensor step adaptation); `v2_fixed_step` is the same recipe without
+it (the weights shipped until 2026-12-05);
 `lstm` and `lstm_multiscale` the shipped LSTM baselines (the v1 recipe, as `v1`);
 `lstm_v2` and `lstm_multiscale_v2` the same LSTMs under the v2 recipe (3.4 and
 3.9 minutes on one H200 GPU; on 2 busy CPU cores one outer step took 38 s, so
@@ -486,6 +507,16 @@ for _features, _name in (("gradient", "lstm_v2"), ("multiscale", "lstm_multiscal
         lopt_description=f'LSTMOptimizer(features="{_features}")',
         shrink=_LSTM_SHRINK[_features],
     )
+
+
+# The v2 weights shipped until 2026-12-05: the same recipe without step
+# adaptation (their record: docs/results_step_adaptation/).
+PRESETS["v2_fixed_step"] = dataclasses.replace(
+    PRESETS["default"],
+    name="v2_fixed_step",
+    make_lopt=_mnemosyne,
+    lopt_description="CoordinatewiseMnemosyne()",
+)
 
 
 def list_presets() -> list[str]:
