@@ -24,7 +24,10 @@ import mnemosyne.meta
 import mnemosyne.tasks
 from mnemosyne._training import run_steps
 
-OPTIMIZERS = ("mnemosyne", "mnemosyne_bf16", "mnemosyne_tensorwise", "lstm", "adam")
+OPTIMIZERS = (
+    "mnemosyne", "mnemosyne_bf16", "mnemosyne_fixed_step", "mnemosyne_tensorwise",
+    "lstm", "adam",
+)
 # optimizer name -> dtype its memory is stored in (default: the compute dtype)
 MEMORY_DTYPES = {"mnemosyne_bf16": jnp.bfloat16}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -122,6 +125,8 @@ def make_lopt(name: str, *, seed: int = 0):
         # not change the cost
         shipped = mnemosyne.pretrained("default")
         return type(shipped)(**dict(shipped.config), key=key)
+    if name == "mnemosyne_fixed_step":  # without step adaptation (A1)-(A2)
+        return mnemosyne.CoordinatewiseMnemosyne(key=key)
     if name == "mnemosyne_tensorwise":
         return mnemosyne.TensorwiseMnemosyne(key=key)
     if name == "lstm":

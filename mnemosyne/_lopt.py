@@ -38,6 +38,7 @@ from ._packing import (
 )
 from ._placement import (
     follow_sharding,
+    match_sharding,
     may_be_split,
     place_step,
     replicate_explicit,
@@ -106,8 +107,10 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     def _leaf_step(
         self, grad, param, memory: MemoryState, step, backend, axis_names, rms
     ):
-        """`(update, new memory)` for one tensor, in the compute dtype; `rms` as
-        in `features`."""
+        """`(update, new memory, momentum)` for one tensor, in the compute
+        dtype: `momentum` is the memory's momentum before this step's write
+        (`CompactAssociativeMemory.momentum`) with step adaptation, else
+        `None`; `rms` as in `features`."""
 
     def state_floats_per_parameter(self, params: Params) -> float:
         """Optimizer-state floats per parameter for `params` (memory only; the
@@ -296,9 +299,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         )
         scales: list = [None] * len(g_leaves)
         for i in single:
-            grad, _, memory = cast_leaf(g_leaves[i], p_leaves[i], m_leaves[i], B)
-            scales[i] = self._log_step_scale(grad, memory, r_leaves[i], rms[i], B)
-            outputs[i] = self._step_unless_skipped(
+            *outputs[i], scales[i] = self._step_unless_skipped(
                 g_leaves[i],
                 p_leaves[i],
                 m_leaves[i],
@@ -307,15 +308,15 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 a_leaves[i],
                 rms[i],
                 finite,
-                scales[i],
+                r_leaves[i],
             )
         for members, pack in zip(groups.values(), packs, strict=False):
-            update, memory = self._packed_step(pack, step, B)
+            update, memory, momentum = self._packed_step(pack, step, B)
             if self.step_adaptation is not None:
                 log_scale = B.xp.stack([B.asarray(r_leaves[i]) for i in members])
                 per_coordinate = self._log_step_scale(
-                    pack.grad, pack.memory, log_scale[pack.segments],
-                    pack.statistics(B), B,
+                    pack.grad, momentum, log_scale[pack.segments],
+                    pack.statistics(B), step, B,
                 )
                 update = update * B.xp.exp(per_coordinate)
                 new_scales = log_scale  # an empty tensor keeps its multiplier
@@ -331,28 +332,31 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 outputs[i] = out
         return outputs, finite, scales
 
-    def _log_step_scale(self, grad, memory: MemoryState, log_scale, rms, B):
+    def _log_step_scale(self, grad, momentum, log_scale, rms, step, B):
         """Eqs. (A1)-(A2): the tensor's new log step multiplier $\\rho_t$ from
-        the agreement $a_t = \\cos(g_t, m_{t-1})$ of the gradient with the
-        memory's momentum before this step's write (`memory.momentum`, the
-        direction of the last step); `None` without step adaptation. `rms` as
-        in `features` (per packed coordinate for packs, so is the result)."""
+        the agreement $a_t = \\cos(g_t, m_{t-1})$ of the gradient with
+        `momentum`, the memory's momentum before this step's write (the
+        direction of the last step; none before the first step); `None`
+        without step adaptation. `rms` as in `features` (per packed coordinate
+        for packs, so is the result)."""
         if self.step_adaptation is None:
             return None
-        momentum = self.memory.momentum(memory, B)
+        m = B.xp.where(step > 0, momentum, 0.0)
         g_hat = B.normalise(grad, rms.g_rms)
-        m_hat = B.normalise(momentum, rms.rms_of(momentum))
-        agreement = B.agreement(rms.rms_of(g_hat + m_hat), rms.rms_of(g_hat - m_hat))
+        agreement = B.agreement(
+            rms.sum_of(g_hat * m), rms.sum_of(g_hat * g_hat), rms.sum_of(m * m)
+        )
         low, high = self.step_scale_range
         return B.log_step_scale(log_scale, agreement, self.step_adaptation, low, high)
 
     def _step_unless_skipped(
         self, grad, param, memory, step, B, axis_names, rms, finite, log_scale=None
     ):
-        """`_leaf_step` (cast to the compute dtype and back, its update times
-        $e^{\\rho}$ if `log_scale` $\\rho$ is given) inside a
+        """`(update, memory, log_scale)`: `_leaf_step` (cast to the compute
+        dtype and back) and, with step adaptation, the new log multiplier
+        $\\rho_t$ (`_log_step_scale`) times which the update is taken, inside a
         conditional on `finite`: if not `finite` (and `skip_nonfinite`), a zero
-        update and `memory` unchanged.
+        update and `memory` and `log_scale` unchanged.
 
         The conditional is also what makes the step fast: the step of each
         tensor becomes a computation of its own, so XLA reuses
@@ -362,25 +366,30 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         writes the memory in place: 2.3x faster at 10^7
         parameters, 1.2x at 10^6 (docs/performance.md)."""
         def taken():  # in the compute dtype inside, the leaf's own dtypes outside
-            update, new_memory = self._leaf_step(
-                *cast_leaf(grad, param, memory, B), step, B, axis_names, rms
+            g, p, m = cast_leaf(grad, param, memory, B)
+            update, new_memory, momentum = self._leaf_step(
+                g, p, m, step, B, axis_names, rms
             )
-            if log_scale is not None:
-                update = update * B.xp.exp(log_scale)
+            new_scale = self._log_step_scale(g, momentum, log_scale, rms, step, B)
+            if new_scale is not None:
+                update = update * B.xp.exp(new_scale)
+                new_scale = match_sharding(B.asarray(new_scale, log_scale.dtype),
+                                           log_scale)
             update = update.astype(grad.dtype)
             new_memory = as_dtype(new_memory, memory.numerator.dtype, B)
             # the skipped branch's types, shardings included (Explicit axes);
             # NumPy arrays (the reference) pass through unchanged
             per_coordinate = self._memory_slots(tuple(grad.shape)) == tuple(grad.shape)
-            return place_step(update, new_memory, grad, memory, per_coordinate)
+            placed = place_step(update, new_memory, grad, memory, per_coordinate)
+            return *placed, new_scale
 
         if not self.skip_nonfinite:
             return taken()
-        return B.cond(finite, taken, lambda: (B.xp.zeros_like(grad), memory))
+        return B.cond(finite, taken, lambda: (B.xp.zeros_like(grad), memory, log_scale))
 
     def _packed_step(self, pack: Pack, step, B):
-        """`(update, memory)` of a packed group, still packed (the skip is
-        applied by `Pack.unpack`)."""
+        """`(update, memory, momentum)` of a packed group, still packed (the
+        skip is applied by `Pack.unpack`)."""
         return self._leaf_step(
             pack.grad, pack.param, pack.memory, step, B, None, pack.statistics(B)
         )
@@ -593,11 +602,14 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         if nu is not None:
             memory = memory._replace(second_moment=nu[None])
         if not self.read_out:
-            return -self.head(f, e, f[:0], B), memory
+            return -self.head(f, e, f[:0], B), memory, None
         embedding = fold_shared_inputs(self.embed_w, self.embed_b, e, len(f), B)
         odd = ODD_FEATURES[nu is not None] if self.sign_symmetric else None
-        memory, read = self.memory(memory, f, B, embedding=embedding, odd_inputs=odd)
-        return -self.head(f, e, read, B), memory
+        memory, read, *momentum = self.memory(
+            memory, f, B, embedding=embedding, odd_inputs=odd,
+            previous_momentum=self.step_adaptation is not None,
+        )
+        return -self.head(f, e, read, B), memory, (momentum or [None])[0]
 
 
 def _token_embedding(key, d_model: int, num_inputs: int):
@@ -765,6 +777,6 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         update = -self.head(f, e, read, B).reshape(shape)
         if spec is not None:
             update = jax.reshard(update, spec)
-        return update, memory
+        return update, memory, None
 
 

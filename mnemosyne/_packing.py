@@ -33,18 +33,20 @@ def cast_leaf(grad, param, memory: MemoryState, B):
 class TensorStatistics(NamedTuple):
     """Per-tensor statistics of one leaf, or of the tensors packed in a `Pack`:
     the gradient's and the parameter's RMS (scalars, or one per packed
-    coordinate), and `rms_of(y)`, the RMS of another array of the same layout
-    over the same tensors (collectives under `shard_map`, segments in a pack),
-    broadcast like `g_rms`."""
+    coordinate), and `rms_of(y)` and `sum_of(y)`, the RMS and the sum of
+    another array of the same layout over the same tensors (collectives under
+    `shard_map`, segments in a pack), broadcast like `g_rms`."""
 
     g_rms: Array
     x_rms: Array
     rms_of: Callable[[Array], Array]
+    sum_of: Callable[[Array], Array]
 
     @classmethod
     def of_leaf(cls, grad, param, B, axis_names=None) -> TensorStatistics:
         rms_of = lambda y: B.tensor_rms(y, axis_names)
-        return cls(rms_of(grad), rms_of(param), rms_of)
+        sum_of = lambda y: B.tensor_sum(y, axis_names)
+        return cls(rms_of(grad), rms_of(param), rms_of, sum_of)
 
 
 class Pack(NamedTuple):
@@ -79,6 +81,7 @@ class Pack(NamedTuple):
             self.g_rms[self.segments],
             self.x_rms[self.segments],
             lambda y: B.segment_rms(y, self.segments, count)[self.segments],
+            lambda y: B.segment_sum(y, self.segments, count)[self.segments],
         )
 
     @classmethod

@@ -129,6 +129,17 @@ def tensor_rms(x, axis_names=None):
     return jax.lax.cond(trusted, lambda: fast, lambda: _scaled_rms(x, None))
 
 
+def tensor_sum(x, axis_names=None):
+    """The sum of a whole tensor, reduced across `axis_names` under
+    `shard_map`; see the NumPy reference."""
+    return _psum(jnp.sum(x), axis_names)
+
+
+def segment_sum(x, segment_ids, num_segments):
+    """The sum of each packed tensor; see the NumPy reference."""
+    return jax.ops.segment_sum(x, jnp.asarray(segment_ids), num_segments)
+
+
 def segment_rms(x, segment_ids, num_segments):
     """`tensor_rms` per segment of a packed vector; see the NumPy reference."""
     count = np.bincount(np.asarray(segment_ids), minlength=num_segments)
@@ -177,9 +188,10 @@ def second_moment(nu, g, decay):
     return decay * nu + (1.0 - decay) * jnp.minimum(g * g, ceiling)
 
 
-def agreement(sum_rms, difference_rms):
+def agreement(dot, g_square, m_square):
     """Eq. (A1); see the NumPy reference."""
-    return 0.25 * (jnp.square(sum_rms) - jnp.square(difference_rms))
+    norms = jnp.sqrt(g_square * m_square)
+    return jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1.0), 0.0)
 
 
 def log_step_scale(log_scale, agreement, rate, low, high):

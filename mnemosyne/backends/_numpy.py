@@ -90,6 +90,21 @@ def tensor_rms(x: np.ndarray, axis_names=None) -> np.ndarray:
     return scale * np.sqrt(np.mean((x / scale) ** 2))
 
 
+def tensor_sum(x, axis_names=None):
+    """The sum of a whole tensor (`axis_names`: the JAX backend's collective
+    axes; unused here)."""
+    del axis_names
+    return np.sum(np.asarray(x, dtype=np.float64))
+
+
+def segment_sum(x, segment_ids, num_segments):
+    """The sum of each tensor packed into one vector: entry `s` sums
+    `x[segment_ids == s]`."""
+    return np.bincount(
+        segment_ids, weights=np.asarray(x, np.float64).ravel(), minlength=num_segments
+    )
+
+
 def segment_rms(x, segment_ids, num_segments):
     """`tensor_rms` of several tensors packed into one vector: entry `s` is the
     RMS of `x[segment_ids == s]` (overflow-safe; NaN if the segment has a NaN
@@ -158,16 +173,16 @@ def second_moment(nu, g, decay):
     )
 
 
-def agreement(sum_rms, difference_rms):
-    r"""Eq. (A1): the cosine of two tensors from the RMS of their unit-RMS
-    versions' sum and difference (polarisation), so that only the RMS
-    reductions of Eq. (F) are needed, per tensor, per packed segment or across
-    shards: with $\operatorname{rms}(\hat a) = \operatorname{rms}(\hat b) = 1$,
-    $$a_t = \cos(a, b) = \tfrac14\big(\operatorname{rms}(\hat a + \hat b)^2
-    - \operatorname{rms}(\hat a - \hat b)^2\big).$$"""
-    sum_rms = np.asarray(sum_rms, np.float64)
-    difference_rms = np.asarray(difference_rms, np.float64)
-    return 0.25 * (sum_rms**2 - difference_rms**2)
+def agreement(dot, g_square, m_square):
+    r"""Eq. (A1): the cosine of a tensor's gradient $\hat g$ (normalised by its
+    RMS) with the memory's momentum $m$, from their sums over the tensor (per
+    tensor, per packed segment, or reduced across shards):
+    $$a_t = \frac{\sum_i \hat g_i m_i}{\sqrt{\sum_i \hat g_i^2 \sum_i m_i^2}},$$
+    and 0 when either is zero. (No overflow: $\hat g$ has unit RMS and $m$ is an
+    average of clipped features.)"""
+    dot = np.asarray(dot, np.float64)
+    norms = np.sqrt(np.asarray(g_square, np.float64) * np.asarray(m_square, np.float64))
+    return np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
 
 
 def log_step_scale(log_scale, agreement, rate, low, high):
