@@ -312,21 +312,14 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             )
         for members, pack in zip(groups.values(), packs, strict=False):
             update, memory, momentum = self._packed_step(pack, step, B)
-            if self.step_adaptation is not None:
+            if self.step_adaptation is not None:  # one multiplier per packed tensor
                 log_scale = B.xp.stack([B.asarray(r_leaves[i]) for i in members])
-                per_coordinate = self._log_step_scale(
-                    pack.grad, momentum, log_scale[pack.segments],
-                    pack.statistics(B), step, B,
+                log_scale = self._log_step_scale(
+                    pack.grad, momentum, log_scale, pack.statistics(B), step, B
                 )
-                update = update * B.xp.exp(per_coordinate)
-                new_scales = log_scale  # an empty tensor keeps its multiplier
-                if pack.grad.size:
-                    first = np.minimum(pack.starts, pack.grad.size - 1)
-                    new_scales = B.xp.where(
-                        pack.sizes > 0, per_coordinate[first], log_scale
-                    )
+                update = update * B.xp.exp(log_scale)[pack.segments]
                 for k, i in enumerate(members):
-                    scales[i] = new_scales[k]
+                    scales[i] = log_scale[k]
             unpacked = pack.unpack(update, memory, finite, self.skip_nonfinite, B)
             for i, out in zip(members, unpacked, strict=False):
                 outputs[i] = out
@@ -337,8 +330,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         the agreement $a_t = \\cos(g_t, m_{t-1})$ of the gradient with
         `momentum`, the memory's momentum before this step's write (the
         direction of the last step; none before the first step); `None`
-        without step adaptation. `rms` as in `features` (per packed coordinate
-        for packs, so is the result)."""
+        without step adaptation. `rms` as in `features`; for packs,
+        `log_scale` and the result have one entry per packed tensor."""
         if self.step_adaptation is None:
             return None
         m = B.xp.where(step > 0, momentum, 0.0)
@@ -605,11 +598,11 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             return -self.head(f, e, f[:0], B), memory, None
         embedding = fold_shared_inputs(self.embed_w, self.embed_b, e, len(f), B)
         odd = ODD_FEATURES[nu is not None] if self.sign_symmetric else None
+        adapts = self.step_adaptation is not None
         memory, read, *momentum = self.memory(
-            memory, f, B, embedding=embedding, odd_inputs=odd,
-            previous_momentum=self.step_adaptation is not None,
+            memory, f, B, embedding=embedding, odd_inputs=odd, previous_momentum=adapts
         )
-        return -self.head(f, e, read, B), memory, (momentum or [None])[0]
+        return -self.head(f, e, read, B), memory, momentum[0] if adapts else None
 
 
 def _token_embedding(key, d_model: int, num_inputs: int):

@@ -123,11 +123,7 @@ class CompactAssociativeMemory(eqx.Module):
         channel stores. Initialised v2 θ stores $\\tilde g$ there and steps
         along it (momentum, see `CoordinatewiseMnemosyne`), so this is the
         direction of the last step, read from the state alone."""
-        # a sum of planes, not a reduction over the feature axis: XLA on CPU
-        # does not fuse the latter into its consumers
-        features = range(state.numerator.shape[1])
-        numerator = sum(state.numerator[0, j, 0] for j in features)
-        normaliser = sum(state.normaliser[0, j] for j in features)
+        numerator, normaliser = _head0_sums(state.numerator, state.normaliser)
         return numerator / (normaliser + self.eps)
 
     def __call__(
@@ -197,13 +193,20 @@ class CompactAssociativeMemory(eqx.Module):
         # the new memory's sums over the features of head 0, less this write;
         # where the old sum is below 1e-4 of the write, float32 cannot recover
         # it (cancellation): it reads as 0, i.e. no history there
-        features = range(self.num_features)
-        written = sum(phi_k[0][j] for j in features)  # phi_k: a list over heads
+        new_numerator, new_normaliser = _head0_sums(numerator, normaliser)
+        written = sum(phi_k[0][j] for j in range(self.num_features))  # heads: a list
         removed = v[0][0] * written
-        old = sum(numerator[0, j, 0] for j in features) - removed
+        old = new_numerator - removed
         old = B.xp.where(B.xp.abs(old) > 1e-4 * B.xp.abs(removed), old, 0.0)
-        before = MemoryState(
-            old[None, None, None],
-            (sum(normaliser[0, j] for j in features) - written)[None, None],
-        )
-        return new_state, read, self.momentum(before)
+        return new_state, read, old / (new_normaliser - written + self.eps)
+
+
+def _head0_sums(numerator, normaliser):
+    """Head 0's first value channel of $N$ and its $\\Psi$, each summed over
+    the random features: a sum of planes, not a reduction over the feature
+    axis, which XLA on CPU does not fuse into its consumers."""
+    features = range(numerator.shape[1])
+    return (
+        sum(numerator[0, j, 0] for j in features),
+        sum(normaliser[0, j] for j in features),
+    )

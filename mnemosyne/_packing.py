@@ -33,9 +33,10 @@ def cast_leaf(grad, param, memory: MemoryState, B):
 class TensorStatistics(NamedTuple):
     """Per-tensor statistics of one leaf, or of the tensors packed in a `Pack`:
     the gradient's and the parameter's RMS (scalars, or one per packed
-    coordinate), and `rms_of(y)` and `sum_of(y)`, the RMS and the sum of
-    another array of the same layout over the same tensors (collectives under
-    `shard_map`, segments in a pack), broadcast like `g_rms`."""
+    coordinate), `rms_of(y)`, the RMS of another array of the same layout
+    over the same tensors (collectives under `shard_map`, segments in a pack),
+    broadcast like `g_rms`, and `sum_of(y)`, its sum over each tensor (a
+    scalar, or one per packed tensor: not broadcast)."""
 
     g_rms: Array
     x_rms: Array
@@ -64,24 +65,15 @@ class Pack(NamedTuple):
     dtypes: tuple
     store: Any  # the memory's storage dtype
 
-    @property
-    def sizes(self) -> np.ndarray:
-        """Each packed tensor's number of coordinates."""
-        return np.array([int(np.prod(shape)) for shape in self.shapes], dtype=int)
-
-    @property
-    def starts(self) -> np.ndarray:
-        """Index of each packed tensor's first coordinate."""
-        return np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(int)
-
     def statistics(self, B) -> TensorStatistics:
-        """The packed tensors' statistics, one value per coordinate."""
+        """The packed tensors' statistics, one value per coordinate (sums:
+        one per tensor)."""
         count = len(self.g_rms)
         return TensorStatistics(
             self.g_rms[self.segments],
             self.x_rms[self.segments],
             lambda y: B.segment_rms(y, self.segments, count)[self.segments],
-            lambda y: B.segment_sum(y, self.segments, count)[self.segments],
+            lambda y: B.segment_sum(y, self.segments, count),
         )
 
     @classmethod
