@@ -94,6 +94,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     read_out: eqx.AbstractVar[bool]
     step_adaptation: eqx.AbstractVar[float | None]
     step_scale_range: eqx.AbstractVar[tuple[float, float]]
+    step_agreement_threshold: eqx.AbstractVar[float]
     packs_small_leaves: eqx.AbstractClassVar[bool]
     #: Whether a leaf's memory has one slot per coordinate (so, under sharding,
     #: it is split like the leaf and updated shard by shard).
@@ -340,7 +341,10 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             rms.sum_of(g_hat * m), rms.sum_of(g_hat * g_hat), rms.sum_of(m * m)
         )
         low, high = self.step_scale_range
-        return B.log_step_scale(log_scale, agreement, self.step_adaptation, low, high)
+        return B.log_step_scale(
+            log_scale, agreement, self.step_adaptation, self.step_agreement_threshold,
+            low, high,
+        )
 
     def _step_unless_skipped(
         self, grad, param, memory, step, B, axis_names, rms, finite, log_scale=None
@@ -410,7 +414,8 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     5. with `step_adaptation` $\\kappa$, each tensor's step is multiplied by
        $e^{\\rho_t}$, a log multiplier that grows while the tensor's gradient
        keeps the direction of the memory's momentum and shrinks when it turns
-       against it, within `step_scale_range` (A1)-(A2).
+       against it or the agreement falls below `step_agreement_threshold`
+       (mostly noise), within `step_scale_range` (A1)-(A2).
 
     Untrained (initialised) v2 θ is already a sane optimizer: the token's first
     channel and the memory's value select $\\tilde g = g/(\\sqrt{\\hat\\nu}+\\epsilon)$,
@@ -460,6 +465,9 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         step_adaptation: the rate $\\kappa$ of the per-tensor step multiplier
             (A2), or `None` (no multiplier); needs v2 with the read-out.
         step_scale_range: the bounds $(\\ell, h)$ of that multiplier.
+        step_agreement_threshold: the agreement $a_0$ of (A2) below which the
+            multiplier shrinks (0: only when the gradient turns against the
+            momentum; above 0, also when the gradient is mostly noise).
         skip_nonfinite: skip a step whose gradient is not finite.
         key: PRNG key for θ.
 
@@ -504,6 +512,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     sign_symmetric: bool = eqx.field(static=True)
     step_adaptation: float | None = eqx.field(static=True)
     step_scale_range: tuple[float, float] = eqx.field(static=True)
+    step_agreement_threshold: float = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -529,6 +538,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         sign_symmetric: bool = True,
         step_adaptation: float | None = None,
         step_scale_range: tuple[float, float] = (0.25, 4.0),
+        step_agreement_threshold: float = 0.0,
         skip_nonfinite: bool = True,
         key: PRNGKeyArray,
     ):
@@ -579,6 +589,12 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             step_adaptation
         )
         self.step_scale_range = (low, high)
+        if not -1.0 < step_agreement_threshold < 1.0:
+            raise ValueError(
+                "step_agreement_threshold is a cosine's threshold and must lie in "
+                f"(-1, 1), got {step_agreement_threshold!r}"
+            )
+        self.step_agreement_threshold = float(step_agreement_threshold)
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):
@@ -696,6 +712,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
     read_out: bool = eqx.field(static=True)
     step_adaptation: None = eqx.field(static=True)
     step_scale_range: tuple[float, float] = eqx.field(static=True)
+    step_agreement_threshold: float = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -745,6 +762,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         self.read_out = True
         self.step_adaptation = None  # per-tensor step adaptation: coordinate-wise only
         self.step_scale_range = (1.0, 1.0)
+        self.step_agreement_threshold = 0.0
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):

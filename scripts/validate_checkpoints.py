@@ -34,7 +34,12 @@ import optax
 import mnemosyne
 from mnemosyne import evaluation
 from mnemosyne.evaluation._ablation import LOSS_FLOOR
-from mnemosyne.meta import PRESETS, stress_validation_tasks, validation_tasks
+from mnemosyne.meta import (
+    PRESETS,
+    probe_tasks,
+    stress_validation_tasks,
+    validation_tasks,
+)
 
 
 def main() -> None:
@@ -48,6 +53,8 @@ def main() -> None:
                         help="skip stress_validation_tasks()")
     parser.add_argument("--preset", default="default",
                         help="preset whose untrained θ joins the candidates (default)")
+    parser.add_argument("--probe", action="store_true",
+                        help="the generality probe (meta.probe_tasks()) instead")
     parser.add_argument("--only", nargs="+", default=None, metavar="PART",
                         help="only the tasks whose name contains one of these")
     parser.add_argument("--out", default=None, help="JSON record to write")
@@ -89,6 +96,8 @@ def main() -> None:
     tasks = {name: (task, args.steps) for name, task in validation_tasks().items()}
     if not args.no_stress:
         tasks.update(stress_validation_tasks())
+    if args.probe:
+        tasks = probe_tasks()
     if args.only:
         tasks = {n: t for n, t in tasks.items() if any(p in n for p in args.only)}
     per_task, scores = score_candidates(factories, lrs, keys, rows, tasks, args.seeds)

@@ -58,14 +58,15 @@ TENSORWISE_SMALL = dict(
 @functools.cache
 def coordinatewise() -> mnemosyne.CoordinatewiseMnemosyne:
     """The default coordinate-wise Mnemosyne (already small: d_model 8, r = 2),
-    with step adaptation (Eqs. A1-A2) at a rate 30x the shipped one's, so that
-    a few steps move the per-tensor multipliers visibly.
+    with step adaptation (Eqs. A1-A2) at a rate 10x the shipped one's and the
+    shipped agreement threshold, so that a few steps move the per-tensor
+    multipliers visibly.
 
     Cached, so built in float32 whatever test calls it first (one under the
     `x64` fixture would otherwise cache float64 θ for every later test)."""
     with enable_x64(False):
         return mnemosyne.CoordinatewiseMnemosyne(
-            step_adaptation=0.1, key=jax.random.key(1)
+            step_adaptation=0.1, step_agreement_threshold=0.05, key=jax.random.key(1)
         )
 
 

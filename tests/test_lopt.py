@@ -467,11 +467,12 @@ def test_pretrained_steps_shrink_when_gradients_become_tiny():
 # ----------------------------------------------------------------------------
 
 
-def _adaptive_and_plain(rate=0.1):
+def _adaptive_and_plain(rate=0.1, threshold=0.0):
     """The same perturbed θ with and without step adaptation."""
     plain = _perturbed(mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0)), 1)
     adaptive = mnemosyne.CoordinatewiseMnemosyne(
-        step_adaptation=rate, key=jax.random.key(0)
+        step_adaptation=rate, step_agreement_threshold=threshold,
+        key=jax.random.key(0),
     )
     adaptive = jax.tree.unflatten(jax.tree.structure(adaptive), jax.tree.leaves(plain))
     return adaptive, plain
@@ -484,15 +485,16 @@ ADAPTED_PARAMS = {  # one leaf stepped alone, two packed together
 }
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.2])
 @pytest.mark.parametrize("backend", ["jax", "numpy"])
-def test_step_scale_follows_the_cosine_of_gradient_and_momentum(backend):
+def test_step_scale_follows_the_cosine_of_gradient_and_momentum(backend, threshold):
     """Against a direct computation with dot products: each tensor's
-    $\\rho_t = \\operatorname{clip}(\\rho_{t-1} + \\kappa \\cos(g_t, m_{t-1}),
-    \\log\\tfrac14, \\log 4)$ with $m_{t-1}$ the memory's momentum before the
-    step (A1-A2), and the update is the same θ's unadapted update times
+    $\\rho_t = \\operatorname{clip}(\\rho_{t-1} + \\kappa (\\cos(g_t, m_{t-1})
+    - a_0), \\log\\tfrac14, \\log 4)$ with $m_{t-1}$ the memory's momentum before
+    the step (A1-A2), and the update is the same θ's unadapted update times
     $e^{\\rho_t}$. Gradients with a persistent component, so the cosines are
     far from zero and some tensors' multipliers grow, others shrink."""
-    adaptive, plain = _adaptive_and_plain()
+    adaptive, plain = _adaptive_and_plain(threshold=threshold)
     rate, (low, high) = adaptive.step_adaptation, adaptive.step_scale_range
     params = ADAPTED_PARAMS
     drift = {k: (1.0 if k != "a" else -1.0) * jnp.ones_like(v)
@@ -511,7 +513,7 @@ def test_step_scale_follows_the_cosine_of_gradient_and_momentum(backend):
             gk = np.asarray(g[k], np.float64).ravel()
             norms = np.linalg.norm(gk) * np.linalg.norm(m)
             cos = 0.0 if norms == 0 else float(gk @ m) / norms
-            rho = float(state.step_scale[k]) + rate * cos
+            rho = float(state.step_scale[k]) + rate * (cos - threshold)
             expected[k] = float(np.clip(rho, np.log(low), np.log(high)))
         plain_state = state._replace(step_scale=None)
         u_plain, _ = plain.update(g, plain_state, params, backend=backend)
@@ -561,6 +563,22 @@ def test_step_scale_saturates_at_its_bounds():
                                    rtol=1e-6)
 
 
+def test_agreement_threshold_shrinks_the_step_on_pure_noise():
+    """On independent Gaussian gradients (no signal: $E[a_t] = 0$), a threshold
+    $a_0 > 0$ shrinks every tensor's multiplier toward `low`, while without it
+    the multiplier only wanders (Eq. A2)."""
+    params = {"w": ADAPTED_PARAMS["big"]}
+    ends = {}
+    for threshold in (0.0, 0.3):
+        adaptive, _ = _adaptive_and_plain(rate=0.1, threshold=threshold)
+        state = adaptive.init(params)
+        for t in range(40):
+            _, state = adaptive.update(random_like(params, t), state, params)
+        ends[threshold] = np.exp(float(state.step_scale["w"]))
+    assert 0.25 <= ends[0.3] < 0.4  # 40 steps of -0.1 * 0.3 reach ~0.3
+    assert 0.7 < ends[0.0] < 1.4
+
+
 def test_nonfinite_gradient_leaves_the_step_scale_unchanged():
     adaptive, _ = _adaptive_and_plain()
     params = ADAPTED_PARAMS
@@ -583,4 +601,8 @@ def test_step_adaptation_needs_the_v2_memory_and_a_sane_range():
     with pytest.raises(ValueError, match="step_scale_range"):
         mnemosyne.CoordinatewiseMnemosyne(
             step_adaptation=0.01, step_scale_range=(2.0, 4.0), key=jax.random.key(0)
+        )
+    with pytest.raises(ValueError, match="step_agreement_threshold"):
+        mnemosyne.CoordinatewiseMnemosyne(
+            step_adaptation=0.01, step_agreement_threshold=1.5, key=jax.random.key(0)
         )

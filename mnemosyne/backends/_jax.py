@@ -194,10 +194,11 @@ def agreement(dot, g_square, m_square):
     return jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1.0), 0.0)
 
 
-def log_step_scale(log_scale, agreement, rate, low, high):
+def log_step_scale(log_scale, agreement, rate, threshold, low, high):
     """Eq. (A2); see the NumPy reference."""
     return jnp.clip(
-        log_scale + rate * agreement, float(np.log(low)), float(np.log(high))
+        log_scale + rate * (agreement - threshold), float(np.log(low)),
+        float(np.log(high)),
     )
 
 

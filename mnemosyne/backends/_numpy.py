@@ -185,15 +185,17 @@ def agreement(dot, g_square, m_square):
     return np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
 
 
-def log_step_scale(log_scale, agreement, rate, low, high):
+def log_step_scale(log_scale, agreement, rate, threshold, low, high):
     r"""Eq. (A2): the per-tensor log step multiplier,
-    $\rho_t = \operatorname{clip}(\rho_{t-1} + \kappa\, a_t,\ \log
+    $\rho_t = \operatorname{clip}(\rho_{t-1} + \kappa\, (a_t - a_0),\ \log
     \ell,\ \log h)$: it grows while the gradient keeps the direction of the
     memory's momentum and shrinks when it turns against it (hypergradient
-    descent on the step size, Baydin et al. 2018)."""
+    descent on the step size, Baydin et al. 2018) or, with a threshold $a_0 > 0$,
+    when the agreement is no more than noise's (a stationarity test in the
+    spirit of Pflug 1983: there a smaller step lowers the noise floor)."""
     log_scale = np.asarray(log_scale, np.float64)
-    return np.clip(log_scale + rate * np.asarray(agreement, np.float64),
-                   np.log(low), np.log(high))
+    drift = rate * (np.asarray(agreement, np.float64) - threshold)
+    return np.clip(log_scale + drift, np.log(low), np.log(high))
 
 
 def adaptive_coordinate_features(

@@ -45,6 +45,7 @@ from ._presets import (
     PresetFamily,
     broad_configs,
     list_presets,
+    probe_tasks,
     stress_validation_tasks,
     train_preset,
     validation_tasks,
@@ -104,6 +105,7 @@ __all__ = [
     "trajectory_keys",
     "truncated_unroll",
     "unroll",
+    "probe_tasks",
     "stress_validation_tasks",
     "validation_tasks",
 ]
