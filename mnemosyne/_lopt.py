@@ -94,7 +94,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     read_out: eqx.AbstractVar[bool]
     step_adaptation: eqx.AbstractVar[float | None]
     step_scale_range: eqx.AbstractVar[tuple[float, float]]
-    step_agreement_threshold: eqx.AbstractVar[float]
+    step_agreement_threshold: eqx.AbstractVar[float | None]
     packs_small_leaves: eqx.AbstractClassVar[bool]
     #: Whether a leaf's memory has one slot per coordinate (so, under sharding,
     #: it is split like the leaf and updated shard by shard).
@@ -341,9 +341,9 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             rms.sum_of(g_hat * m), rms.sum_of(g_hat * g_hat), rms.sum_of(m * m)
         )
         low, high = self.step_scale_range
+        threshold = self.step_agreement_threshold or 0.0
         return B.log_step_scale(
-            log_scale, agreement, self.step_adaptation, self.step_agreement_threshold,
-            low, high,
+            log_scale, agreement, self.step_adaptation, threshold, low, high
         )
 
     def _step_unless_skipped(
@@ -466,8 +466,9 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             (A2), or `None` (no multiplier); needs v2 with the read-out.
         step_scale_range: the bounds $(\\ell, h)$ of that multiplier.
         step_agreement_threshold: the agreement $a_0$ of (A2) below which the
-            multiplier shrinks (0: only when the gradient turns against the
-            momentum; above 0, also when the gradient is mostly noise).
+            multiplier shrinks (`None`, i.e. 0: only when the gradient turns
+            against the momentum; above 0, also when the gradient is mostly
+            noise).
         skip_nonfinite: skip a step whose gradient is not finite.
         key: PRNG key for θ.
 
@@ -512,7 +513,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     sign_symmetric: bool = eqx.field(static=True)
     step_adaptation: float | None = eqx.field(static=True)
     step_scale_range: tuple[float, float] = eqx.field(static=True)
-    step_agreement_threshold: float = eqx.field(static=True)
+    step_agreement_threshold: float | None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -538,7 +539,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         sign_symmetric: bool = True,
         step_adaptation: float | None = None,
         step_scale_range: tuple[float, float] = (0.25, 4.0),
-        step_agreement_threshold: float = 0.0,
+        step_agreement_threshold: float | None = None,
         skip_nonfinite: bool = True,
         key: PRNGKeyArray,
     ):
@@ -589,12 +590,14 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             step_adaptation
         )
         self.step_scale_range = (low, high)
-        if not -1.0 < step_agreement_threshold < 1.0:
-            raise ValueError(
-                "step_agreement_threshold is a cosine's threshold and must lie in "
-                f"(-1, 1), got {step_agreement_threshold!r}"
-            )
-        self.step_agreement_threshold = float(step_agreement_threshold)
+        if step_agreement_threshold is not None:
+            if not -1.0 < step_agreement_threshold < 1.0:
+                raise ValueError(
+                    "step_agreement_threshold is a cosine's threshold and must lie "
+                    f"in (-1, 1), got {step_agreement_threshold!r}"
+                )
+            step_agreement_threshold = float(step_agreement_threshold)
+        self.step_agreement_threshold = step_agreement_threshold
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):
@@ -712,7 +715,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
     read_out: bool = eqx.field(static=True)
     step_adaptation: None = eqx.field(static=True)
     step_scale_range: tuple[float, float] = eqx.field(static=True)
-    step_agreement_threshold: float = eqx.field(static=True)
+    step_agreement_threshold: None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -762,7 +765,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         self.read_out = True
         self.step_adaptation = None  # per-tensor step adaptation: coordinate-wise only
         self.step_scale_range = (1.0, 1.0)
-        self.step_agreement_threshold = 0.0
+        self.step_agreement_threshold = None
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):

@@ -189,3 +189,21 @@ def test_shipped_lstm_weights_reduce_loss(variant):
     for name in ("quadratic", "mlp_iris"):
         losses = _losses(get_task(name), tx, 100)
         assert losses[-10:].mean() < losses[0], (variant, name)
+
+
+def test_a_constructor_option_added_later_at_none_is_no_change():
+    """Frozen constructor configs (`[name, value]` pairs) compare as dicts: an
+    option added after a checkpoint was written, left at `None` (its
+    behaviour before it existed), does not block resuming; a changed or
+    newly set one does, naming it."""
+    saved = {"lopt": {"config": [["alpha", 0.001], ["step_adaptation", 0.01]]}}
+    later = {"lopt": {"config": [["alpha", 0.001], ["step_adaptation", 0.01],
+                                 ["step_agreement_threshold", None]]}}
+    assert differing_settings(saved, later) == []
+    later["lopt"]["config"][2][1] = 0.05
+    (line,) = differing_settings(saved, later)
+    assert line.startswith("lopt.config.step_agreement_threshold: not recorded")
+    later["lopt"]["config"][2][1] = None
+    later["lopt"]["config"][0][1] = 0.01
+    (line,) = differing_settings(saved, later)
+    assert line.startswith("lopt.config.alpha: checkpoint 0.001")

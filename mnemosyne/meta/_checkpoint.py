@@ -308,6 +308,20 @@ def _describe(obj: Any, depth: int, active: set) -> Any:
     return text if " at 0x" not in text else _qualname(type(obj))
 
 
+def _as_dict_if_pairs(value: Any) -> Any:
+    """A list of `[str, value]` pairs (a frozen constructor config) as a dict."""
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str)
+            for p in value
+        )
+    ):
+        return dict(value)
+    return value
+
+
 def differing_settings(saved: Any, current: Any, path: str = "") -> list[str]:
     """Where two descriptions from `describe_settings` differ, one line each:
     `path: checkpoint <value>, this trainer <value>` (values shortened).
@@ -316,7 +330,9 @@ def differing_settings(saved: Any, current: Any, path: str = "") -> list[str]:
     checkpoint's description lacks) matches if this trainer leaves it at
     `None`: options are added with `None` meaning the behaviour before them
     (e.g. `PersistentES.final_fraction`), so older checkpoints and records
-    stay valid."""
+    stay valid. Constructor configurations (lists of `[name, value]` pairs,
+    `freeze_config`) are compared as the dicts they are."""
+    saved, current = _as_dict_if_pairs(saved), _as_dict_if_pairs(current)
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
         for key in sorted(set(saved) | set(current)):

@@ -528,7 +528,7 @@ for _features, _name in (("gradient", "lstm_v2"), ("multiscale", "lstm_multiscal
 PRESETS["v2_no_agreement_threshold"] = dataclasses.replace(
     PRESETS["default"],
     name="v2_no_agreement_threshold",
-    make_lopt=_mnemosyne_adaptive(0.0),
+    make_lopt=_mnemosyne_adaptive(None),
     lopt_description=(
         f"CoordinatewiseMnemosyne(step_adaptation={_STEP_ADAPTATION}, "
         f"step_scale_range={_STEP_SCALE_RANGE})"
