@@ -19,6 +19,10 @@ rise that still ends below Adam's loss, typically a fluctuation near zero
 loss at tiny batches, is recorded as `literal_stability_failures` but does
 not disqualify). Among eligible θ the most wins against Adam is best, ties
 broken by the mean log ratio. The record lists every score.
+
+`--probe` runs the generality probe (`mnemosyne.meta.probe_tasks()`: 16
+configurations in none of those sets, each for its own 1,000-3,000 steps)
+instead, with the same scores.
 """
 
 from __future__ import annotations
@@ -93,11 +97,12 @@ def main() -> None:
     )
     keys = jnp.broadcast_to(jax.vmap(jax.random.key)(seeds), (len(factories), runs))
     lrs = np.repeat(np.stack(lrs).astype(np.float64), args.seeds, axis=1)
-    tasks = {name: (task, args.steps) for name, task in validation_tasks().items()}
-    if not args.no_stress:
-        tasks.update(stress_validation_tasks())
     if args.probe:
         tasks = probe_tasks()
+    else:
+        tasks = {n: (task, args.steps) for n, task in validation_tasks().items()}
+        if not args.no_stress:
+            tasks.update(stress_validation_tasks())
     if args.only:
         tasks = {n: t for n, t in tasks.items() if any(p in n for p in args.only)}
     per_task, scores = score_candidates(factories, lrs, keys, rows, tasks, args.seeds)
