@@ -221,3 +221,15 @@ def test_teacher_regression_has_its_noise_floor():
 
     teacher = mlp(task.teacher, batch["x"], "tanh")[:, 0]
     assert float(jnp.mean((teacher - batch["y"]) ** 2)) == pytest.approx(0.25, rel=0.05)
+
+
+def test_sequence_lm_rejects_a_problem_it_cannot_generate():
+    # recall draws n distinct keys from vocab // 2 tokens: n=6 of 5 used to fail
+    # only when a batch was drawn, with a shape error from inside jnp.stack
+    with pytest.raises(ValueError, match="n <= vocab // 2"):
+        tasks.SequenceLM("recall", n=6, vocab=10)
+    with pytest.raises(ValueError, match="unknown problem 'shuffle'"):
+        tasks.SequenceLM("shuffle")
+    task = tasks.SequenceLM("recall", n=5, vocab=10)
+    batch = task.sample_batch(jax.random.key(0))
+    assert batch["tokens"].shape == (task.batch_size, 2 * 5 + 1 + 1 + 1)

@@ -70,6 +70,17 @@ class SequenceLM(AbstractTask):
     name: str = eqx.field(static=True, default="lm", kw_only=True)
     kind: str = eqx.field(static=True, default="lm", kw_only=True)
 
+    def __check_init__(self):
+        if self.problem not in PROBLEMS:
+            raise ValueError(
+                f"unknown problem {self.problem!r}; choose one of {sorted(PROBLEMS)}"
+            )
+        if self.problem == "recall" and self.n > self.vocab // 2:
+            raise ValueError(
+                f"recall draws n={self.n} distinct keys from the lower half of the "
+                f"vocabulary (vocab // 2 = {self.vocab // 2}): use n <= vocab // 2"
+            )
+
     def _generate(self, key, size):
         prompt, answer = jax.vmap(
             lambda k: PROBLEMS[self.problem](k, self.n, self.vocab)
