@@ -572,8 +572,9 @@ def test_agreement_threshold_shrinks_the_step_on_pure_noise():
     for threshold in (0.0, 0.3):
         adaptive, _ = _adaptive_and_plain(rate=0.1, threshold=threshold)
         state = adaptive.init(params)
+        update = eqx.filter_jit(adaptive.update)  # eager: minutes under load
         for t in range(40):
-            _, state = adaptive.update(random_like(params, t), state, params)
+            _, state = update(random_like(params, t), state, params)
         ends[threshold] = np.exp(float(state.step_scale["w"]))
     assert 0.25 <= ends[0.3] < 0.4  # 40 steps of -0.1 * 0.3 reach ~0.3
     assert 0.7 < ends[0.0] < 1.4
