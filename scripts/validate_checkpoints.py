@@ -22,7 +22,9 @@ broken by the mean log ratio. The record lists every score.
 
 `--probe` runs the generality probe (`mnemosyne.meta.probe_tasks()`: 16
 configurations in none of those sets, each for its own 1,000-3,000 steps)
-instead, with the same scores.
+instead, with the same scores; `--probe 2` the second, blind one
+(`mnemosyne.meta.second_probe_tasks()`: 24 configurations further out, 1,000-4,000
+steps).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from mnemosyne.evaluation._ablation import LOSS_FLOOR
 from mnemosyne.meta import (
     PRESETS,
     probe_tasks,
+    second_probe_tasks,
     stress_validation_tasks,
     validation_tasks,
 )
@@ -57,8 +60,10 @@ def main() -> None:
                         help="skip stress_validation_tasks()")
     parser.add_argument("--preset", default="default",
                         help="preset whose untrained θ joins the candidates (default)")
-    parser.add_argument("--probe", action="store_true",
-                        help="the generality probe (meta.probe_tasks()) instead")
+    parser.add_argument("--probe", nargs="?", const="1", choices=["1", "2"],
+                        help="a generality probe instead: 1 (the default when the "
+                        "flag has no value) meta.probe_tasks(), 2 "
+                        "meta.second_probe_tasks()")
     parser.add_argument("--only", nargs="+", default=None, metavar="PART",
                         help="only the tasks whose name contains one of these")
     parser.add_argument("--out", default=None, help="JSON record to write")
@@ -98,7 +103,7 @@ def main() -> None:
     keys = jnp.broadcast_to(jax.vmap(jax.random.key)(seeds), (len(factories), runs))
     lrs = np.repeat(np.stack(lrs).astype(np.float64), args.seeds, axis=1)
     if args.probe:
-        tasks = probe_tasks()
+        tasks = probe_tasks() if args.probe == "1" else second_probe_tasks()
     else:
         tasks = {n: (task, args.steps) for n, task in validation_tasks().items()}
         if not args.no_stress:
@@ -138,7 +143,11 @@ def score_candidates(factories, lrs, keys, rows, tasks, num_seeds: int):
         )
         w = evaluation.window_size(steps)
         adam = max(losses[0, :num_seeds, -w:].mean(), LOSS_FLOOR)
-        per_task[task_name] = {"adam": float(adam)}
+        per_task[task_name] = {  # Adam's own worst run, for comparison
+            "adam": float(adam),
+            "adam stability": float(np.max(evaluation.stability_ratio(
+                losses[0, :num_seeds]))),
+        }
         for n in names:
             row, i = rows[n]
             mine = losses[row, i * num_seeds : (i + 1) * num_seeds]

@@ -46,6 +46,7 @@ from ._presets import (
     broad_configs,
     list_presets,
     probe_tasks,
+    second_probe_tasks,
     stress_validation_tasks,
     train_preset,
     validation_tasks,
@@ -106,6 +107,7 @@ __all__ = [
     "truncated_unroll",
     "unroll",
     "probe_tasks",
+    "second_probe_tasks",
     "stress_validation_tasks",
     "validation_tasks",
 ]

@@ -877,3 +877,86 @@ def probe_tasks() -> dict[str, tuple[Any, int]]:
                     loss_scale=0.01), 2000),
     ]
     return {task.name: (task, steps) for task, steps in tasks}
+
+
+def second_probe_tasks() -> dict[str, tuple[Any, int]]:
+    """`(task, steps)`: a second, blind generality probe of 24 configurations,
+    written down on 2026-12-05 after the agreement threshold was chosen and
+    before any θ was run on them; in none of the meta-training distribution,
+    the suite, `validation_tasks()`, `stress_validation_tasks()`,
+    `probe_tasks()` or `scripts/long_runs.py`. It goes further out than the
+    first: MLPs 12-20 layers deep (meta-training saw at most 8), batch sizes 2
+    to 512, a 1,024-wide layer, 50% label noise, a CNN and an RNN at batch 4,
+    causal LMs with 4-6 layers and a 200-token vocabulary (sparse embedding
+    gradients), a 6-layer ViT, a 3-layer masked LM, noisy regression, a
+    condition-1e5 quadratic, 5-d Rosenbrock, parameter scale ¼ with loss scale
+    100. Run with `scripts/validate_checkpoints.py --probe 2`; no choice has
+    been made on it (docs/results.md, "A second, blind probe")."""
+    from ..tasks import (
+        CNNClassifier,
+        MaskedLM,
+        NoisyLabelMLP,
+        RNNClassifier,
+        ScaledTask,
+        SequenceLM,
+        TeacherRegression,
+        ViTClassifier,
+    )
+
+    def mlp(dataset, hidden, activation, batch_size, cls=MLPClassifier, **kw):
+        shape = f"{len(hidden)}x{hidden[0]}" if len(set(hidden)) == 1 else "x".join(
+            map(str, hidden)
+        )
+        name = f"probe2_mlp_{dataset}_{shape}_{activation}_b{batch_size}"
+        if "label_noise" in kw:
+            name += f"_noise{kw['label_noise']:g}"
+        return cls(load_dataset(dataset), hidden=hidden, activation=activation,
+                   batch_size=batch_size, name=name, kind="mlp", **kw)
+
+    def lm(problem, d_model, layers, batch, **kw):
+        name = f"probe2_lm_{problem}_d{d_model}_l{layers}_b{batch}"
+        if "vocab" in kw:
+            name += f"_vocab{kw['vocab']}"
+        return SequenceLM(problem, d_model=d_model, num_layers=layers, num_heads=4,
+                          batch_size=batch, name=name, **kw)
+
+    digits = load_dataset("digits")
+    tasks = [
+        (mlp("digits", (32,) * 12, "relu", 32), 3000),
+        (mlp("digits", (1024,), "relu", 64), 1500),
+        (mlp("breast_cancer", (32, 32), "tanh", 4), 4000),
+        (mlp("wine", (64,), "gelu", 512), 3000),
+        (mlp("iris", (16,) * 4, "gelu", 2), 4000),
+        (mlp("breast_cancer", (64, 64), "relu", 64, cls=NoisyLabelMLP,
+             label_noise=0.5), 3000),
+        (CNNClassifier(digits, channels=(8, 16), batch_size=4,
+                       name="probe2_cnn_digits_8_16_b4"), 2000),
+        (RNNClassifier(digits, hidden=32, batch_size=128,
+                       name="probe2_rnn_digits_h32_b128"), 3000),
+        (lm("reverse", 48, 2, 32), 2000),
+        (lm("recall", 32, 4, 8, n=5, vocab=20), 2000),
+        (ViTClassifier(digits, d_model=32, num_layers=3, batch_size=8,
+                       name="probe2_vit_digits_d32_l3_b8"), 1500),
+        (MaskedLM.markov(vocab=24, successors=3, seed=31, d_model=32, num_layers=3,
+                         batch_size=32, name="probe2_mlm_d32_l3_b32"), 1500),
+        (TeacherRegression.random(21, hidden=(128, 128), activation="tanh",
+                                  noise=1.0, batch_size=8,
+                                  name="probe2_regression_2x128_tanh_noisy_b8"), 3000),
+        (Quadratic.random(jax.random.key(23), dim=100, log10_cond=5.0, noise=0.0,
+                          name="probe2_quadratic_d100_cond1e5"), 3000),
+        (Rosenbrock(dim=5, name="probe2_rosenbrock_d5"), 4000),
+        (ScaledTask(mlp("digits", (64,), "relu", 32), init_scale=0.25,
+                    loss_scale=100.0), 2000),
+        (mlp("digits", (32,) * 16, "gelu", 8), 3000),
+        (mlp("digits", (64,) * 20, "tanh", 16), 2000),
+        (mlp("breast_cancer", (512, 512), "relu", 4), 3000),
+        (lm("copy", 32, 2, 8, vocab=200), 2000),
+        (lm("sort", 64, 6, 16), 1500),
+        (ViTClassifier(digits, d_model=48, num_layers=6, batch_size=16,
+                       name="probe2_vit_digits_d48_l6_b16"), 1000),
+        (CNNClassifier(digits, channels=(32, 64), batch_size=8,
+                       name="probe2_cnn_digits_32_64_b8"), 1500),
+        (RNNClassifier(digits, hidden=128, batch_size=4,
+                       name="probe2_rnn_digits_h128_b4"), 2000),
+    ]
+    return {task.name: (task, steps) for task, steps in tasks}
