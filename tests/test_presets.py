@@ -1,5 +1,6 @@
 """Meta-training presets and the shipped pretrained weights."""
 
+import dataclasses
 import json
 
 import equinox as eqx
@@ -13,7 +14,14 @@ import mnemosyne.baselines
 from mnemosyne._training import run_steps
 from mnemosyne.meta import PRESETS, list_presets, train_preset
 from mnemosyne.meta._checkpoint import differing_settings
-from mnemosyne.tasks import HELD_OUT_KINDS, get_task, list_tasks
+from mnemosyne.tasks import (
+    HELD_OUT_KINDS,
+    MLPClassifier,
+    NoisyLabelMLP,
+    get_task,
+    list_tasks,
+    load_dataset,
+)
 
 
 def _losses(task, tx, steps, seed=0):
@@ -207,3 +215,74 @@ def test_a_constructor_option_added_later_at_none_is_no_change():
     later["lopt"]["config"][0][1] = 0.01
     (line,) = differing_settings(saved, later)
     assert line.startswith("lopt.config.alpha: checkpoint 0.001")
+
+
+def _configuration(x):
+    """A hashable description of a task's configuration, its name left out
+    (an MLP with zero label noise described as the plain MLP it is)."""
+    if isinstance(x, eqx.Module):
+        kind, skip = type(x).__name__, {"name"}
+        if isinstance(x, NoisyLabelMLP) and x.label_noise == 0:
+            kind, skip = "MLPClassifier", {"name", "label_noise"}
+        return (kind,) + tuple(
+            (f.name, _configuration(getattr(x, f.name)))
+            for f in dataclasses.fields(x) if f.name not in skip
+        )
+    if isinstance(x, tuple | list):
+        return tuple(_configuration(v) for v in x)
+    if hasattr(x, "dtype"):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        x = np.asarray(x)
+        return (x.shape, str(x.dtype), x.tobytes())
+    return repr(x)
+
+
+def test_held_out_task_sets_are_disjoint_and_well_formed():
+    """The sets that pick and check the shipped θ (validation, stress, the two
+    probes) share no task with each other, the suite or the default preset's
+    meta-training configurations, by name and by configuration, and every
+    task's loss is a scalar (traced only, no compilation). One documented
+    exception: the first probe runs the suite's 2-d Rosenbrock for 3,000
+    steps instead of 1,000."""
+    from mnemosyne.meta import (
+        broad_configs,
+        probe_tasks,
+        second_probe_tasks,
+        stress_validation_tasks,
+        validation_tasks,
+    )
+
+    sets = {  # the suite shares kinds and some configurations with meta-training
+        "suite": {n: (get_task(n), 1000) for n in list_tasks()},
+        "validation": {n: (t, 1000) for n, t in validation_tasks().items()},
+        "stress": stress_validation_tasks(),
+        "probe": probe_tasks(),
+        "second probe": second_probe_tasks(),
+    }
+    family = PRESETS["default"].family
+    sets = {"meta-training": {
+        n: (build(jax.random.key(0)), None)
+        for n, build in broad_configs(family.count, family.seed).items()
+    }} | sets
+    allowed = {("rosenbrock", "probe_rosenbrock_d2")}
+    mlp = dict(hidden=(8,), activation="relu", batch_size=4, name="a", kind="mlp")
+    assert _configuration(
+        NoisyLabelMLP(load_dataset("iris"), label_noise=0.0, **mlp)
+    ) == _configuration(MLPClassifier(load_dataset("iris"), **mlp))
+    names = [n for tasks in sets.values() for n in tasks]
+    assert len(names) == len(set(names))
+    # the same configuration under two names (data arrays compared by value)
+    configs = {}
+    for set_name, tasks in sets.items():
+        for name, (task, steps) in tasks.items():
+            assert steps is None or steps >= 1000, name
+            key = _configuration(task)
+            in_distribution = set_name in ("suite", "meta-training")
+            if key in configs and not in_distribution:
+                assert (configs[key][1], name) in allowed, (name, configs[key])
+            configs.setdefault(key, (set_name, name))
+            params = jax.eval_shape(task.init, jax.random.key(0))
+            batch = jax.eval_shape(task.sample_batch, jax.random.key(1))
+            loss = jax.eval_shape(task.loss, params, batch)
+            assert loss.shape == () and jnp.issubdtype(loss.dtype, jnp.floating), name
