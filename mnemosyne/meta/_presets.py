@@ -34,7 +34,21 @@ import numpy as np
 
 from .._distributed import is_main_process
 from .._types import PRNGKeyArray
-from ..tasks import HELD_OUT_KINDS, MLPClassifier, Quadratic, Rosenbrock, load_dataset
+from ..tasks import (
+    HELD_OUT_KINDS,
+    CNNClassifier,
+    MaskedLM,
+    MLPClassifier,
+    NoisyLabelMLP,
+    Quadratic,
+    RNNClassifier,
+    Rosenbrock,
+    ScaledTask,
+    SequenceLM,
+    TeacherRegression,
+    ViTClassifier,
+    load_dataset,
+)
 from ..tasks._base import ArrayScaledTask
 from ._checkpoint import CheckpointError
 from ._estimators import AbstractGradientEstimator, PersistentES, TruncatedBPTT
@@ -149,13 +163,6 @@ _WORK_CAP = 2**22  # batch x parameters of one inner step, to bound a step's cos
 def _broad_config(rng: np.random.Generator) -> tuple[str, Callable]:
     """One task configuration of the broad v2 distribution (a name and a
     `key -> task` builder), drawn with `rng`."""
-    from ..tasks import (
-        CNNClassifier,
-        NoisyLabelMLP,
-        RNNClassifier,
-        SequenceLM,
-        TeacherRegression,
-    )
 
     kind = str(
         rng.choice(
@@ -729,8 +736,6 @@ def validation_tasks() -> dict[str, Any]:
     """Task configurations in neither the v2 training distribution
     (`BroadFamily(24)`) nor the evaluation suite: what picks the meta-training
     checkpoint to ship (`scripts/validate_checkpoints.py`)."""
-    from ..tasks import CNNClassifier, RNNClassifier, SequenceLM, TeacherRegression
-
     return {
         "val_mlp_wine_64x64_relu_b32": MLPClassifier(
             load_dataset("wine"),
@@ -830,16 +835,6 @@ def probe_tasks() -> dict[str, tuple[Any, int]]:
     weights shipped on the morning of 2026-12-05 do where nobody had looked;
     since used to pick the agreement threshold of Eq. (A2), so no longer a
     blind check (docs/results.md, "Agreement threshold")."""
-    from ..tasks import (
-        CNNClassifier,
-        MaskedLM,
-        NoisyLabelMLP,
-        RNNClassifier,
-        ScaledTask,
-        SequenceLM,
-        TeacherRegression,
-        ViTClassifier,
-    )
 
     def mlp(dataset, hidden, activation, batch_size, cls=MLPClassifier, **kw):
         shape = "x".join(map(str, hidden)) or "linear"
@@ -899,16 +894,6 @@ def second_probe_tasks() -> dict[str, tuple[Any, int]]:
     condition-1e5 quadratic, 5-d Rosenbrock, parameter scale ¼ with loss scale
     100. Run with `scripts/validate_checkpoints.py --probe 2`; no choice has
     been made on it (docs/results.md, "A second, blind probe")."""
-    from ..tasks import (
-        CNNClassifier,
-        MaskedLM,
-        NoisyLabelMLP,
-        RNNClassifier,
-        ScaledTask,
-        SequenceLM,
-        TeacherRegression,
-        ViTClassifier,
-    )
 
     def mlp(dataset, hidden, activation, batch_size, cls=MLPClassifier, **kw):
         shape = f"{len(hidden)}x{hidden[0]}" if len(set(hidden)) == 1 else "x".join(
