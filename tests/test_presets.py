@@ -250,6 +250,7 @@ def test_held_out_task_sets_are_disjoint_and_well_formed():
         probe_tasks,
         second_probe_tasks,
         stress_validation_tasks,
+        third_probe_tasks,
         validation_tasks,
     )
 
@@ -259,6 +260,7 @@ def test_held_out_task_sets_are_disjoint_and_well_formed():
         "stress": stress_validation_tasks(),
         "probe": probe_tasks(),
         "second probe": second_probe_tasks(),
+        "third probe": third_probe_tasks(),
     }
     family = PRESETS["default"].family
     sets = {"meta-training": {

@@ -233,3 +233,15 @@ def test_sequence_lm_rejects_a_problem_it_cannot_generate():
     task = tasks.SequenceLM("recall", n=5, vocab=10)
     batch = task.sample_batch(jax.random.key(0))
     assert batch["tokens"].shape == (task.batch_size, 2 * 5 + 1 + 1 + 1)
+
+
+def test_cnn_classifier_rejects_channels_it_cannot_build():
+    # it has exactly two convolutions: one channel count used to fail only in
+    # init, unpacking inside a trace
+    digits = tasks.load_dataset("digits")
+    for channels in [(8,), (8, 16, 32), (8, 0)]:
+        with pytest.raises(ValueError, match="two positive integers"):
+            tasks.CNNClassifier(digits, channels=channels)
+    task = tasks.CNNClassifier(digits, channels=(4, 8), batch_size=2)
+    params = task.init(jax.random.key(0))
+    assert params["conv_1"]["w"].shape == (8, 4, 3, 3)

@@ -48,6 +48,7 @@ from ._presets import (
     probe_tasks,
     second_probe_tasks,
     stress_validation_tasks,
+    third_probe_tasks,
     train_preset,
     validation_tasks,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "unroll",
     "probe_tasks",
     "second_probe_tasks",
+    "third_probe_tasks",
     "stress_validation_tasks",
     "validation_tasks",
 ]

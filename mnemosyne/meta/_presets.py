@@ -837,10 +837,8 @@ def probe_tasks() -> dict[str, tuple[Any, int]]:
     blind check (docs/results.md, "Agreement threshold")."""
 
     def mlp(dataset, hidden, activation, batch_size, cls=MLPClassifier, **kw):
-        shape = "x".join(map(str, hidden)) or "linear"
-        name = f"probe_mlp_{dataset}_{shape}_{activation}_b{batch_size}"
-        return cls(load_dataset(dataset), hidden=hidden, activation=activation,
-                   batch_size=batch_size, name=name, kind="mlp", **kw)
+        return _probe_mlp("probe", dataset, hidden, activation, batch_size, cls,
+                          first_probe_name=True, **kw)
 
     tasks = [
         (mlp("iris", (8,), "relu", 4), 2000),
@@ -895,23 +893,8 @@ def second_probe_tasks() -> dict[str, tuple[Any, int]]:
     100. Run with `scripts/validate_checkpoints.py --probe 2`; no choice has
     been made on it (docs/results.md, "A second, blind probe")."""
 
-    def mlp(dataset, hidden, activation, batch_size, cls=MLPClassifier, **kw):
-        shape = f"{len(hidden)}x{hidden[0]}" if len(set(hidden)) == 1 else "x".join(
-            map(str, hidden)
-        )
-        name = f"probe2_mlp_{dataset}_{shape}_{activation}_b{batch_size}"
-        if "label_noise" in kw:
-            name += f"_noise{kw['label_noise']:g}"
-        return cls(load_dataset(dataset), hidden=hidden, activation=activation,
-                   batch_size=batch_size, name=name, kind="mlp", **kw)
-
-    def lm(problem, d_model, layers, batch, **kw):
-        name = f"probe2_lm_{problem}_d{d_model}_l{layers}_b{batch}"
-        if "vocab" in kw:
-            name += f"_vocab{kw['vocab']}"
-        return SequenceLM(problem, d_model=d_model, num_layers=layers, num_heads=4,
-                          batch_size=batch, name=name, **kw)
-
+    mlp = functools.partial(_probe_mlp, "probe2")
+    lm = functools.partial(_probe_lm, "probe2")
     digits = load_dataset("digits")
     tasks = [
         (mlp("digits", (32,) * 12, "relu", 32), 3000),
@@ -952,3 +935,89 @@ def second_probe_tasks() -> dict[str, tuple[Any, int]]:
                        name="probe2_rnn_digits_h128_b4"), 2000),
     ]
     return {task.name: (task, steps) for task, steps in tasks}
+
+
+def third_probe_tasks() -> dict[str, tuple[Any, int]]:
+    """`(task, steps)`: a third, blind generality probe of 24 configurations,
+    written down on 2026-12-05 (session 14) before the step multiplier's range
+    was re-chosen and before any θ was run on them; none of them is one of the
+    24 configurations the default preset meta-trains on (`broad_configs`), a
+    suite task, or in any other held-out set (`validation_tasks()`,
+    `stress_validation_tasks()`, `probe_tasks()`, `second_probe_tasks()`,
+    `scripts/long_runs.py`). The second probe was looked at to pick that
+    range, so this one is what checks it: MLPs up to 24 layers deep, batch
+    sizes 2 to 256, runs of up to 8,000 steps, logistic regression, label
+    noise, CNNs and RNNs at batch 2 to 32, causal LMs of 2-4 layers at batch
+    4-64, a 4-layer ViT at batch 4, a 4-layer masked LM, teacher regressions
+    (one at batch 2), a noisy condition-1e3 quadratic in 200-d, 20-d
+    Rosenbrock, parameter scale 8 with loss scale 1/1000. Run with
+    `scripts/validate_checkpoints.py --probe 3`."""
+    mlp = functools.partial(_probe_mlp, "probe3")
+    lm = functools.partial(_probe_lm, "probe3")
+    digits = load_dataset("digits")
+    tasks = [
+        (mlp("digits", (48,) * 10, "relu", 16), 3000),
+        (mlp("wine", (128,) * 3, "tanh", 8), 3000),
+        (mlp("breast_cancer", (16,) * 6, "gelu", 2), 4000),
+        (mlp("iris", (256, 256), "relu", 128), 2000),
+        (mlp("digits", (96,) * 4, "gelu", 4), 5000),
+        (mlp("breast_cancer", (), "relu", 16), 2000),
+        (mlp("digits", (64,) * 3, "tanh", 16, cls=NoisyLabelMLP, label_noise=0.2),
+         3000),
+        (mlp("digits", (16,) * 24, "relu", 32), 3000),
+        (mlp("digits", (32,) * 8, "gelu", 8), 8000),
+        (CNNClassifier(digits, channels=(16, 16), batch_size=32,
+                       name="probe3_cnn_digits_16_16_b32"), 1500),
+        (CNNClassifier(digits, channels=(4, 8), batch_size=2,
+                       name="probe3_cnn_digits_4_8_b2"), 2000),
+        (RNNClassifier(digits, hidden=64, batch_size=16,
+                       name="probe3_rnn_digits_h64_b16"), 2500),
+        (RNNClassifier(digits, hidden=24, batch_size=2,
+                       name="probe3_rnn_digits_h24_b2"), 3000),
+        (lm("reverse", 32, 3, 4), 2000),
+        (lm("copy", 64, 4, 32), 1500),
+        (lm("sort", 24, 2, 64), 1500),
+        (lm("recall", 48, 3, 16, n=4, vocab=16), 2000),
+        (ViTClassifier(digits, d_model=32, num_layers=4, batch_size=4,
+                       name="probe3_vit_digits_d32_l4_b4"), 1500),
+        (MaskedLM.markov(vocab=32, successors=2, seed=41, d_model=48, num_layers=4,
+                         batch_size=16, name="probe3_mlm_d48_l4_b16"), 1500),
+        (TeacherRegression.random(42, hidden=(32,) * 5, activation="gelu",
+                                  noise=0.3, batch_size=32,
+                                  name="probe3_regression_5x32_gelu_b32"), 3000),
+        (TeacherRegression.random(43, hidden=(512,), activation="relu", noise=0.1,
+                                  batch_size=2, name="probe3_regression_512_b2"),
+         3000),
+        (Quadratic.random(jax.random.key(44), dim=200, log10_cond=3.0, noise=0.3,
+                          name="probe3_quadratic_d200_cond1e3_noisy"), 3000),
+        (Rosenbrock(dim=20, name="probe3_rosenbrock_d20"), 4000),
+        (ScaledTask(mlp("digits", (32, 32), "relu", 16), init_scale=8.0,
+                    loss_scale=1e-3), 2000),
+    ]
+    return {task.name: (task, steps) for task, steps in tasks}
+
+
+def _probe_mlp(prefix, dataset, hidden, activation, batch_size, cls=MLPClassifier,
+               first_probe_name=False, **kw):
+    """A probe's MLP task, named `{prefix}_mlp_{dataset}_{shape}_{activation}
+    _b{batch_size}`: shape `12x32` for equal widths (`32x32x32` and no label
+    noise suffix in the first probe's names, kept as recorded)."""
+    if first_probe_name or len(set(hidden)) != 1:
+        shape = "x".join(map(str, hidden)) or "linear"
+    else:
+        shape = f"{len(hidden)}x{hidden[0]}"
+    name = f"{prefix}_mlp_{dataset}_{shape}_{activation}_b{batch_size}"
+    if "label_noise" in kw and not first_probe_name:
+        name += f"_noise{kw['label_noise']:g}"
+    return cls(load_dataset(dataset), hidden=hidden, activation=activation,
+               batch_size=batch_size, name=name, kind="mlp", **kw)
+
+
+def _probe_lm(prefix, problem, d_model, layers, batch, **kw):
+    """A probe's causal LM (4 heads), named `{prefix}_lm_{problem}_d{d_model}
+    _l{layers}_b{batch}[_vocab{vocab}]`."""
+    name = f"{prefix}_lm_{problem}_d{d_model}_l{layers}_b{batch}"
+    if "vocab" in kw:
+        name += f"_vocab{kw['vocab']}"
+    return SequenceLM(problem, d_model=d_model, num_layers=layers, num_heads=4,
+                      batch_size=batch, name=name, **kw)

@@ -86,6 +86,15 @@ class CNNClassifier(AbstractClassificationTask):
     name: str = eqx.field(static=True, default="cnn_digits", kw_only=True)
     kind: str = eqx.field(static=True, default="cnn", kw_only=True)
 
+    def __check_init__(self):
+        channels = self.channels
+        positive = all(isinstance(c, int) and c > 0 for c in channels)
+        if len(channels) != 2 or not positive:
+            raise ValueError(
+                "CNNClassifier has two convolutions: channels must be two positive "
+                f"integers, got {channels!r}"
+            )
+
     def init(self, key):
         k1, k2, k3 = jax.random.split(key, 3)
         c1, c2 = self.channels
