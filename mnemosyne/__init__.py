@@ -20,7 +20,7 @@ from ._lopt import (
 from ._lopt_base import AbstractLearnedOptimizer, Frozen, trainable_filter
 from ._memory import CompactAssociativeMemory, MemoryState
 from ._random_features import RandomFeatureMap
-from ._serialisation import WeightsFileError, load, pretrained, save
+from ._serialisation import WeightsFileError, load, pretrained, reconfigure, save
 from ._sharding import sharded_update, state_specs
 from ._transform import as_gradient_transformation, mnemosyne, scale_by_mnemosyne
 
@@ -57,6 +57,7 @@ __all__ = [
     "load",
     "mnemosyne",
     "pretrained",
+    "reconfigure",
     "save",
     "scale_by_mnemosyne",
     "sharded_update",

@@ -165,6 +165,34 @@ def _skeleton(cls, config: dict):
         return build()
 
 
+def reconfigure(lopt: eqx.Module, **changes) -> eqx.Module:
+    """The same θ, every array of it (random features included), in a module
+    built with `changes` to its constructor settings: for settings that change
+    how θ is read, not its shapes, such as `step_scale_range` (the preset
+    `default` ships its meta-trained θ this way, `Preset.read_with`).
+
+    Raises:
+        ValueError: a setting the module's constructor does not take, or one
+            that changes θ's leaves (their number or shapes).
+    """
+    config = dict(lopt.config)
+    unknown = sorted(set(changes) - set(config))
+    if unknown:
+        raise ValueError(f"{type(lopt).__name__} has no setting {', '.join(unknown)}")
+    skeleton = _skeleton(type(lopt), {**config, **changes})
+    leaves = jax.tree.leaves(lopt)
+    likes, treedef = jax.tree.flatten(skeleton)
+    same = len(likes) == len(leaves) and all(
+        np.shape(a) == np.shape(b) for a, b in zip(likes, leaves, strict=False)
+    )
+    if not same:
+        raise ValueError(
+            f"reconfigure: {changes} changes the shapes of θ; only settings that "
+            "leave θ's arrays as they are can be changed after meta-training"
+        )
+    return jax.tree.unflatten(treedef, leaves)
+
+
 def _read_leaf(f, like):
     """One leaf of the payload, in the dtype it was stored in.
 

@@ -112,6 +112,9 @@ def test_run_recipe_averages_the_same_fraction_of_any_run_then_shrinks(steps, st
     assert trainer.stops[1:-1] == stops and len(history["step"]) == steps
     # θ0 = 0, so the shipped θ is the shrinkage times the iterates' mean
     np.testing.assert_allclose(lopt.head.b2, preset.shrink * np.mean(stops), rtol=1e-6)
+    # read with the preset's settings (the multiplier's range), not the trained ones
+    assert lopt.step_scale_range == preset.read_with["step_scale_range"] == (1 / 64, 2)
+    assert _BASE.step_scale_range != lopt.step_scale_range
 
 
 def test_run_recipe_killed_inside_the_averaging_window_resumes_to_the_same_theta(
@@ -174,6 +177,12 @@ def test_shipped_default_weights_come_from_the_default_preset():
     assert record["num_outer_steps"] == preset.num_outer_steps
     assert record["skipped_steps"] == 0
     assert not set(record["task_kinds"]) & set(preset.held_out_kinds)
+    shipped = mnemosyne.pretrained("default")
+    assert shipped.step_scale_range == preset.read_with["step_scale_range"]
+    trained = preset.make_lopt(jax.random.key(0))
+    assert jax.tree.structure(
+        mnemosyne.reconfigure(trained, **preset.read_with)
+    ) == jax.tree.structure(shipped)
 
 
 @pytest.mark.slow  # ~2.5 min: 17 tasks; .ci/run runs it
@@ -239,7 +248,7 @@ def _configuration(x):
 
 
 def test_held_out_task_sets_are_disjoint_and_well_formed():
-    """The sets that pick and check the shipped θ (validation, stress, the two
+    """The sets that pick and check the shipped θ (validation, stress, the three
     probes) share no task with each other, the suite or the default preset's
     meta-training configurations, by name and by configuration, and every
     task's loss is a scalar (traced only, no compilation). One documented

@@ -236,3 +236,50 @@ def test_pretrained_rereads_a_changed_file(tmp_path, monkeypatch):
     assert_tree_equal(
         jax.tree.leaves(second), jax.tree.leaves(_perturbed("coordinatewise"))
     )
+
+
+def test_reconfigure_keeps_theta_and_changes_how_it_is_read(tmp_path):
+    lopt = mnemosyne.CoordinatewiseMnemosyne(
+        step_adaptation=0.01, step_scale_range=(0.25, 2.0), key=jax.random.key(3)
+    )
+    wider = mnemosyne.reconfigure(lopt, step_scale_range=(1 / 64, 2.0))
+    assert wider.step_scale_range == (1 / 64, 2.0)
+    assert dict(wider.config)["step_scale_range"] == (1 / 64, 2.0)
+    assert_tree_equal(jax.tree.leaves(wider), jax.tree.leaves(lopt))  # ω too
+    # the same as a module built with that range holding this θ's arrays
+    built = mnemosyne.CoordinatewiseMnemosyne(
+        step_adaptation=0.01, step_scale_range=(1 / 64, 2.0), key=jax.random.key(3)
+    )
+    assert jax.tree.structure(built) == jax.tree.structure(wider)
+    # and it survives a save and load
+    mnemosyne.save(tmp_path / "w.eqx", wider)
+    assert mnemosyne.load(tmp_path / "w.eqx").step_scale_range == (1 / 64, 2.0)
+    # a multiplier far below 1/4 is now reachable: the update differs only there
+    params = ranked_params()
+    grads = random_like(params, 0)
+    state = wider.init(params)
+    state = state._replace(
+        step_scale=jax.tree.map(lambda r: r + np.log(1 / 32), state.step_scale)
+    )
+    narrow_state = state._replace(
+        step_scale=jax.tree.map(lambda r: jnp.maximum(r, np.log(0.25)),
+                                state.step_scale)
+    )
+    u_wide, s_wide = wider.update(grads, state, params)
+    u_narrow, s_narrow = lopt.update(grads, narrow_state, params)
+    for r in jax.tree.leaves(s_wide.step_scale):
+        assert float(r) < np.log(0.25) - 1.0
+    for r in jax.tree.leaves(s_narrow.step_scale):
+        assert float(r) >= np.log(0.25) - 1e-6
+    ratio = [float(jnp.linalg.norm(a) / jnp.linalg.norm(b))
+             for a, b in zip(jax.tree.leaves(u_wide), jax.tree.leaves(u_narrow),
+                             strict=True)]
+    np.testing.assert_allclose(ratio, 1 / 8, rtol=0.05)  # e^{rho}: 1/32 vs 1/4
+
+
+def test_reconfigure_refuses_what_changes_theta():
+    lopt = mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0))
+    with pytest.raises(ValueError, match="changes the shapes of θ"):
+        mnemosyne.reconfigure(lopt, num_heads=dict(lopt.config)["num_heads"] + 1)
+    with pytest.raises(ValueError, match="has no setting colour"):
+        mnemosyne.reconfigure(lopt, colour="red")

@@ -1,0 +1,95 @@
+"""One θ read with several floors of its step multiplier, on hard long runs.
+
+    python scripts/step_floor_sweep.py THETA.eqx --floors 0.25 0.0625 0.015625 \
+        --cases gelu16_b8_10k long_teacher --out sweep.json
+
+Each case trains `optax.adam(1e-3)` and `THETA` read with each floor $\\ell$
+of `step_scale_range = (ℓ, h)` (`mnemosyne.reconfigure`, θ's arrays
+unchanged; `h` the file's) with `mnemosyne.evaluation.train`, one plain
+process per run, on the case's seeds, and prints each run's final loss (mean of
+the last window, `evaluation.window_size`) and stability ratio (final window
+over the best one, `evaluation.stability_ratio`). The cases are the runs where
+the floor 1/4 was seen to matter: a 16-layer GELU MLP at batch 8 for 10,000
+steps (the second probe's configuration, run 3.3x longer), the three
+10,200-step runs of `scripts/long_runs.py`, and a few probe and stress tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import optax
+
+import mnemosyne
+from mnemosyne import evaluation
+from mnemosyne.meta import probe_tasks, second_probe_tasks, stress_validation_tasks
+from mnemosyne.tasks import get_task
+
+
+def cases() -> dict:
+    """`name -> (task, steps, seeds)`."""
+    import long_runs  # scripts/long_runs.py, beside this script
+
+    second, stress = second_probe_tasks(), stress_validation_tasks()
+    first = probe_tasks()
+    out = {
+        "gelu16_b8_10k": (second["probe2_mlp_digits_16x32_gelu_b8"][0], 10000, [0, 1]),
+        "relu12_b32": (second["probe2_mlp_digits_12x32_relu_b32"][0], 3000, [0, 1, 2]),
+        "lm_sort_l6": (second["probe2_lm_sort_d64_l6_b16"][0], 1500, [0, 1, 2]),
+        "relu5x24_b4": (stress["stress_mlp_digits_5x24_relu_b4"][0], 4000,
+                        [2, 3, 4, 5]),
+        "mlm_l3": (second["probe2_mlm_d32_l3_b32"][0], 1500, [0, 1]),
+        "vit_l6": (second["probe2_vit_digits_d48_l6_b16"][0], 1000, [0, 1]),
+        "mlm_suite": (get_task("mlm_synthetic"), 1000, [0, 1]),
+        "rnn_b8": (first["probe_rnn_digits_h96_b8"][0], 2000, [0, 1, 2]),
+        "lm_copy_b8": (stress["stress_lm_copy_d24_l2_b8"][0], 2000, [0, 1, 2]),
+    }
+    names = ("long_teacher", "long_iris", "long_digits6x16")
+    for name, task in zip(names, long_runs.configurations().values(), strict=True):
+        out[name] = (task, 10200, [0, 1])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights", help="θ file (e.g. mnemosyne/weights/default.eqx)")
+    parser.add_argument("--floors", type=float, nargs="+", required=True)
+    parser.add_argument("--cases", nargs="+", default=None, help="default: all")
+    parser.add_argument("--out", default=None, help="JSON record to write")
+    args = parser.parse_args()
+    lopt = mnemosyne.load(args.weights)
+    high = lopt.step_scale_range[1]
+    optimizers = {"adam": optax.adam(1e-3)} | {
+        f"floor {floor:g}": mnemosyne.mnemosyne(
+            lopt=mnemosyne.reconfigure(lopt, step_scale_range=(floor, high))
+        )
+        for floor in args.floors
+    }
+    all_cases = cases()
+    record = {}
+    for case in args.cases or list(all_cases):
+        task, steps, seeds = all_cases[case]
+        window = evaluation.window_size(steps)
+        for name, tx in optimizers.items():
+            start = time.time()
+            run = evaluation.train(tx, task, seeds, num_steps=steps)
+            losses = np.asarray(run.losses)
+            final = losses[:, -window:].mean(1)
+            ratio = np.asarray(evaluation.stability_ratio(losses))
+            record[f"{case}/{name}"] = {
+                "seeds": seeds, "steps": steps,
+                "final": final.tolist(), "ratio": ratio.tolist(),
+            }
+            print(f"{case:16s} {name:14s} final {np.round(final, 5)} "
+                  f"ratio {np.round(ratio, 2)} ({time.time() - start:.0f} s)",
+                  flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(record, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
