@@ -825,12 +825,8 @@ def stress_validation_tasks() -> dict[str, tuple[Any, int]]:
     from ..tasks import SequenceLM, TeacherRegression
 
     def mlp(dataset, depth, width, activation, batch_size, steps):
-        name = f"stress_mlp_{dataset}_{depth}x{width}_{activation}_b{batch_size}"
-        task = MLPClassifier(
-            load_dataset(dataset), hidden=(width,) * depth, activation=activation,
-            batch_size=batch_size, name=name, kind="mlp",
-        )
-        return name, (task, steps)
+        task = _probe_mlp("stress", dataset, (width,) * depth, activation, batch_size)
+        return task.name, (task, steps)
 
     return dict([
         mlp("digits", 5, 24, "relu", 4, 4000),
@@ -1027,8 +1023,9 @@ def third_probe_tasks() -> dict[str, tuple[Any, int]]:
 
 def _probe_mlp(prefix, dataset, hidden, activation, batch_size, cls=MLPClassifier,
                first_probe_name=False, **kw):
-    """A probe's MLP task, named `{prefix}_mlp_{dataset}_{shape}_{activation}
-    _b{batch_size}`: shape `12x32` for equal widths (`32x32x32` and no label
+    """A held-out set's MLP task (the probes', the stress set's), named
+    `{prefix}_mlp_{dataset}_{shape}_{activation}_b{batch_size}`: shape `12x32`
+    for equal widths (`32x32x32` and no label
     noise suffix in the first probe's names, kept as recorded)."""
     if first_probe_name or len(set(hidden)) != 1:
         shape = "x".join(map(str, hidden)) or "linear"
