@@ -1,13 +1,17 @@
-"""One θ read with several floors of its step multiplier, on hard long runs.
+"""One θ read with several settings of its step multiplier, on hard long runs.
 
-    python scripts/step_floor_sweep.py THETA.eqx --floors 0.25 0.0625 0.015625 \
+    python scripts/step_floor_sweep.py THETA.eqx --floors 0.25 0.0625 0.015625 \\
+        [--ceilings 1 2] [--thresholds 0.05 0.02 0] [--seeds 0 1 2 3] \\
         --cases gelu16_b8_10k long_teacher --out sweep.json
 
-Each case trains `optax.adam(1e-3)` and `THETA` read with each floor $\\ell$
-of `step_scale_range = (ℓ, h)` (`mnemosyne.reconfigure`, θ's arrays
-unchanged; `h` the file's) with `mnemosyne.evaluation.train`, one plain
-process per run, on the case's seeds, and prints each run's final loss (mean of
-the last window, `evaluation.window_size`) and stability ratio (final window
+Each case trains `optax.adam(1e-3)` and `THETA` read with every combination of
+floor $\\ell$ and ceiling $h$ of `step_scale_range = (ℓ, h)` and agreement
+threshold $a_0$ (`step_agreement_threshold`) of Eq. (A2)
+(`mnemosyne.reconfigure`: θ's arrays unchanged; ceilings and thresholds default
+to the file's) with `mnemosyne.evaluation.train`, one plain process per run, on
+the case's seeds (or `--seeds`; the seeds of one run are vmapped, so a run's
+numbers depend on which seeds share it), and prints each run's final loss (mean
+of the last window, `evaluation.window_size`) and stability ratio (final window
 over the best one, `evaluation.stability_ratio`). The cases are the runs where
 the floor 1/4 was seen to matter: a 16-layer GELU MLP at batch 8 for 10,000
 steps (the second probe's configuration, run 3.3x longer), the three
@@ -57,21 +61,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", help="θ file (e.g. mnemosyne/weights/default.eqx)")
     parser.add_argument("--floors", type=float, nargs="+", required=True)
+    parser.add_argument(
+        "--ceilings", type=float, nargs="+", default=None,
+        help="ceilings h of the multiplier to read θ with (default: the file's)",
+    )
+    parser.add_argument(
+        "--thresholds", type=float, nargs="+", default=None,
+        help="agreement thresholds a0 to read θ with (default: the file's)",
+    )
     parser.add_argument("--cases", nargs="+", default=None, help="default: all")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None,
+        help="seeds of every case (default: each case's own)",
+    )
     parser.add_argument("--out", default=None, help="JSON record to write")
     args = parser.parse_args()
     lopt = mnemosyne.load(args.weights)
     high = lopt.step_scale_range[1]
+    thresholds = args.thresholds or [lopt.step_agreement_threshold]
     optimizers = {"adam": optax.adam(1e-3)} | {
-        f"floor {floor:g}": mnemosyne.mnemosyne(
-            lopt=mnemosyne.reconfigure(lopt, step_scale_range=(floor, high))
-        )
-        for floor in args.floors
+        f"floor {floor:g}" + (f" ceiling {top:g}" if args.ceilings else "")
+        + (f" a0 {a0:g}" if args.thresholds else ""):
+        mnemosyne.mnemosyne(lopt=mnemosyne.reconfigure(
+            lopt, step_scale_range=(floor, top), step_agreement_threshold=a0
+        ))
+        for floor in args.floors for top in args.ceilings or [high]
+        for a0 in thresholds
     }
     all_cases = cases()
     record = {}
     for case in args.cases or list(all_cases):
         task, steps, seeds = all_cases[case]
+        seeds = args.seeds or seeds
         window = evaluation.window_size(steps)
         for name, tx in optimizers.items():
             start = time.time()
@@ -83,7 +104,7 @@ def main() -> None:
                 "seeds": seeds, "steps": steps,
                 "final": final.tolist(), "ratio": ratio.tolist(),
             }
-            print(f"{case:16s} {name:14s} final {np.round(final, 5)} "
+            print(f"{case:16s} {name:34s} final {np.round(final, 5)} "
                   f"ratio {np.round(ratio, 2)} ({time.time() - start:.0f} s)",
                   flush=True)
     if args.out:
