@@ -413,6 +413,40 @@ def test_no_memory_variant_keeps_read_out_weights_at_zero():
     assert lopt.memory.floats_per_slot() == 4  # allocated, never read
 
 
+def test_design_variants_follow_the_default_preset():
+    """The design ablation's v2 is the shipped design: its module is built with
+    the `default` preset's own settings (step adaptation, range, threshold),
+    and so are the variants that only remove something else; v1 and the
+    variants without read-out or second moment cannot adapt their step and
+    are fixed-step, as is `v2_fixed_step`; the threshold variant drops a0 only."""
+    from mnemosyne.evaluation._ablation import design_variants, variant_preset
+    from mnemosyne.meta import PRESETS
+
+    key = jax.random.key(0)
+    shipped = PRESETS["default"].make_lopt(key)
+    settings = lambda m: (
+        m.step_adaptation, m.step_scale_range, m.step_agreement_threshold
+    )
+    variants = {v.name: v.make_lopt(key) for v in design_variants()}
+    assert jax.tree.structure(variants["v2"]) == jax.tree.structure(shipped)
+    assert eqx.tree_equal(variants["v2"], shipped)
+    adaptive = ("v2", "v2_asymmetric", "v2_constant_schedule", "v2_bptt")
+    for name in adaptive:
+        assert settings(variants[name]) == settings(shipped), name
+    for name in ("v2_fixed_step", "v1", "v2_no_read_out", "v2_no_second_moment"):
+        assert variants[name].step_adaptation is None, name
+    assert settings(variants["v2_no_threshold"]) == settings(shipped)[:2] + (None,)
+    assert not variants["v2_asymmetric"].sign_symmetric
+    assert variants["v2_constant_schedule"].step_timescales == ()
+    # the shipped reading (a lower floor) applies where there is a multiplier
+    for v in design_variants():
+        preset = variant_preset(v, PRESETS["default"], 10)
+        assert preset.num_outer_steps == 10
+        expected = PRESETS["default"].read_with if v.name in adaptive + (
+            "v2_no_threshold",) else None
+        assert preset.read_with == expected, v.name
+
+
 def test_ablation_summary_by_hand():
     """Geometric-mean ratios (losses floored at LOSS_FLOOR) against the
     baseline variant, split by seen / held-out kinds, and wins against adam."""

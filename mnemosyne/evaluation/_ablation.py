@@ -107,18 +107,34 @@ ABLATION_VARIANTS: tuple[AblationVariant, ...] = (
 
 
 def design_variants() -> tuple[AblationVariant, ...]:
-    """The v2 design ablation (issue: each choice justified): v2 (the default),
-    v1's features and head, v2 without the sign symmetry, v2 without the memory
-    read-out, v2 without the second-moment inputs, v2 with no step embedding (a
-    constant learned schedule), and v2 meta-trained by truncated BPTT instead
-    of PES."""
-    from ..meta import TruncatedBPTT
+    """The v2 design ablation (issue: each choice justified): v2 as shipped
+    (per-tensor step adaptation with its agreement threshold, read with the
+    shipped floor), v2 without step adaptation (`v2_fixed_step`), v2 without
+    the agreement threshold, v1's features and head, v2 without the sign
+    symmetry, without the memory read-out, without the second-moment inputs,
+    with no step embedding (a constant learned schedule), and v2 meta-trained by
+    truncated BPTT instead of PES.
 
+    Step adaptation reads the memory's momentum channel, which v1, the
+    no-read-out and the no-second-moment variants do not have: they are
+    fixed-step variants, to be compared with `v2_fixed_step`."""
+    from ..meta import TruncatedBPTT
+    from ..meta._presets import STEP_ADAPTATION_SETTINGS
+
+    adaptive = dict(STEP_ADAPTATION_SETTINGS)
     return (
-        AblationVariant("v2", "v2 (the default)", {}),
+        AblationVariant("v2", "v2 as shipped (step adaptation, threshold)", adaptive),
+        AblationVariant(
+            "v2_fixed_step", "v2 without step adaptation (A1)-(A2)", {}
+        ),
+        AblationVariant(
+            "v2_no_threshold",
+            "v2 without the agreement threshold (a0 = 0)",
+            adaptive | {"step_agreement_threshold": None},
+        ),
         AblationVariant(
             "v1",
-            "v1 features and head (no second moment, alpha 1e-2, c 4)",
+            "v1 features and head (no second moment, alpha 1e-2, c 4), fixed step",
             {
                 "second_moment_decay": None,
                 "alpha": 1e-2,
@@ -131,25 +147,27 @@ def design_variants() -> tuple[AblationVariant, ...]:
         AblationVariant(
             "v2_asymmetric",
             "v2 without the sign symmetry (H±), (2±)",
-            {"sign_symmetric": False},
+            adaptive | {"sign_symmetric": False},
         ),
         AblationVariant(
-            "v2_no_read_out", "v2 without the memory read-out", {"read_out": False}
+            "v2_no_read_out",
+            "v2 without the memory read-out, fixed step",
+            {"read_out": False},
         ),
         AblationVariant(
             "v2_no_second_moment",
-            "v2 without the second-moment inputs",
+            "v2 without the second-moment inputs, fixed step",
             {"second_moment_decay": None},
         ),
         AblationVariant(
             "v2_constant_schedule",
             "v2 without the step embedding",
-            {"step_timescales": ()},
+            adaptive | {"step_timescales": ()},
         ),
         AblationVariant(
             "v2_bptt",
             "v2 meta-trained by truncated BPTT",
-            {},
+            adaptive,
             estimator=TruncatedBPTT(stop_gradient_features=True),
         ),
     )
@@ -183,6 +201,23 @@ class _NoReadOutOuterOptimizer(eqx.Module):
         return self.inner.update(_zero_read_out(updates, self.start), state, params)
 
 
+def variant_preset(variant: AblationVariant, preset, num_outer_steps: int):
+    """`preset` with the variant's constructor, estimator (if any) and
+    `num_outer_steps`; a variant without step adaptation is read as trained
+    (`read_with=None`: it has no multiplier to re-read)."""
+    changes = dict(
+        name=f"ablation_{variant.name}",
+        make_lopt=variant.make_lopt,
+        lopt_description=f"CoordinatewiseMnemosyne(**{dict(variant.kwargs)!r})",
+        num_outer_steps=num_outer_steps,
+    )
+    if variant.estimator is not None:
+        changes["estimator"] = variant.estimator
+    if variant.kwargs.get("step_adaptation") is None:
+        changes["read_with"] = None
+    return dataclasses.replace(preset, **changes)
+
+
 def _meta_train(
     variant: AblationVariant,
     preset_name: str,
@@ -200,15 +235,7 @@ def _meta_train(
     from ..meta._presets import run_recipe
     from ..meta._trainer import _DefaultOuterOptimizer
 
-    preset = dataclasses.replace(
-        PRESETS[preset_name],
-        name=f"ablation_{variant.name}",
-        make_lopt=variant.make_lopt,
-        lopt_description=f"CoordinatewiseMnemosyne(**{variant.kwargs!r})",
-        num_outer_steps=num_outer_steps,
-    )
-    if variant.estimator is not None:
-        preset = dataclasses.replace(preset, estimator=variant.estimator)
+    preset = variant_preset(variant, PRESETS[preset_name], num_outer_steps)
     k_lopt, k_train = jax.random.split(jax.random.key(preset.seed))
     lopt = preset.make_lopt(k_lopt)
     outer = None

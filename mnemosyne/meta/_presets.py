@@ -25,6 +25,7 @@ import pathlib
 import platform
 import time
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 import equinox as eqx
@@ -466,6 +467,13 @@ _STEP_AGREEMENT_THRESHOLD = 0.05
 # ruins 7 or more of the 14 validation runs, docs/results.md); 1/8 ruins the
 # fewest.
 _LSTM_SHRINK = {"gradient": 0.125, "multiscale": 0.125}
+
+#: The constructor settings of the default's step adaptation, as trained.
+STEP_ADAPTATION_SETTINGS = MappingProxyType({
+    "step_adaptation": _STEP_ADAPTATION,
+    "step_scale_range": _STEP_SCALE_RANGE,
+    "step_agreement_threshold": _STEP_AGREEMENT_THRESHOLD,
+})
 
 _ADAPTIVE_DESCRIPTION = _adaptive_description(
     _STEP_AGREEMENT_THRESHOLD, _STEP_SCALE_RANGE
