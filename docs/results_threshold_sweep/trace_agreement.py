@@ -18,8 +18,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import mnemosyne  # noqa: E402
 import step_floor_sweep  # noqa: E402
+
+import mnemosyne  # noqa: E402
 from mnemosyne import evaluation  # noqa: E402
 from mnemosyne.backends import _jax  # noqa: E402
 
