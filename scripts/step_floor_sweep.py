@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON record to write")
     args = parser.parse_args()
     lopt = mnemosyne.load(args.weights)
-    high = lopt.step_scale_range[1]
+    ceilings = args.ceilings or [lopt.step_scale_range[1]]
     thresholds = args.thresholds or [lopt.step_agreement_threshold]
     optimizers = {"adam": optax.adam(1e-3)} | {
         f"floor {floor:g}" + (f" ceiling {top:g}" if args.ceilings else "")
@@ -85,7 +85,7 @@ def main() -> None:
         mnemosyne.mnemosyne(lopt=mnemosyne.reconfigure(
             lopt, step_scale_range=(floor, top), step_agreement_threshold=a0
         ))
-        for floor in args.floors for top in args.ceilings or [high]
+        for floor in args.floors for top in ceilings
         for a0 in thresholds
     }
     all_cases = cases()

@@ -366,22 +366,29 @@ def _mnemosyne(key):
     return CoordinatewiseMnemosyne(key=key)
 
 
+def _adaptive_settings(threshold, scale_range) -> dict:
+    """`CoordinatewiseMnemosyne`'s step-adaptation settings, Eqs. (A1)-(A2)."""
+    return {
+        "step_adaptation": _STEP_ADAPTATION,
+        "step_scale_range": scale_range,
+        "step_agreement_threshold": threshold,
+    }
+
+
 def _mnemosyne_adaptive(threshold, scale_range):
+    settings = _adaptive_settings(threshold, scale_range)
+
     def make(key):
         from .._lopt import CoordinatewiseMnemosyne
 
-        return CoordinatewiseMnemosyne(
-            step_adaptation=_STEP_ADAPTATION, step_scale_range=scale_range,
-            step_agreement_threshold=threshold, key=key,
-        )
+        return CoordinatewiseMnemosyne(**settings, key=key)
     return make
 
 
 def _adaptive_description(threshold, scale_range):
     """The constructor call `_mnemosyne_adaptive(threshold, scale_range)` makes."""
-    args = f"step_adaptation={_STEP_ADAPTATION}, step_scale_range={scale_range}"
-    if threshold is not None:
-        args += f", step_agreement_threshold={threshold}"
+    settings = _adaptive_settings(threshold, scale_range).items()
+    args = ", ".join(f"{name}={value}" for name, value in settings if value is not None)
     return f"CoordinatewiseMnemosyne({args})"
 
 
@@ -469,11 +476,9 @@ _STEP_AGREEMENT_THRESHOLD = 0.05
 _LSTM_SHRINK = {"gradient": 0.125, "multiscale": 0.125}
 
 #: The constructor settings of the default's step adaptation, as trained.
-STEP_ADAPTATION_SETTINGS = MappingProxyType({
-    "step_adaptation": _STEP_ADAPTATION,
-    "step_scale_range": _STEP_SCALE_RANGE,
-    "step_agreement_threshold": _STEP_AGREEMENT_THRESHOLD,
-})
+STEP_ADAPTATION_SETTINGS = MappingProxyType(
+    _adaptive_settings(_STEP_AGREEMENT_THRESHOLD, _STEP_SCALE_RANGE)
+)
 
 _ADAPTIVE_DESCRIPTION = _adaptive_description(
     _STEP_AGREEMENT_THRESHOLD, _STEP_SCALE_RANGE
