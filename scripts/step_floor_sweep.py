@@ -57,6 +57,17 @@ def cases() -> dict:
     return out
 
 
+def final_and_ratio(tx, task, seeds, steps):
+    """Train `tx` on `task` (seeds vmapped in one run); return each seed's final
+    loss (mean of the last window), its stability ratio (final window over the
+    best one) and the seconds it took."""
+    start = time.time()
+    losses = np.asarray(evaluation.train(tx, task, seeds, num_steps=steps).losses)
+    final = losses[:, -evaluation.window_size(steps):].mean(1)
+    ratio = np.asarray(evaluation.stability_ratio(losses))
+    return final, ratio, time.time() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", help="θ file (e.g. mnemosyne/weights/default.eqx)")
@@ -93,20 +104,14 @@ def main() -> None:
     for case in args.cases or list(all_cases):
         task, steps, seeds = all_cases[case]
         seeds = args.seeds or seeds
-        window = evaluation.window_size(steps)
         for name, tx in optimizers.items():
-            start = time.time()
-            run = evaluation.train(tx, task, seeds, num_steps=steps)
-            losses = np.asarray(run.losses)
-            final = losses[:, -window:].mean(1)
-            ratio = np.asarray(evaluation.stability_ratio(losses))
+            final, ratio, seconds = final_and_ratio(tx, task, seeds, steps)
             record[f"{case}/{name}"] = {
                 "seeds": seeds, "steps": steps,
                 "final": final.tolist(), "ratio": ratio.tolist(),
             }
             print(f"{case:16s} {name:34s} final {np.round(final, 5)} "
-                  f"ratio {np.round(ratio, 2)} ({time.time() - start:.0f} s)",
-                  flush=True)
+                  f"ratio {np.round(ratio, 2)} ({seconds:.0f} s)", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(record, f, indent=1)

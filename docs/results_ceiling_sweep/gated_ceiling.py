@@ -24,7 +24,6 @@ the best one). Record: `gated_ceiling.log`.
 """
 import pathlib
 import sys
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +35,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import step_floor_sweep  # noqa: E402
 
 import mnemosyne  # noqa: E402
-from mnemosyne import evaluation  # noqa: E402
 from mnemosyne.backends import _jax  # noqa: E402
 from mnemosyne.tasks import get_task  # noqa: E402
 
@@ -65,11 +63,8 @@ for name in sys.argv[4].split(","):
         steps = int(sys.argv[5])
     if len(sys.argv) > 6:
         seeds = [int(s) for s in sys.argv[6].split(",")]
-    start = time.time()
-    losses = np.asarray(evaluation.train(tx, task, seeds, num_steps=steps).losses)
-    final = losses[:, -evaluation.window_size(steps):].mean(1)
-    ratio = np.asarray(evaluation.stability_ratio(losses))
+    final, ratio, seconds = step_floor_sweep.final_and_ratio(tx, task, seeds, steps)
     label = "adam" if A1 < 0 else f"a1={A1} knee={KNEE} h={CEILING}"
     print(f"{name:22s} {label} final {final.mean():.4g} "
           f"{np.array2string(final, precision=4)} ratio {np.round(ratio, 2)} "
-          f"({time.time() - start:.0f} s)", flush=True)
+          f"({seconds:.0f} s)", flush=True)

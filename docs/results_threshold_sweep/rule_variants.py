@@ -21,7 +21,6 @@ does. Record: `variants.log`.
 import os
 import pathlib
 import sys
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +31,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import step_floor_sweep  # noqa: E402
 
 import mnemosyne  # noqa: E402
-from mnemosyne import evaluation  # noqa: E402
 from mnemosyne.backends import _jax  # noqa: E402
 
 VARIANT = sys.argv[1]
@@ -59,10 +57,7 @@ for case in sys.argv[2].split(","):
     task, steps, seeds = cases[case]
     if len(sys.argv) > 3:
         seeds = [int(s) for s in sys.argv[3].split(",")]
-    start = time.time()
-    losses = np.asarray(evaluation.train(tx, task, seeds, num_steps=steps).losses)
-    final = losses[:, -evaluation.window_size(steps):].mean(1)
-    ratio = np.asarray(evaluation.stability_ratio(losses))
+    final, ratio, seconds = step_floor_sweep.final_and_ratio(tx, task, seeds, steps)
     print(f"{case:16s} a0={lopt.step_agreement_threshold} {VARIANT} final "
-          f"{np.round(final, 5)} ratio {np.round(ratio, 2)} "
-          f"({time.time() - start:.0f} s)", flush=True)
+          f"{np.round(final, 5)} ratio {np.round(ratio, 2)} ({seconds:.0f} s)",
+          flush=True)
