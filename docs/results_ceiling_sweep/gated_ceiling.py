@@ -38,33 +38,51 @@ import mnemosyne  # noqa: E402
 from mnemosyne.backends import _jax  # noqa: E402
 from mnemosyne.tasks import get_task  # noqa: E402
 
-A1, KNEE, CEILING = (float(x) for x in sys.argv[1:4])
+
+def gated_rule(a1, knee):
+    """Eq. (A2) with the threshold $a_1$ above the knee $h_0$ (the backend's
+    signature)."""
+    def log_step_scale(log_scale, agreement, rate, threshold, low, high):
+        threshold = jnp.where(log_scale > float(np.log(knee)), a1, threshold)
+        return jnp.clip(log_scale + rate * (agreement - threshold),
+                        float(np.log(low)), float(np.log(high)))
+    return log_step_scale
 
 
-def log_step_scale(log_scale, agreement, rate, threshold, low, high):
-    threshold = jnp.where(log_scale > float(np.log(KNEE)), A1, threshold)
-    return jnp.clip(log_scale + rate * (agreement - threshold),
-                    float(np.log(low)), float(np.log(high)))
+def shipped_with_ceiling(ceiling):
+    """The shipped θ, read with the multiplier's ceiling `ceiling`."""
+    lopt = mnemosyne.load(ROOT / "mnemosyne" / "weights" / "default.eqx")
+    return mnemosyne.reconfigure(
+        lopt, step_scale_range=(lopt.step_scale_range[0], ceiling)
+    )
 
 
-_jax.log_step_scale = log_step_scale  # this process only
-lopt = mnemosyne.load(ROOT / "mnemosyne" / "weights" / "default.eqx")
-lopt = mnemosyne.reconfigure(
-    lopt, step_scale_range=(lopt.step_scale_range[0], CEILING)
-)
-tx = optax.adam(1e-3) if A1 < 0 else mnemosyne.mnemosyne(lopt=lopt)
-cases = step_floor_sweep.cases()
-for name in sys.argv[4].split(","):
-    if name in cases:
-        task, steps, seeds = cases[name]
-    else:
-        task, steps, seeds = get_task(name), 1000, [0, 1, 2]
-    if len(sys.argv) > 5 and sys.argv[5] != "-":
-        steps = int(sys.argv[5])
-    if len(sys.argv) > 6:
-        seeds = [int(s) for s in sys.argv[6].split(",")]
-    final, ratio, seconds = step_floor_sweep.final_and_ratio(tx, task, seeds, steps)
-    label = "adam" if A1 < 0 else f"a1={A1} knee={KNEE} h={CEILING}"
-    print(f"{name:22s} {label} final {final.mean():.4g} "
-          f"{np.array2string(final, precision=4)} ratio {np.round(ratio, 2)} "
-          f"({seconds:.0f} s)", flush=True)
+def task_named(name):
+    """`(task, steps, seeds)`: a case of `step_floor_sweep.py`, or a suite task
+    for 1,000 steps on seeds 0-2."""
+    cases = step_floor_sweep.cases()
+    return cases[name] if name in cases else (get_task(name), 1000, [0, 1, 2])
+
+
+def main():
+    a1, knee, ceiling = (float(x) for x in sys.argv[1:4])
+    _jax.log_step_scale = gated_rule(a1, knee)  # this process only
+    lopt = shipped_with_ceiling(ceiling)
+    tx = optax.adam(1e-3) if a1 < 0 else mnemosyne.mnemosyne(lopt=lopt)
+    for name in sys.argv[4].split(","):
+        task, steps, seeds = task_named(name)
+        if len(sys.argv) > 5 and sys.argv[5] != "-":
+            steps = int(sys.argv[5])
+        if len(sys.argv) > 6:
+            seeds = [int(s) for s in sys.argv[6].split(",")]
+        final, ratio, seconds = step_floor_sweep.final_and_ratio(
+            tx, task, seeds, steps
+        )
+        label = "adam" if a1 < 0 else f"a1={a1} knee={knee} h={ceiling}"
+        print(f"{name:22s} {label} final {final.mean():.4g} "
+              f"{np.array2string(final, precision=4)} ratio {np.round(ratio, 2)} "
+              f"({seconds:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,42 +14,35 @@ import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import step_floor_sweep  # noqa: E402
+import gated_ceiling  # noqa: E402  (beside this script)
 
 import mnemosyne  # noqa: E402
 from mnemosyne import evaluation  # noqa: E402
 from mnemosyne.backends import _jax  # noqa: E402
-from mnemosyne.tasks import get_task  # noqa: E402
 
 A1, KNEE, CEILING = (float(x) for x in sys.argv[1:4])
 RECORD = []
+_gated = gated_ceiling.gated_rule(A1, KNEE)
 
 
-def traced(log_scale, agreement, rate, threshold, low, high):
-    threshold = jnp.where(log_scale > float(np.log(KNEE)), A1, threshold)
-    out = jnp.clip(log_scale + rate * (agreement - threshold),
-                   float(np.log(low)), float(np.log(high)))
+def traced(*args):
+    out = _gated(*args)
     jax.debug.callback(
         lambda a, r: RECORD.append((np.ravel(a).copy(), np.ravel(r).copy())),
-        agreement, out,
+        args[1], out,
     )
     return out
 
 
 _jax.log_step_scale = traced  # this process only
-lopt = mnemosyne.load(ROOT / "mnemosyne" / "weights" / "default.eqx")
-lopt = mnemosyne.reconfigure(
-    lopt, step_scale_range=(lopt.step_scale_range[0], CEILING)
-)
-tx = mnemosyne.mnemosyne(lopt=lopt)
-name, cases = sys.argv[4], step_floor_sweep.cases()
-task, steps = (cases[name][:2] if name in cases else (get_task(name), 1000))
+tx = mnemosyne.mnemosyne(lopt=gated_ceiling.shipped_with_ceiling(CEILING))
+name = sys.argv[4]
+task, steps, _ = gated_ceiling.task_named(name)
 if len(sys.argv) > 5 and sys.argv[5] != "-":
     steps = int(sys.argv[5])
 losses = np.asarray(evaluation.train(tx, task, [0], num_steps=steps).losses)[0]
