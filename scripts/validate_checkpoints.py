@@ -25,7 +25,9 @@ configurations in none of those sets, each for its own 1,000-3,000 steps)
 instead, with the same scores; `--probe 2` the second, blind one
 (`mnemosyne.meta.second_probe_tasks()`: 24 configurations further out, 1,000-4,000
 steps); `--probe 3` the third (`mnemosyne.meta.third_probe_tasks()`: 24 more,
-1,500-8,000 steps), blind to the step multiplier's range chosen on the second.
+1,500-8,000 steps), blind to the step multiplier's range chosen on the second;
+`--probe 4` the fourth (`mnemosyne.meta.fourth_probe_tasks()`: 8 wider models,
+up to 1.1 million parameters, 1,000-2,000 steps).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from mnemosyne import evaluation
 from mnemosyne.evaluation._ablation import LOSS_FLOOR
 from mnemosyne.meta import (
     PRESETS,
+    fourth_probe_tasks,
     probe_tasks,
     second_probe_tasks,
     stress_validation_tasks,
@@ -62,10 +65,11 @@ def main() -> None:
                         help="skip stress_validation_tasks()")
     parser.add_argument("--preset", default="default",
                         help="preset whose untrained θ joins the candidates (default)")
-    parser.add_argument("--probe", nargs="?", const="1", choices=["1", "2", "3"],
+    parser.add_argument("--probe", nargs="?", const="1", choices=["1", "2", "3", "4"],
                         help="a generality probe instead: 1 (the default when the "
                         "flag has no value) meta.probe_tasks(), 2 "
-                        "meta.second_probe_tasks(), 3 meta.third_probe_tasks()")
+                        "meta.second_probe_tasks(), 3 meta.third_probe_tasks(), 4 "
+                        "meta.fourth_probe_tasks()")
     parser.add_argument("--only", nargs="+", default=None, metavar="PART",
                         help="only the tasks whose name contains one of these")
     parser.add_argument("--out", default=None, help="JSON record to write")
@@ -105,7 +109,8 @@ def main() -> None:
     keys = jnp.broadcast_to(jax.vmap(jax.random.key)(seeds), (len(factories), runs))
     lrs = np.repeat(np.stack(lrs).astype(np.float64), args.seeds, axis=1)
     if args.probe:
-        probes = {"1": probe_tasks, "2": second_probe_tasks, "3": third_probe_tasks}
+        probes = {"1": probe_tasks, "2": second_probe_tasks, "3": third_probe_tasks,
+                  "4": fourth_probe_tasks}
         tasks = probes[args.probe]()
     else:
         tasks = {n: (task, args.steps) for n, task in validation_tasks().items()}

@@ -248,7 +248,7 @@ def _configuration(x):
 
 
 def test_held_out_task_sets_are_disjoint_and_well_formed():
-    """The sets that pick and check the shipped θ (validation, stress, the three
+    """The sets that pick and check the shipped θ (validation, stress, the four
     probes) share no task with each other, the suite or the default preset's
     meta-training configurations, by name and by configuration, and every
     task's loss is a scalar (traced only, no compilation). One documented
@@ -256,6 +256,7 @@ def test_held_out_task_sets_are_disjoint_and_well_formed():
     steps instead of 1,000."""
     from mnemosyne.meta import (
         broad_configs,
+        fourth_probe_tasks,
         probe_tasks,
         second_probe_tasks,
         stress_validation_tasks,
@@ -270,6 +271,7 @@ def test_held_out_task_sets_are_disjoint_and_well_formed():
         "probe": probe_tasks(),
         "second probe": second_probe_tasks(),
         "third probe": third_probe_tasks(),
+        "fourth probe": fourth_probe_tasks(),
     }
     family = PRESETS["default"].family
     sets = {"meta-training": {

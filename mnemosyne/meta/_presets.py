@@ -1034,6 +1034,38 @@ def third_probe_tasks() -> dict[str, tuple[Any, int]]:
     return {task.name: (task, steps) for task, steps in tasks}
 
 
+
+def fourth_probe_tasks() -> dict[str, tuple[Any, int]]:
+    """`(task, steps)`: a fourth generality probe, of wider models (2026-12-05,
+    session 17), written down and run once on the shipped θ with no choice made
+    on it. The other held-out sets and the meta-training configurations are
+    small (widths up to 256, Transformers up to `d_model` 64); here the
+    layers are 4-16 times wider and the models have up to 1.1 million
+    parameters: MLPs of width 512-1,024 (ReLU, GELU, tanh), a causal LM and a
+    ViT of `d_model` 128 with 4 layers, a CNN of 64 channels, an RNN of 256
+    units and a wide teacher regression at batch 256. None is in another set
+    (`test_held_out_task_sets_are_disjoint_and_well_formed`). Run with
+    `scripts/validate_checkpoints.py --probe 4`."""
+    mlp = functools.partial(_probe_mlp, "probe4")
+    lm = functools.partial(_probe_lm, "probe4")
+    digits = load_dataset("digits")
+    tasks = [
+        (mlp("digits", (1024, 1024), "relu", 64), 1500),
+        (mlp("digits", (512,) * 4, "gelu", 16), 2000),
+        (mlp("breast_cancer", (1024, 1024), "tanh", 32), 1500),
+        (lm("copy", 128, 4, 16), 1000),
+        (ViTClassifier(digits, d_model=128, num_layers=4, batch_size=32,
+                       name="probe4_vit_digits_d128_l4_b32"), 1000),
+        (CNNClassifier(digits, channels=(64, 64), batch_size=32,
+                       name="probe4_cnn_digits_64_64_b32"), 1000),
+        (RNNClassifier(digits, hidden=256, batch_size=32,
+                       name="probe4_rnn_digits_h256_b32"), 1500),
+        (TeacherRegression.random(45, hidden=(512, 512), activation="gelu",
+                                  noise=0.1, batch_size=256,
+                                  name="probe4_regression_2x512_gelu_b256"), 2000),
+    ]
+    return {task.name: (task, steps) for task, steps in tasks}
+
 def _probe_mlp(prefix, dataset, hidden, activation, batch_size, cls=MLPClassifier,
                first_probe_name=False, **kw):
     """A held-out set's MLP task (the probes', the stress set's), named
