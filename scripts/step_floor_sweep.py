@@ -29,7 +29,12 @@ import optax
 
 import mnemosyne
 from mnemosyne import evaluation
-from mnemosyne.meta import probe_tasks, second_probe_tasks, stress_validation_tasks
+from mnemosyne.meta import (
+    probe_tasks,
+    second_probe_tasks,
+    stress_validation_tasks,
+    third_probe_tasks,
+)
 from mnemosyne.tasks import get_task
 
 
@@ -55,6 +60,18 @@ def cases() -> dict:
     for name, task in zip(names, long_runs.configurations().values(), strict=True):
         out[name] = (task, 10200, [0, 1])
     return out
+
+
+def task_named(name) -> tuple:
+    """`(task, steps, seeds)`: a case of `cases()`, a task of the third probe
+    (its own steps, seeds 0-2), or a suite task for 1,000 steps on seeds 0-2;
+    the lookup of the record scripts that take a task by name."""
+    known, probe = cases(), third_probe_tasks()
+    if name in known:
+        return known[name]
+    if name in probe:
+        return (*probe[name], [0, 1, 2])
+    return get_task(name), 1000, [0, 1, 2]
 
 
 def final_and_ratio(tx, task, seeds, steps):

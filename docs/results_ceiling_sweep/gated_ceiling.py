@@ -36,7 +36,6 @@ import step_floor_sweep  # noqa: E402
 
 import mnemosyne  # noqa: E402
 from mnemosyne.backends import _jax  # noqa: E402
-from mnemosyne.tasks import get_task  # noqa: E402
 
 
 def gated_rule(a1, knee):
@@ -57,20 +56,13 @@ def shipped_with_ceiling(ceiling):
     )
 
 
-def task_named(name):
-    """`(task, steps, seeds)`: a case of `step_floor_sweep.py`, or a suite task
-    for 1,000 steps on seeds 0-2."""
-    cases = step_floor_sweep.cases()
-    return cases[name] if name in cases else (get_task(name), 1000, [0, 1, 2])
-
-
 def main():
     a1, knee, ceiling = (float(x) for x in sys.argv[1:4])
     _jax.log_step_scale = gated_rule(a1, knee)  # this process only
     lopt = shipped_with_ceiling(ceiling)
     tx = optax.adam(1e-3) if a1 < 0 else mnemosyne.mnemosyne(lopt=lopt)
     for name in sys.argv[4].split(","):
-        task, steps, seeds = task_named(name)
+        task, steps, seeds = step_floor_sweep.task_named(name)
         if len(sys.argv) > 5 and sys.argv[5] != "-":
             steps = int(sys.argv[5])
         if len(sys.argv) > 6:

@@ -20,6 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import gated_ceiling  # noqa: E402  (beside this script)
+import step_floor_sweep  # noqa: E402
 
 import mnemosyne  # noqa: E402
 from mnemosyne import evaluation  # noqa: E402
@@ -42,7 +43,7 @@ def traced(*args):
 _jax.log_step_scale = traced  # this process only
 tx = mnemosyne.mnemosyne(lopt=gated_ceiling.shipped_with_ceiling(CEILING))
 name = sys.argv[4]
-task, steps, _ = gated_ceiling.task_named(name)
+task, steps, _ = step_floor_sweep.task_named(name)
 if len(sys.argv) > 5 and sys.argv[5] != "-":
     steps = int(sys.argv[5])
 losses = np.asarray(evaluation.train(tx, task, [0], num_steps=steps).losses)[0]

@@ -40,18 +40,6 @@ import step_floor_sweep  # noqa: E402
 
 import mnemosyne  # noqa: E402
 from mnemosyne import _lopt  # noqa: E402
-from mnemosyne.meta import third_probe_tasks  # noqa: E402
-from mnemosyne.tasks import get_task  # noqa: E402
-
-
-def task_and_steps(name):
-    """The case, third-probe task or suite task `name` and its own length."""
-    probe, cases = third_probe_tasks(), step_floor_sweep.cases()
-    if name in probe:
-        return probe[name]
-    if name in cases:
-        return cases[name][:2]
-    return get_task(name), 1000
 
 
 def spike_ratio(grad, nu, step, decay, rms, B):
@@ -111,7 +99,7 @@ def main():
     patch(args.K, args.lam, args.clip, records)
     if args.probe:
         return validate(args)
-    task, steps = task_and_steps(args.case)
+    task, steps, _ = step_floor_sweep.task_named(args.case)
     steps = steps if args.steps == "-" else int(args.steps)
     seeds = [int(s) for s in args.seeds.split(",")]
     final, ratio, seconds = step_floor_sweep.final_and_ratio(
