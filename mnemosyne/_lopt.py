@@ -415,7 +415,10 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
        $e^{\\rho_t}$, a log multiplier that grows while the tensor's gradient
        keeps the direction of the memory's momentum and shrinks when it turns
        against it or the agreement falls below `step_agreement_threshold`
-       (mostly noise), within `step_scale_range` (A1)-(A2).
+       (mostly noise), within `step_scale_range` (A1)-(A2);
+    6. with `step_warmup` $(w_0, T)$, the step is also multiplied by
+       $w_t = \\min(1, w_0 + (1 - w_0)\\, t/T)$ (W): a linear warm-up over the
+       first $T$ steps, which nothing in the state reads.
 
     Untrained (initialised) v2 θ is already a sane optimizer: the token's first
     channel and the memory's value select $\\tilde g = g/(\\sqrt{\\hat\\nu}+\\epsilon)$,
@@ -469,6 +472,9 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             multiplier shrinks (`None`, i.e. 0: only when the gradient turns
             against the momentum; above 0, also when the gradient is mostly
             noise).
+        step_warmup: `(w_0, T)`: the step is multiplied by $w_t = \\min(1, w_0 +
+            (1 - w_0) t / T)$ (W), a linear warm-up from $w_0$ to 1 over the
+            first $T$ steps; `None` (default): no warm-up.
         skip_nonfinite: skip a step whose gradient is not finite.
         key: PRNG key for θ.
 
@@ -514,6 +520,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     step_adaptation: float | None = eqx.field(static=True)
     step_scale_range: tuple[float, float] = eqx.field(static=True)
     step_agreement_threshold: float | None = eqx.field(static=True)
+    step_warmup: tuple[float, int] | None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -540,6 +547,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         step_adaptation: float | None = None,
         step_scale_range: tuple[float, float] = (0.25, 4.0),
         step_agreement_threshold: float | None = None,
+        step_warmup: tuple[float, int] | None = None,
         skip_nonfinite: bool = True,
         key: PRNGKeyArray,
     ):
@@ -598,6 +606,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
                 )
             step_agreement_threshold = float(step_agreement_threshold)
         self.step_agreement_threshold = step_agreement_threshold
+        self.step_warmup = _checked_warmup(step_warmup)
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):
@@ -614,14 +623,35 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         if nu is not None:
             memory = memory._replace(second_moment=nu[None])
         if not self.read_out:
-            return -self.head(f, e, f[:0], B), memory, None
+            return self._warmed_up(-self.head(f, e, f[:0], B), step, B), memory, None
         embedding = fold_shared_inputs(self.embed_w, self.embed_b, e, len(f), B)
         odd = ODD_FEATURES[nu is not None] if self.sign_symmetric else None
         adapts = self.step_adaptation is not None
         memory, read, *momentum = self.memory(
             memory, f, B, embedding=embedding, odd_inputs=odd, previous_momentum=adapts
         )
-        return -self.head(f, e, read, B), memory, momentum[0] if adapts else None
+        update = self._warmed_up(-self.head(f, e, read, B), step, B)
+        return update, memory, momentum[0] if adapts else None
+
+    def _warmed_up(self, update, step, B):
+        """`update` times the warm-up factor $w_t$ of Eq. (W), if `step_warmup`."""
+        if self.step_warmup is None:
+            return update
+        start, steps = self.step_warmup
+        return update * B.warmup_factor(step, start, steps, update.dtype)
+
+
+def _checked_warmup(step_warmup) -> tuple[float, int] | None:
+    """`step_warmup` as `(w_0, T)`, or a `ValueError` naming what is wrong."""
+    if step_warmup is None:
+        return None
+    start, steps = step_warmup
+    if not (0.0 < float(start) <= 1.0 and int(steps) == steps and steps >= 1):
+        raise ValueError(
+            "step_warmup is (start, steps): a start factor in (0, 1] and a whole "
+            f"number of steps >= 1, got {step_warmup!r}"
+        )
+    return float(start), int(steps)
 
 
 def _token_embedding(key, d_model: int, num_inputs: int):

@@ -117,6 +117,14 @@ KERNELS = {
             {"timescales": (10.0, 100.0, 1000.0), "dtype": None},
         ),
     ),
+    "warmup_factor": (
+        "warmup_factor",
+        lambda rng: ((np.asarray(37),), {"start": 0.1, "steps": 200, "dtype": None}),
+    ),
+    "warmup_factor_done": (
+        "warmup_factor",
+        lambda rng: ((np.asarray(250),), {"start": 0.1, "steps": 200, "dtype": None}),
+    ),
     "coordinate_features": ("coordinate_features", _coordinate_inputs),
     "dense": (
         "dense",
@@ -207,6 +215,8 @@ def _call(module, fname, arrays, statics, dtype=None):
     if fname == "step_embedding":
         # computed in the working dtype (the optimizer passes the gradient's)
         return fn(*arrays, statics["timescales"], dtype)
+    if fname == "warmup_factor":
+        return fn(*arrays, statics["start"], statics["steps"], dtype)
     if fname == "chunk_attention":
         x, *weights = arrays
         return fn(x, statics["mask"], *weights)

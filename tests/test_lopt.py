@@ -607,3 +607,41 @@ def test_step_adaptation_needs_the_v2_memory_and_a_sane_range():
         mnemosyne.CoordinatewiseMnemosyne(
             step_adaptation=0.01, step_agreement_threshold=1.5, key=jax.random.key(0)
         )
+
+
+# ----------------------------------------------------------------------------
+# Warm-up of the step (Eq. W)
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_step_warmup_scales_the_update_and_nothing_else(backend):
+    """With `step_warmup=(w_0, T)` the update at step $t$ is the same θ's
+    update without warm-up times $w_t = \\min(1, w_0 + (1 - w_0) t / T)$ (W),
+    computed here directly, and the state (memory, second moment, step
+    multiplier) is bit for bit the same: the warm-up is read by nothing."""
+    start, steps = 0.1, 4
+    plain = mnemosyne.reconfigure(mnemosyne.pretrained(), step_warmup=None)
+    warmed = mnemosyne.reconfigure(plain, step_warmup=(start, steps))
+    params = ADAPTED_PARAMS
+    state_p = state_w = plain.init(params)
+    for t in range(7):
+        g = random_like(params, t)
+        u_p, state_p = plain.update(g, state_p, params, backend=backend)
+        u_w, state_w = warmed.update(g, state_w, params, backend=backend)
+        factor = min(1.0, start + (1.0 - start) * t / steps)
+        for k in params:
+            np.testing.assert_allclose(
+                np.asarray(u_w[k]), factor * np.asarray(u_p[k]), rtol=1e-6, atol=0
+            )
+        assert_tree_equal(state_w, state_p)
+    assert factor == 1.0
+
+
+def test_step_warmup_must_be_a_start_factor_and_a_number_of_steps():
+    for bad in ((0.0, 100), (1.5, 100), (0.1, 0), (0.1, 2.5)):
+        with pytest.raises(ValueError, match="step_warmup"):
+            mnemosyne.CoordinatewiseMnemosyne(step_warmup=bad, key=jax.random.key(0))
+    key = jax.random.key(0)
+    lopt = mnemosyne.CoordinatewiseMnemosyne(step_warmup=(1, 50.0), key=key)
+    assert lopt.step_warmup == (1.0, 50)

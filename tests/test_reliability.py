@@ -59,7 +59,9 @@ TARGET = {
     k: jnp.asarray(_RNG.standard_normal(s), jnp.float32) for k, s in SHAPES.items()
 }
 PARAMS0 = {k: jnp.zeros(s, jnp.float32) for k in SHAPES for s in [SHAPES[k]]}
-NUM_STEPS, INJECT = 120, (40, 45)  # extreme gradients on steps 40..44
+# extreme gradients on steps 240..244, after the 200-step warm-up of the step
+# (W), so that the recovery is compared with the clean run at the full step
+NUM_STEPS, INJECT = 320, (240, 245)
 MAX_STEP = 1.0  # bound on |update| per coordinate (learning rate 1)
 
 
@@ -145,7 +147,8 @@ _SATURATING = pytest.mark.xfail(
     strict=True,
     reason="v2 keeps Adam's second moment: after every coordinate's gradient is "
     "~1e30 for 5 steps it saturates near the float32 ceiling and decays by 0.999 "
-    "a step, so the run recovers (loss 60.7 -> 50) but more slowly than asked "
+    "a step, so the run recovers more slowly than asked (loss 28.3 at the "
+    "injection, 32.8 75 steps later) "
     "(Adam behaves the same; docs/reliability.md)",
 )
 

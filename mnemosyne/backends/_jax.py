@@ -188,6 +188,12 @@ def second_moment(nu, g, decay):
     return decay * nu + (1.0 - decay) * jnp.minimum(g * g, ceiling)
 
 
+def warmup_factor(step, start, steps, dtype=jnp.float32):
+    """Eq. (W); see the NumPy reference."""
+    t = jnp.asarray(step, dtype)
+    return jnp.minimum(1.0, start + (1.0 - start) * t / steps).astype(dtype)
+
+
 def agreement(dot, g_square, m_square):
     """Eq. (A1); see the NumPy reference."""
     norms = jnp.sqrt(g_square * m_square)

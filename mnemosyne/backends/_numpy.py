@@ -132,6 +132,16 @@ def step_embedding(step, timescales, dtype=np.float64) -> np.ndarray:
     return np.tanh(np.float64(step) / np.asarray(timescales, dtype=np.float64))
 
 
+def warmup_factor(step, start, steps, dtype=np.float64):
+    r"""Eq. (W): the factor of the step's linear warm-up at step $t$ (0 at the
+    first update), $w_t = \min\big(1,\ w_0 + (1 - w_0)\, t / T\big)$, from
+    $w_0$ = `start` to 1 over $T$ = `steps` steps (the warm-up of a learning
+    rate that Transformers are trained with, e.g. Vaswani et al. 2017); the
+    same for every coordinate of every tensor."""
+    del dtype
+    return np.minimum(1.0, start + (1.0 - start) * np.float64(step) / steps)
+
+
 def normalise(x, rms):
     """$x / \\operatorname{rms}$, and 0 for an all-zero tensor (rms = 0)."""
     rms = np.asarray(rms, np.float64)

@@ -461,6 +461,14 @@ _STEP_SCALE_RANGE = (0.25, 2.0)
 # "v2 read with a lower floor"). Re-training with the floor 1/64 gave a θ that
 # ruined a causal LM of the second probe, so the θ trained with 1/4 ships.
 _SHIPPED_STEP_SCALE_RANGE = (1 / 32, 2.0)
+# The warm-up the shipped θ is read with (Eq. (W), `Preset.read_with`), hand-set
+# after meta-training (session 18): causal LMs and a ViT of d_model 256, wider
+# than anything meta-trained on or probed before, ended 1.6-4x *above*
+# Adam(1e-3)'s loss without it (the first steps, at twice Adam's step, throw
+# the Transformer onto a plateau the multiplier of (A2) shrinks too slowly to
+# leave) and 3-170x below it with a linear warm-up from 1/10 over 200 steps
+# (docs/results.md, "A warm-up for wide Transformers").
+_SHIPPED_STEP_WARMUP = (0.1, 200)
 # The agreement threshold a_0 of Eq. (A2), hand-set: on the generality probe
 # (meta.probe_tasks(), seeds 0-1) the weights trained without one (a_0 = 0)
 # ruined a batch-8 RNN and a 3-layer causal LM run, where the agreement hovers
@@ -496,7 +504,10 @@ PRESETS: dict[str, Preset] = {
         held_out_kinds=_V2_HELD_OUT,
         average=_V2_AVERAGE,
         shrink=_V2_SHRINK,
-        read_with={"step_scale_range": _SHIPPED_STEP_SCALE_RANGE},
+        read_with={
+            "step_scale_range": _SHIPPED_STEP_SCALE_RANGE,
+            "step_warmup": _SHIPPED_STEP_WARMUP,
+        },
     ),
     # The shipped LSTM baselines come from the v1 recipe; `lstm_v2` and
     # `lstm_multiscale_v2` are the same LSTMs under the default's v2 recipe
