@@ -38,7 +38,8 @@ WITHOUT_MEMORY = "features_and_head"
 
 def features_and_head_only(lopt) -> optax.GradientTransformation:
     """The step of `lopt` without its memory: features (F) and head (H, O) on
-    a zero read-out, no state, at step 0. The ablation's no-memory variant runs the
+    a zero read-out, no state, at step 0 (times its warm-up factor, Eq. (W),
+    if it has one). The ablation's no-memory variant runs the
     default program with zero read-out weights (XLA does not know they are
     zero), so only this program measures what the update costs without the
     memory."""
@@ -51,7 +52,8 @@ def features_and_head_only(lopt) -> optax.GradientTransformation:
             nu = B.second_moment(jnp.zeros_like(grad), grad, lopt.second_moment_decay)
         step = jnp.zeros((), jnp.int32)
         f, e, _ = lopt.features(grad, param, step, B, second_moment=nu)
-        return -lopt.head(f, e, [jnp.zeros_like(grad)] * width, B)
+        update = -lopt.head(f, e, [jnp.zeros_like(grad)] * width, B)
+        return lopt._warmed_up(update, step, B)  # Eq. (W), as `_leaf_step`
 
     def update(grads, state, params=None):
         return jax.tree.map(leaf_step, grads, params), state
