@@ -463,11 +463,11 @@ _STEP_SCALE_RANGE = (0.25, 2.0)
 _SHIPPED_STEP_SCALE_RANGE = (1 / 32, 2.0)
 # The warm-up the shipped θ is read with (Eq. (W), `Preset.read_with`), hand-set
 # after meta-training (session 18): causal LMs and a ViT of d_model 256, wider
-# than anything meta-trained on or probed before, ended 1.6-4x *above*
+# than anything meta-trained on or probed before, ended 1.6-4.2x *above*
 # Adam(1e-3)'s loss without it (the first steps, at twice Adam's step, throw
 # the Transformer onto a plateau the multiplier of (A2) shrinks too slowly to
-# leave) and 3-170x below it with a linear warm-up from 1/10 over 200 steps
-# (docs/results.md, "A warm-up for wide Transformers").
+# leave) and 3-140x below it with a linear warm-up from 1/10 over 200 steps
+# (docs/results.md, "v2 read with a warm-up").
 _SHIPPED_STEP_WARMUP = (0.1, 200)
 # The agreement threshold a_0 of Eq. (A2), hand-set: on the generality probe
 # (meta.probe_tasks(), seeds 0-1) the weights trained without one (a_0 = 0)
