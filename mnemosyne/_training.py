@@ -47,13 +47,17 @@ def batch_sampler(task):
 def training_step(task, tx: optax.GradientTransformation) -> Callable:
     """The `lax.scan` body of training `tx` on `task`: `((params, state),
     batch_key) -> ((params, state), loss)`, the loss at the iterate before the
-    update."""
+    update; `tx.update` is given that minibatch loss as optax's `value=` extra
+    argument (transformations without extra arguments are wrapped by
+    `optax.with_extra_args_support`, which drops it)."""
     sample = batch_sampler(task)
 
     def step(carry, key):
         params, state = carry
         loss, grads = jax.value_and_grad(task.loss)(params, sample(key))
-        updates, state = tx.update(grads, state, params)
+        updates, state = optax.with_extra_args_support(tx).update(
+            grads, state, params, value=loss
+        )
         return (optax.apply_updates(params, updates), state), loss
 
     return step
@@ -97,8 +101,9 @@ def _train_groups(factories, task, lrs, keys, num_steps: int, eval_every: int):
     Returns:
         `losses (G, R, num_steps), (test_loss, accuracy) (G, R, evals)`;
         `losses[g, r, t]` is the minibatch loss at the iterate after `t`
-        updates, the held-out batch is evaluated after every `eval_every`
-        updates (`None` where the task has none).
+        updates (each update is given it as `value=`, as in `training_step`),
+        the held-out batch is evaluated after every `eval_every` updates
+        (`None` where the task has none).
     """
     sample = batch_sampler(task)
     vv = lambda f: jax.vmap(jax.vmap(f))  # over groups, then runs
@@ -120,12 +125,13 @@ def _train_groups(factories, task, lrs, keys, num_steps: int, eval_every: int):
         new_params, new_states = [], []
         for g, f in enumerate(factories):
 
-            def update(lr, grad, state, p, f=f):
-                updates, state = f(lr).update(grad, state, p)
+            def update(lr, grad, state, p, value, f=f):
+                tx = optax.with_extra_args_support(f(lr))
+                updates, state = tx.update(grad, state, p, value=value)
                 return optax.apply_updates(p, updates), state
 
             p, s = jax.vmap(update)(
-                lrs[g], _group(grads, g), states[g], _group(params, g)
+                lrs[g], _group(grads, g), states[g], _group(params, g), loss[g]
             )
             new_params.append(p)
             new_states.append(s)

@@ -101,11 +101,16 @@ def target_table(result: EvaluationResult) -> list[str]:
         "| final loss <= grid-tuned Adam's | "
         f"{pct(result.compare('adam_tuned').wins, n)} | >= 35% |",
     ]
-    if "lstm" in result.optimizers:
-        rows.append(
-            "| final loss <= the LSTM optimizer's | "
-            f"{pct(result.compare('lstm').wins, n)} | >= 75% |"
-        )
+    lstms = {
+        "lstm": "the LSTM optimizer's (v1 recipe, `lstm`)",
+        "lstm_v2": "the LSTM optimizer's (same recipe and budget, `lstm_v2`)",
+    }
+    for name, label in lstms.items():
+        if name in result.optimizers:
+            rows.append(
+                f"| final loss <= {label} | {pct(result.compare(name).wins, n)} "
+                "| >= 75% |"
+            )
     rows.append(
         f"| runs ending <= 1.5x their best window, no NaN | {pct(stable, len(ratios))} "
         f"(worst: {worst[0]}, {worst[1]:.2f}x) | 100% |"

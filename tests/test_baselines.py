@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import pathlib
 
 import equinox as eqx
 import jax
@@ -22,6 +24,8 @@ from mnemosyne.baselines import (
     tuned,
 )
 from mnemosyne.baselines import _lstm as lstm_module
+
+WEIGHTS = pathlib.Path(mnemosyne.__file__).parent / "weights"
 
 VARIANTS = ["gradient", "multiscale"]
 
@@ -176,22 +180,43 @@ def test_rejects_complex_and_bad_arguments():
 
 def test_pretrained_loading(tmp_path, monkeypatch):
     """Missing weights give a clear error; present weights round-trip."""
-    for variant, filename in lstm_module._WEIGHT_FILES.items():
-        monkeypatch.setattr(
-            lstm_module, "__file__", str(tmp_path / "baselines" / "_lstm.py")
-        )
-        with pytest.raises(
-            FileNotFoundError, match="mnemosyne meta-train --preset lstm"
-        ):
-            lstm(variant=variant)
+    monkeypatch.setattr(
+        lstm_module, "__file__", str(tmp_path / "baselines" / "_lstm.py")
+    )
+    for (variant, recipe), filename in lstm_module._WEIGHT_FILES.items():
+        preset = filename.removesuffix(".eqx")
+        with pytest.raises(FileNotFoundError, match=f"--preset {preset}`"):
+            lstm(variant=variant, recipe=recipe)
         (tmp_path / "weights").mkdir(exist_ok=True)
         saved = LSTMOptimizer(features=variant, key=jax.random.key(7))
         mnemosyne.save(tmp_path / "weights" / filename, saved)
-        loaded = lstm_module._load_pretrained(variant)
+        loaded = lstm_module._load_pretrained(variant, recipe)
         for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(loaded), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        tx = lstm(variant=variant)
+        tx = lstm(variant=variant, recipe=recipe)
         jax.eval_shape(tx.update, jnp.ones(2), tx.init(jnp.ones(2)))
+    with pytest.raises(ValueError, match="recipe"):
+        lstm(recipe="v3")
+
+
+def test_shipped_lstm_weights_are_their_presets():
+    """Each shipped LSTM file holds its variant and is recorded as its preset's;
+    the v2 files come from the PES recipe with the recorded shrinkage and
+    differ from the v1 weights."""
+    for (variant, recipe), filename in lstm_module._WEIGHT_FILES.items():
+        lopt = lstm_module._load_pretrained(variant, recipe)
+        assert lopt.features == variant
+        record = json.loads((WEIGHTS / (filename + ".json")).read_text())
+        assert record["preset"] == filename.removesuffix(".eqx")
+        if recipe == "v2":
+            v1 = lstm_module._load_pretrained(variant, "v1")
+            assert record["config"]["estimator"]["class"] == "PersistentES"
+            assert record["config"]["shrink"] == 0.125
+            different = [
+                not np.array_equal(np.asarray(a), np.asarray(b))
+                for a, b in zip(jax.tree.leaves(lopt), jax.tree.leaves(v1), strict=True)
+            ]
+            assert any(different)
 
 
 # ----------------------------------------------------------------------------

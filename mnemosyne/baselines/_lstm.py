@@ -420,29 +420,36 @@ class LSTMOptimizer(AbstractLearnedOptimizer):
 # optax alias and pretrained weights
 # ----------------------------------------------------------------------------
 
-_WEIGHT_FILES = {"gradient": "lstm.eqx", "multiscale": "lstm_multiscale.eqx"}
+Recipe = Literal["v1", "v2"]
+
+#: The shipped weights per `(variant, recipe)`, each made by the preset of the
+#: same name as its file (`mnemosyne.meta.PRESETS`): `"v1"` the first recipe
+#: (truncated BPTT on 4 tasks), `"v2"` the default Mnemosyne's (PES on 24
+#: configurations, horizons up to 2,000 steps, the same budget and averaging).
+_WEIGHT_FILES = {
+    ("gradient", "v1"): "lstm.eqx",
+    ("multiscale", "v1"): "lstm_multiscale.eqx",
+    ("gradient", "v2"): "lstm_v2.eqx",
+    ("multiscale", "v2"): "lstm_multiscale_v2.eqx",
+}
 
 
-def _load_pretrained(variant: str) -> LSTMOptimizer:
-    """Load the shipped meta-trained LSTM optimizer for `variant`.
+def _load_pretrained(variant: str, recipe: str = "v1") -> LSTMOptimizer:
+    """Load the shipped meta-trained LSTM optimizer for `variant` and `recipe`.
 
     The file is self-describing (written by `mnemosyne.save`).
     """
-    if variant not in _WEIGHT_FILES:
-        raise ValueError(
-            f"variant must be one of {tuple(_WEIGHT_FILES)}, got {variant!r}"
-        )
-    path = (
-        pathlib.Path(__file__).resolve().parent.parent
-        / "weights"
-        / _WEIGHT_FILES[variant]
-    )
+    if variant not in _FEATURES:
+        raise ValueError(f"variant must be one of {_FEATURES}, got {variant!r}")
+    if (variant, recipe) not in _WEIGHT_FILES:
+        raise ValueError(f"recipe must be 'v1' or 'v2', got {recipe!r}")
+    filename = _WEIGHT_FILES[variant, recipe]
+    path = pathlib.Path(__file__).resolve().parent.parent / "weights" / filename
     if not path.is_file():
-        preset = "lstm" if variant == "gradient" else "lstm_multiscale"
         raise FileNotFoundError(
             f"no pretrained LSTM optimizer weights at {path}. Produce them with "
-            f"`mnemosyne meta-train --preset {preset}`, or pass an explicit "
-            "`lopt=LSTMOptimizer(..., key=key)`."
+            f"`mnemosyne meta-train --preset {filename.removesuffix('.eqx')}`, or "
+            "pass an explicit `lopt=LSTMOptimizer(..., key=key)`."
         )
     lopt = load_once(path)  # read once per process
     if not isinstance(lopt, LSTMOptimizer) or lopt.features != variant:
@@ -457,6 +464,7 @@ def lstm(
     *,
     lopt: LSTMOptimizer | None = None,
     variant: Features = "gradient",
+    recipe: Recipe = "v1",
 ) -> optax.GradientTransformationExtraArgs:
     """The LSTM optimizer as an optax transformation.
 
@@ -472,6 +480,11 @@ def lstm(
         lopt: the LSTM optimizer; `None` loads the shipped pretrained weights
             for `variant` (raises `FileNotFoundError` if not produced yet).
         variant: `"gradient"` or `"multiscale"`; used only when `lopt is None`.
+        recipe: which shipped weights, when `lopt is None`: `"v1"` (the
+            default: meta-trained with truncated BPTT on 4 tasks, the stronger
+            baseline on the suite) or `"v2"` (meta-trained with the default
+            Mnemosyne's recipe and budget, the like-for-like comparison; it
+            ruins more runs, docs/results.md).
 
     Returns:
         An `optax.GradientTransformationExtraArgs`.
@@ -500,6 +513,6 @@ def lstm(
         2023 (the LSTM baselines it compares against).
     """
     if lopt is None:
-        lopt = _load_pretrained(variant)
+        lopt = _load_pretrained(variant, recipe)
     # The one wrapper of every learned optimizer: a pytree whose leaves are θ.
     return scaled_by_learning_rate(as_gradient_transformation(lopt), learning_rate)

@@ -19,7 +19,7 @@ DEFAULT_LEARNING_RATE: float = 1e-3
 #: Seed of the runs that tune `*_tuned` optimizers (kept apart from evaluation seeds).
 TUNING_SEED: int = 1000
 
-_LEARNED = ("mnemosyne", "lstm", "lstm_multiscale")
+_LEARNED = ("mnemosyne", "lstm", "lstm_multiscale", "lstm_v2", "lstm_multiscale_v2")
 
 
 def optimizer_names() -> list[str]:
@@ -33,7 +33,8 @@ def _learned(name: str) -> optax.GradientTransformation:
         if name == "mnemosyne":
             return mnemosyne()
         return baselines.lstm(
-            variant="multiscale" if name == "lstm_multiscale" else "gradient"
+            variant="multiscale" if "multiscale" in name else "gradient",
+            recipe="v2" if name.endswith("_v2") else "v1",
         )
     except FileNotFoundError as err:
         raise FileNotFoundError(
@@ -66,7 +67,9 @@ def resolve_optimizer(
     """An optax transformation from its name.
 
     - `"mnemosyne"`: `mnemosyne.mnemosyne()` (pretrained);
-    - `"lstm"`, `"lstm_multiscale"`: `mnemosyne.baselines.lstm(...)` (pretrained);
+    - `"lstm"`, `"lstm_multiscale"`: `mnemosyne.baselines.lstm(...)` (pretrained,
+      the v1 recipe); `"lstm_v2"`, `"lstm_multiscale_v2"`: the same LSTMs
+      meta-trained with the default Mnemosyne's recipe (`recipe="v2"`);
     - `"adam"`, `"adamw"`, `"sgd"` (momentum 0.9), `"lion"`, `"adafactor"`:
       [`mnemosyne.baselines.reference_optimizers`][] at learning rate 1e-3;
     - `"<one of those>_tuned"`: the learning rate grid-tuned on `task` for
