@@ -1,0 +1,120 @@
+"""A higher ceiling on the step multiplier, gated and with a faster rate above
+a knee (Eq. A3 of docs/results.md, "A gated ceiling with a faster rate"):
+tried in session 19 and not shipped (the library code is on the branch
+`step-scale-gate`).
+
+    python docs/results_knee/knee.py A1 KNEE CEILING FACTOR CASES [STEPS|-] \\
+        [SEEDS|-] [OUT.json]
+
+(from the repository root). The shipped θ is read with the ceiling CEILING
+instead of 2, and the backend's Eq. (A2) is replaced, in this process only, by
+
+$$\\rho_t = \\mathrm{clip}(\\rho_{t-1} + \\kappa_t (a_t - a_{0,t}),\\ \\log\\ell,\\
+\\log h),\\qquad (\\kappa_t, a_{0,t}) = (\\kappa, a_0) \\text{ if } \\rho_{t-1} \\le
+\\log h_0 \\text{ else } (m\\kappa, a_1)$$
+
+with $h_0$ = KNEE, $a_1$ = A1 and $m$ = FACTOR. `CEILING 0` trains the
+shipped reading as it is. CASES: comma-separated names for
+`scripts/step_floor_sweep.py`'s `task_named` (its cases, third-probe tasks,
+suite tasks), or `lm:PROBLEM:D_MODEL:LAYERS:BATCH` / `vit:D_MODEL:LAYERS:BATCH`
+for a causal LM or a ViT on digits (4 heads). Prints each case's mean and
+geometric-mean final loss, the per-seed final losses (mean of the last window)
+and stability ratios (final window over the best one).
+"""
+
+import json
+import pathlib
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import step_floor_sweep  # noqa: E402
+
+import mnemosyne  # noqa: E402
+from mnemosyne.backends import _jax  # noqa: E402
+from mnemosyne.tasks import SequenceLM, ViTClassifier, load_dataset  # noqa: E402
+
+
+def gated_rule(a1, knee, factor):
+    """Eq. (A2) with the threshold $a_1$ and the rate $m\\kappa$ above the knee
+    $h_0$ (the backend's signature)."""
+
+    def log_step_scale(log_scale, agreement, rate, threshold, low, high):
+        above = log_scale > float(np.log(knee))
+        drift = jnp.where(
+            above, factor * rate * (agreement - a1), rate * (agreement - threshold)
+        )
+        return jnp.clip(log_scale + drift, float(np.log(low)), float(np.log(high)))
+
+    return log_step_scale
+
+
+def case(name):
+    """`(task, steps, seeds)` for a case name (see the module docstring)."""
+    spec = name.split(":")
+    if spec[0] == "lm":
+        problem, d, layers, batch = spec[1], *map(int, spec[2:])
+        task = SequenceLM(
+            problem,
+            d_model=d,
+            num_layers=layers,
+            num_heads=4,
+            batch_size=batch,
+            name=name,
+        )
+        return task, 600, [0]
+    if spec[0] == "vit":
+        d, layers, batch = map(int, spec[1:])
+        task = ViTClassifier(
+            load_dataset("digits"),
+            d_model=d,
+            num_layers=layers,
+            batch_size=batch,
+            name=name,
+        )
+        return task, 600, [0]
+    return step_floor_sweep.task_named(name)
+
+
+def main():
+    a1, knee, ceiling, factor = (float(x) for x in sys.argv[1:5])
+    if ceiling == 0:
+        tx = mnemosyne.mnemosyne()
+    else:
+        _jax.log_step_scale = gated_rule(a1, knee, factor)  # this process only
+        lopt = mnemosyne.pretrained()
+        lopt = mnemosyne.reconfigure(
+            lopt, step_scale_range=(lopt.step_scale_range[0], ceiling)
+        )
+        tx = mnemosyne.mnemosyne(lopt=lopt)
+    record = {}
+    for name in sys.argv[5].split(","):
+        task, steps, seeds = case(name)
+        if len(sys.argv) > 6 and sys.argv[6] != "-":
+            steps = int(sys.argv[6])
+        if len(sys.argv) > 7 and sys.argv[7] != "-":
+            seeds = [int(s) for s in sys.argv[7].split(",")]
+        final, ratio, seconds = step_floor_sweep.final_and_ratio(tx, task, seeds, steps)
+        record[name] = {
+            "seeds": seeds,
+            "steps": steps,
+            "final": final.tolist(),
+            "ratio": ratio.tolist(),
+        }
+        print(
+            f"{name:34s} mean {final.mean():.4g} "
+            f"geo {np.exp(np.log(final).mean()):.4g} "
+            f"final {np.array2string(final, precision=4)} "
+            f"ratio {np.round(ratio, 2)} ({seconds:.0f} s)",
+            flush=True,
+        )
+    if len(sys.argv) > 8:
+        pathlib.Path(sys.argv[8]).write_text(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
