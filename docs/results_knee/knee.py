@@ -4,7 +4,7 @@ tried in session 19 and not shipped (the library code is on the branch
 `step-scale-gate`).
 
     python docs/results_knee/knee.py A1 KNEE CEILING FACTOR CASES [STEPS|-] \\
-        [SEEDS|-] [OUT.json]
+        [SEEDS|-] [OUT.json] [--after-warmup]
 
 (from the repository root). The shipped θ is read with the ceiling CEILING
 instead of 2, and the backend's Eq. (A2) is replaced, in this process only, by
@@ -13,8 +13,9 @@ $$\\rho_t = \\mathrm{clip}(\\rho_{t-1} + \\kappa_t (a_t - a_{0,t}),\\ \\log\\ell
 \\log h),\\qquad (\\kappa_t, a_{0,t}) = (\\kappa, a_0) \\text{ if } \\rho_{t-1} \\le
 \\log h_0 \\text{ else } (m\\kappa, a_1)$$
 
-with $h_0$ = KNEE, $a_1$ = A1 and $m$ = FACTOR. `CEILING 0` trains the
-shipped reading as it is. CASES: comma-separated names for
+with $h_0$ = KNEE, $a_1$ = A1 and $m$ = FACTOR (with `--after-warmup`, the
+multiplier is held at most $h_0$ until the end of the shipped warm-up, $T$ = 200).
+`CEILING 0` trains the shipped reading as it is. CASES: comma-separated names for
 `scripts/step_floor_sweep.py`'s `task_named` (its cases, third-probe tasks,
 suite tasks), or `lm:PROBLEM:D_MODEL:LAYERS:BATCH` / `vit:D_MODEL:LAYERS:BATCH`
 for a causal LM or a ViT on digits (4 heads). Prints each case's mean and
@@ -35,20 +36,27 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import step_floor_sweep  # noqa: E402
 
 import mnemosyne  # noqa: E402
+from mnemosyne import _lopt  # noqa: E402
 from mnemosyne.backends import _jax  # noqa: E402
 from mnemosyne.tasks import SequenceLM, ViTClassifier, load_dataset  # noqa: E402
 
+TRACED = {}  # the step being traced (set by `_with_step`), for `--after-warmup`
 
-def gated_rule(a1, knee, factor):
+
+def gated_rule(a1, knee, factor, after=None):
     """Eq. (A2) with the threshold $a_1$ and the rate $m\\kappa$ above the knee
-    $h_0$ (the backend's signature)."""
+    $h_0$ (the backend's signature); with `after` = T, the multiplier is held
+    at most $h_0$ before step T (the end of the warm-up)."""
 
     def log_step_scale(log_scale, agreement, rate, threshold, low, high):
         above = log_scale > float(np.log(knee))
         drift = jnp.where(
             above, factor * rate * (agreement - a1), rate * (agreement - threshold)
         )
-        return jnp.clip(log_scale + drift, float(np.log(low)), float(np.log(high)))
+        top = float(np.log(high))
+        if after is not None:
+            top = jnp.where(TRACED["step"] >= after, top, float(np.log(knee)))
+        return jnp.clip(log_scale + drift, float(np.log(low)), top)
 
     return log_step_scale
 
@@ -80,12 +88,29 @@ def case(name):
     return step_floor_sweep.task_named(name)
 
 
+def _with_step(method):
+    """`AbstractMnemosyne._log_step_scale`, recording the traced step first."""
+
+    def wrapped(self, grad, momentum, log_scale, rms, step, B):
+        TRACED["step"] = step
+        return method(self, grad, momentum, log_scale, rms, step, B)
+
+    return wrapped
+
+
 def main():
+    after = None
+    if "--after-warmup" in sys.argv:
+        sys.argv.remove("--after-warmup")
+        after = mnemosyne.pretrained().step_warmup[1]
+        _lopt.AbstractMnemosyne._log_step_scale = _with_step(
+            _lopt.AbstractMnemosyne._log_step_scale
+        )
     a1, knee, ceiling, factor = (float(x) for x in sys.argv[1:5])
     if ceiling == 0:
         tx = mnemosyne.mnemosyne()
     else:
-        _jax.log_step_scale = gated_rule(a1, knee, factor)  # this process only
+        _jax.log_step_scale = gated_rule(a1, knee, factor, after)  # this process
         lopt = mnemosyne.pretrained()
         lopt = mnemosyne.reconfigure(
             lopt, step_scale_range=(lopt.step_scale_range[0], ceiling)
