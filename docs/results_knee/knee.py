@@ -15,8 +15,8 @@ $$\\rho_t = \\mathrm{clip}(\\rho_{t-1} + \\kappa_t (a_t - a_{0,t}),\\ \\log\\ell
 
 with $h_0$ = KNEE, $a_1$ = A1 and $m$ = FACTOR (with `--after-warmup`, the
 multiplier is held at most $h_0$ until the end of the shipped warm-up, $T$ =
-200). `CEILING 0` trains the shipped reading as it is, `A1 -1`
-`optax.adam(1e-3)`. CASES: comma-separated names for
+200). `CEILING 0` trains the shipped reading as it is (at `learning_rate`
+FACTOR if not 0), `A1 -1` `optax.adam(KNEE)` (1e-3 if 0). CASES: comma-separated names for
 `scripts/step_floor_sweep.py`'s `task_named` (its cases, third-probe tasks,
 suite tasks), or `lm:PROBLEM:D_MODEL:LAYERS:BATCH` / `vit:D_MODEL:LAYERS:BATCH`
 for a causal LM or a ViT on digits (4 heads, 600 steps, seed 0). Prints each
@@ -110,9 +110,9 @@ def main():
         )
     a1, knee, ceiling, factor = (float(x) for x in sys.argv[1:5])
     if a1 == -1:
-        tx = optax.adam(1e-3)
+        tx = optax.adam(knee or 1e-3)
     elif ceiling == 0:
-        tx = mnemosyne.mnemosyne()
+        tx = mnemosyne.mnemosyne(factor or 1.0)
     else:
         _jax.log_step_scale = gated_rule(a1, knee, factor, after)  # this process
         lopt = mnemosyne.pretrained()
