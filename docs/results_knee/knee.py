@@ -16,12 +16,13 @@ $$\\rho_t = \\mathrm{clip}(\\rho_{t-1} + \\kappa_t (a_t - a_{0,t}),\\ \\log\\ell
 with $h_0$ = KNEE, $a_1$ = A1 and $m$ = FACTOR (with `--after-warmup`, the
 multiplier is held at most $h_0$ until the end of the shipped warm-up, $T$ =
 200). `CEILING 0` trains the shipped reading as it is (at `learning_rate`
-FACTOR if not 0), `A1 -1` `optax.adam(KNEE)` (1e-3 if 0). CASES: comma-separated names for
-`scripts/step_floor_sweep.py`'s `task_named` (its cases, third-probe tasks,
-suite tasks), or `lm:PROBLEM:D_MODEL:LAYERS:BATCH` / `vit:D_MODEL:LAYERS:BATCH`
-for a causal LM or a ViT on digits (4 heads, 600 steps, seed 0). Prints each
-case's mean and geometric-mean final loss, the per-seed final losses (mean of
-the last window) and stability ratios (final window over the best one).
+FACTOR if not 0), `A1 -1` `optax.adam(KNEE)` (1e-3 if 0). CASES:
+comma-separated names for `scripts/step_floor_sweep.py`'s `task_named` (its
+cases, third-probe tasks, suite tasks), or `lm:PROBLEM:D_MODEL:LAYERS:BATCH` /
+`vit:D_MODEL:LAYERS:BATCH` for a causal LM or a ViT on digits (4 heads, 600
+steps, seed 0). Prints each case's mean and geometric-mean final loss, the
+per-seed final losses (mean of the last window) and stability ratios (final
+window over the best one).
 """
 
 import json
