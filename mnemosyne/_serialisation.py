@@ -335,7 +335,7 @@ def load(path) -> eqx.Module:
 def pretrained(name: str = "default") -> eqx.Module:
     """A shipped pretrained learned optimizer.
 
-    Three names are shipped (each `mnemosyne/weights/<name>.eqx`, with a
+    Five names are shipped (each `mnemosyne/weights/<name>.eqx`, with a
     `<name>.eqx.json` record of how it was trained: preset, command, steps,
     wall time, machine):
 
@@ -343,13 +343,16 @@ def pretrained(name: str = "default") -> eqx.Module:
       ([`CoordinatewiseMnemosyne`][mnemosyne.CoordinatewiseMnemosyne])
       meta-trained by `mnemosyne meta-train --preset default`; what
       [`mnemosyne.mnemosyne`][]`()` uses.
-    - `"lstm"`: the 2016 LSTM optimizer
+    - `"lstm_v2"`: the 2016 LSTM optimizer
       ([`LSTMOptimizer`][mnemosyne.baselines.LSTMOptimizer],
-      `features="gradient"`), meta-trained with the same recipe
-      (`--preset lstm`); what [`mnemosyne.baselines.lstm`][]`()` uses.
-    - `"lstm_multiscale"`: the feature-engineered LSTM
-      (`features="multiscale"`, `--preset lstm_multiscale`);
+      `features="gradient"`), meta-trained with the default's recipe and
+      budget (`--preset lstm_v2`); what [`mnemosyne.baselines.lstm`][]`()` uses.
+    - `"lstm_multiscale_v2"`: the feature-engineered LSTM
+      (`features="multiscale"`, `--preset lstm_multiscale_v2`);
       `mnemosyne.baselines.lstm(variant="multiscale")`.
+    - `"lstm"`, `"lstm_multiscale"`: the same two LSTMs meta-trained with the
+      first (v1) recipe (`--preset lstm`, `--preset lstm_multiscale`);
+      `mnemosyne.baselines.lstm(recipe="v1")`.
 
     The file is read once per process (modules are immutable, so every call
     returns the same module), and again only if it changes on disk; so
@@ -357,7 +360,8 @@ def pretrained(name: str = "default") -> eqx.Module:
     every step, does not re-read it.
 
     Args:
-        name: `"default"`, `"lstm"` or `"lstm_multiscale"`.
+        name: `"default"`, `"lstm_v2"`, `"lstm_multiscale_v2"`, `"lstm"` or
+            `"lstm_multiscale"`.
 
     Returns:
         The learned optimizer (an `eqx.Module` holding θ).
@@ -370,7 +374,7 @@ def pretrained(name: str = "default") -> eqx.Module:
         >>> import mnemosyne
         >>> type(mnemosyne.pretrained("default")).__name__
         'CoordinatewiseMnemosyne'
-        >>> mnemosyne.pretrained("lstm").features
+        >>> mnemosyne.pretrained("lstm_v2").features
         'gradient'
         >>> mnemosyne.pretrained("lstm_multiscale").features
         'multiscale'
@@ -380,7 +384,7 @@ def pretrained(name: str = "default") -> eqx.Module:
         Jain et al., "Mnemosyne: Learning to Train Transformers with
         Transformers", NeurIPS 2023 (`"default"`). Andrychowicz et al.,
         "Learning to learn by gradient descent by gradient descent", NeurIPS
-        2016 (`"lstm"`, `"lstm_multiscale"`).
+        2016 (the LSTMs).
     """
     path = WEIGHTS_DIR / f"{name}.eqx"
     try:

@@ -464,7 +464,8 @@ def test_readme_usage_snippet_trains():
         )
     ]
     assert (
-        "mnemosyne.baselines.lstm()" in code and 'mnemosyne.pretrained("lstm")' in code
+        "mnemosyne.baselines.lstm()" in code
+        and 'mnemosyne.pretrained("lstm_v2")' in code
     )
     check = """
 x = jax.random.normal(jax.random.key(0), (32, 3))

@@ -67,9 +67,10 @@ def resolve_optimizer(
     """An optax transformation from its name.
 
     - `"mnemosyne"`: `mnemosyne.mnemosyne()` (pretrained);
-    - `"lstm"`, `"lstm_multiscale"`: `mnemosyne.baselines.lstm(...)` (pretrained,
-      the v1 recipe); `"lstm_v2"`, `"lstm_multiscale_v2"`: the same LSTMs
-      meta-trained with the default Mnemosyne's recipe (`recipe="v2"`);
+    - `"lstm"`, `"lstm_multiscale"`: `mnemosyne.baselines.lstm(..., recipe="v1")`
+      (pretrained with the first recipe, the suite's stored LSTM column);
+      `"lstm_v2"`, `"lstm_multiscale_v2"`: the same LSTMs meta-trained with the
+      default Mnemosyne's recipe (`recipe="v2"`, `baselines.lstm()`'s default);
     - `"adam"`, `"adamw"`, `"sgd"` (momentum 0.9), `"lion"`, `"adafactor"`:
       [`mnemosyne.baselines.reference_optimizers`][] at learning rate 1e-3;
     - `"<one of those>_tuned"`: the learning rate grid-tuned on `task` for

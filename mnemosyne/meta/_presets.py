@@ -509,11 +509,11 @@ PRESETS: dict[str, Preset] = {
             "step_warmup": _SHIPPED_STEP_WARMUP,
         },
     ),
-    # `lstm` and `lstm_multiscale` (the default LSTM baselines) come from the
-    # v1 recipe; `lstm_v2` and `lstm_multiscale_v2` (shipped beside them,
-    # `baselines.lstm(recipe="v2")`) are the same LSTMs under the default's v2
-    # recipe (same tasks, estimator, trainer, outer steps and averaging; the
-    # shrinkage picked by the same validation rule; docs/results.md).
+    # `lstm` and `lstm_multiscale` come from the v1 recipe; `lstm_v2` and
+    # `lstm_multiscale_v2` (shipped beside them, `baselines.lstm()`'s default
+    # since session 19) are the same LSTMs under the default's v2 recipe (same
+    # tasks, estimator, trainer, outer steps and averaging; the shrinkage
+    # picked by the same validation rule; docs/results.md).
     "lstm": Preset(
         "lstm",
         _lstm("gradient"),
