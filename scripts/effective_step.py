@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import jax
 import numpy as np
 
 import mnemosyne
@@ -36,7 +35,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="JSON record to write")
     args = parser.parse_args()
     preset = PRESETS["default"]
-    theta0 = preset.make_lopt(jax.random.split(jax.random.key(preset.seed))[0])
+    theta0 = preset.untrained()
     reference = mnemosyne.as_gradient_transformation(theta0)
     tasks = {name: (task, args.steps) for name, task in validation_tasks().items()}
     tasks.update(stress_validation_tasks())

@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 import pathlib
 
-import jax
-
 import mnemosyne
-from mnemosyne.meta._presets import PRESETS, save_preset_weights
+from mnemosyne.meta._presets import PRESETS, save_preset_weights, shrink_toward
 
 ROOT = pathlib.Path(__file__).parents[1]
 RUNS = {  # preset -> (θ̄, validation record, wall time of the GPU run in s)
@@ -32,10 +30,8 @@ RUNS = {  # preset -> (θ̄, validation record, wall time of the GPU run in s)
 def main() -> None:
     for name, (mean_file, validation_file, seconds) in RUNS.items():
         preset = PRESETS[name]
-        untrained = preset.make_lopt(jax.random.split(jax.random.key(preset.seed))[0])
         mean = mnemosyne.load(ROOT / "docs" / "results_lstm_v2" / mean_file)
-        shrink = preset.shrink
-        lopt = jax.tree.map(lambda a, b, s=shrink: b + s * (a - b), mean, untrained)
+        lopt = shrink_toward(mean, preset.untrained(), preset.shrink)
         validation = json.loads(
             (ROOT / "docs" / "results_lstm_v2" / validation_file).read_text()
         )

@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     preset = PRESETS["default"]
     inners = {
-        "theta0": preset.make_lopt(jax.random.split(jax.random.key(preset.seed))[0]),
+        "theta0": preset.untrained(),
         "shipped": mnemosyne.load("mnemosyne/weights/default.eqx"),
     }
     inners = {k: mnemosyne.as_gradient_transformation(v) for k, v in inners.items()}

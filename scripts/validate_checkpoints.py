@@ -77,7 +77,7 @@ def main() -> None:
 
     preset = PRESETS[args.preset]
     candidates = {
-        "untrained": preset.make_lopt(jax.random.split(jax.random.key(preset.seed))[0])
+        "untrained": preset.untrained()
     }
     candidates.update({path: mnemosyne.load(path) for path in args.weights})
     names = list(candidates)

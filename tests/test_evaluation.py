@@ -285,18 +285,19 @@ def test_training_passes_the_minibatch_loss_as_value():
         init = lambda params: optax.EmptyState()
         return optax.GradientTransformationExtraArgs(init, update)
 
+    from mnemosyne._training import batch_sampler, run_steps
+
     task = get_task("logreg_wine")
     losses = np.asarray(
         evaluation.train(loss_scaled_sgd(0.1), task, (0,), num_steps=5).losses[0]
     )
     key = jax.random.split(jax.random.split(jax.random.key(0))[1], 5)
     params = task.init(jax.random.split(jax.random.key(0))[0])
-    sample = getattr(task, "sample_batch", None) or task.batch
+    sample = batch_sampler(task)
     for t in range(5):  # the same run by hand, the loss fed explicitly
         loss, grads = jax.value_and_grad(task.loss)(params, sample(key[t]))
         np.testing.assert_allclose(losses[t], loss, rtol=1e-5)
         params = jax.tree.map(lambda p, g, v=loss: p - 0.1 * v * g, params, grads)
-    from mnemosyne._training import run_steps
 
     (_, _), by_scan = jax.jit(
         lambda p, k: run_steps(task, loss_scaled_sgd(0.1), p, optax.EmptyState(), k)

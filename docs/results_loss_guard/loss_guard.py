@@ -15,17 +15,15 @@ exp(GROW), within [1/32, 1]. `evaluation.train` passes the loss as `value=`.
 import json
 import pathlib
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "scripts"))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from step_floor_sweep import task_named  # noqa: E402
+from step_floor_sweep import final_and_ratio, task_named  # noqa: E402
 
 import mnemosyne  # noqa: E402
-from mnemosyne import evaluation  # noqa: E402
 
 
 def loss_guard(
@@ -56,13 +54,6 @@ def loss_guard(
         return u, (istate, ema, best, logf, t)
 
     return optax.GradientTransformationExtraArgs(init, update)
-
-
-def final_and_ratio(tx, task, seeds, steps):
-    t0 = time.time()
-    losses = np.asarray(evaluation.train(tx, task, seeds, num_steps=steps).losses)
-    final = losses[:, -evaluation.window_size(steps) :].mean(1)
-    return final, np.asarray(evaluation.stability_ratio(losses)), time.time() - t0
 
 
 if __name__ == "__main__":

@@ -327,6 +327,11 @@ class Preset:
     shrink: float = 1.0
     read_with: dict[str, Any] | None = None
 
+    def untrained(self):
+        """θ₀: the preset's untrained learned optimizer, drawn from its seed
+        as `meta_train` draws it."""
+        return self.make_lopt(jax.random.split(jax.random.key(self.seed))[0])
+
     def config(self) -> dict:
         """JSON-friendly description of the preset."""
         est = {
@@ -639,9 +644,9 @@ def train_preset(
     settings = dict(preset.trainer)
     if num_tasks is not None:
         settings["num_tasks"] = int(num_tasks)
-    k_lopt, k_train = jax.random.split(jax.random.key(preset.seed))
+    _, k_train = jax.random.split(jax.random.key(preset.seed))
     trainer = MetaTrainer(
-        preset.make_lopt(k_lopt), preset.family, preset.estimator,
+        preset.untrained(), preset.family, preset.estimator,
         checkpoint_dir=checkpoint_dir, key=k_train, **settings,
     )
     start = time.perf_counter()
@@ -709,10 +714,16 @@ def run_recipe(trainer, preset: Preset, num_outer_steps: int, *, resume=True,
         _, history = trainer.run(num_outer_steps, resume=resume, progress=progress)
         lopt = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), axis=0), *iterates)
     if preset.shrink != 1.0:
-        lopt = jax.tree.map(lambda a, b: b + preset.shrink * (a - b), lopt, untrained)
+        lopt = shrink_toward(lopt, untrained, preset.shrink)
     if preset.read_with is not None:
         lopt = reconfigure(lopt, **preset.read_with)
     return lopt, history
+
+
+def shrink_toward(lopt, untrained, shrink: float):
+    r"""$\theta_0 + \lambda(\theta - \theta_0)$: `lopt` moved back toward
+    the untrained θ₀ by the factor $\lambda$ = `shrink`, leaf by leaf."""
+    return jax.tree.map(lambda a, b: b + shrink * (a - b), lopt, untrained)
 
 
 def _iterate(trainer, stop: int, folder, resume: bool, progress: bool):
@@ -754,17 +765,14 @@ def save_preset_weights(
     configurations seen, machine; plus `extra`) and its meta-training curve
     (`<output>.png`). `history=None` (a run whose history was not kept):
     no curve, and the record's meta-loss, skips and configurations seen are
-    `None` (the configurations are then the preset family's)."""
+    `None`."""
     from .._serialisation import save
 
     preset = PRESETS[name]
     output = os.fspath(output)
     save(output, lopt)
-    if history is None:
-        history = {"meta_loss": [], "skipped": [], "task": []}
-        missing = True
-    else:
-        missing = False
+    missing = history is None
+    history = history or {"meta_loss": [], "skipped": [], "task": []}
     losses = [x for x in history["meta_loss"] if np.isfinite(x)]
     tail = losses[-max(1, len(losses) // 10):] if losses else []
     record = {
