@@ -95,6 +95,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     step_adaptation: eqx.AbstractVar[float | None]
     step_scale_range: eqx.AbstractVar[tuple[float, float]]
     step_agreement_threshold: eqx.AbstractVar[float | None]
+    step_width_reference: eqx.AbstractVar[int | None]
     packs_small_leaves: eqx.AbstractClassVar[bool]
     #: Whether a leaf's memory has one slot per coordinate (so, under sharding,
     #: it is split like the leaf and updated shard by shard).
@@ -198,6 +199,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         *,
         backend: str = "jax",
         axis_names: Any = None,
+        global_shapes: Any = None,
         **extra_args: Any,
     ) -> tuple[Updates, MnemosyneState]:
         """One optimizer step on a pytree.
@@ -210,6 +212,9 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             axis_names: inside `shard_map` only: a pytree like `params` giving,
                 per leaf, the mesh axes it is split over (see
                 [`mnemosyne.sharded_update`][]).
+            global_shapes: inside `shard_map` only: a pytree like `params` of
+                each leaf's global shape, which the width scaling (N) reads
+                (`sharded_update` passes it); by default, the leaves' shapes.
             **extra_args: accepted and ignored (optax convention).
 
         Returns:
@@ -242,7 +247,12 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         outputs, finite, scales = theta._step_leaves(
             g_leaves, p_leaves, m_leaves, a_leaves, r_leaves, step, B
         )
-        updates = treedef.unflatten([None if o is None else o[0] for o in outputs])
+        shapes = theta._global_shapes(g_leaves, treedef, axis_names, global_shapes)
+        reference = theta.step_width_reference
+        updates = treedef.unflatten([
+            None if o is None else _width_scaled(o[0], shape, reference)
+            for o, shape in zip(outputs, shapes, strict=True)
+        ])
         memory = treedef.unflatten([None if o is None else o[1] for o in outputs])
         if not theta.skip_nonfinite:
             count = lambda taken, skipped: taken
@@ -258,6 +268,22 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             count(step + 1, step), memory, count(state.skipped, state.skipped + 1),
             step_scale,
         )
+
+    def _global_shapes(self, g_leaves, treedef, axis_names, global_shapes) -> list:
+        """Each leaf's global shape (`None` for `None` leaves): `global_shapes`
+        flattened, or the leaves' own shapes, which under `shard_map` are
+        local ones: a `ValueError` there if the width scaling (N) needs them."""
+        if global_shapes is not None:
+            return [None if s is None else tuple(s)
+                    for s in treedef.flatten_up_to(global_shapes)]
+        if axis_names is not None and self.step_width_reference is not None:
+            raise ValueError(
+                "step_width_reference scales each tensor's step by its global "
+                "width (Eq. (N)); inside shard_map pass global_shapes= (a pytree "
+                "like params of each leaf's global shape), as "
+                "mnemosyne.sharded_update does"
+            )
+        return [None if g is None else tuple(np.shape(g)) for g in g_leaves]
 
     def _step_leaves(self, g_leaves, p_leaves, m_leaves, a_leaves, r_leaves, step, B):
         """`(update, memory)` per leaf (`None` for `None` leaves), whether
@@ -418,7 +444,11 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
        (mostly noise), within `step_scale_range` (A1)-(A2);
     6. with `step_warmup` $(w_0, T)$, the step is also multiplied by
        $w_t = \\min(1, w_0 + (1 - w_0)\\, t/T)$ (W): a linear warm-up over the
-       first $T$ steps, which nothing in the state reads.
+       first $T$ steps, which nothing in the state reads;
+    7. with `step_width_reference` $n_0$, the step of a tensor of width
+       $n > n_0$ (its size over its largest axis) is multiplied by
+       $\\sqrt{n_0 / n}$ (N), so wide Transformers take the smaller steps
+       they need (the state does not read this factor either).
 
     Untrained (initialised) v2 θ is already a sane optimizer: the token's first
     channel and the memory's value select $\\tilde g = g/(\\sqrt{\\hat\\nu}+\\epsilon)$,
@@ -475,6 +505,9 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         step_warmup: `(w_0, T)`: the step is multiplied by $w_t = \\min(1, w_0 +
             (1 - w_0) t / T)$ (W), a linear warm-up from $w_0$ to 1 over the
             first $T$ steps; `None` (default): no warm-up.
+        step_width_reference: the width $n_0$ of Eq. (N) above which a
+            tensor's step shrinks as $\\sqrt{n_0 / n}$; `None` (default): no
+            width scaling.
         skip_nonfinite: skip a step whose gradient is not finite.
         key: PRNG key for θ.
 
@@ -521,6 +554,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     step_scale_range: tuple[float, float] = eqx.field(static=True)
     step_agreement_threshold: float | None = eqx.field(static=True)
     step_warmup: tuple[float, int] | None = eqx.field(static=True)
+    step_width_reference: int | None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -548,6 +582,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         step_scale_range: tuple[float, float] = (0.25, 4.0),
         step_agreement_threshold: float | None = None,
         step_warmup: tuple[float, int] | None = None,
+        step_width_reference: int | None = None,
         skip_nonfinite: bool = True,
         key: PRNGKeyArray,
     ):
@@ -607,6 +642,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             step_agreement_threshold = float(step_agreement_threshold)
         self.step_agreement_threshold = step_agreement_threshold
         self.step_warmup = _checked_warmup(step_warmup)
+        self.step_width_reference = _checked_width_reference(step_width_reference)
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):
@@ -639,6 +675,43 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             return update
         start, steps = self.step_warmup
         return update * B.warmup_factor(step, start, steps, update.dtype)
+
+
+def width_factor(shape: tuple[int, ...], reference: int | None) -> float:
+    r"""Eq. (N): the factor of a tensor's step for its width,
+    $\min\big(1, \sqrt{n_0 / n}\big)$ with $n_0$ = `reference` and $n$ the
+    tensor's size over its largest axis (a matrix's smaller side, whatever its
+    layout; `d_model` for a Transformer's matrices; a convolution kernel's
+    fan-in when its output channels are its largest axis). Vectors and scalars
+    (biases, norms), and every tensor when `reference` is `None`, take 1.
+
+    Adam's update has the same size per coordinate at every width, so a
+    matrix's output moves $n$ times as far when its $n$ inputs move together,
+    and the learning rate that suits a wide Transformer is smaller (Yang et
+    al. 2022, muP, take it as $1/n$). The square root and the shipped
+    $n_0$ = 128 were hand-set on a few runs (docs/results.md, "Width").
+    """
+    if reference is None or len(shape) < 2 or 0 in shape:  # (empty: nothing to scale)
+        return 1.0
+    width = int(np.prod(shape)) // max(shape)
+    return min(1.0, float(np.sqrt(reference / width)))
+
+
+def _width_scaled(update, shape, reference):
+    """`update` times its tensor's width factor (N), if not 1."""
+    factor = width_factor(shape, reference)
+    return update if factor == 1.0 else update * factor
+
+
+def _checked_width_reference(reference) -> int | None:
+    """`step_width_reference` as an int, or a `ValueError` naming what is wrong."""
+    if reference is None:
+        return None
+    if not (int(reference) == reference and reference >= 1):
+        raise ValueError(
+            f"step_width_reference is a width n_0 >= 1 (or None), got {reference!r}"
+        )
+    return int(reference)
 
 
 def _checked_warmup(step_warmup) -> tuple[float, int] | None:
@@ -746,6 +819,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
     step_adaptation: None = eqx.field(static=True)
     step_scale_range: tuple[float, float] = eqx.field(static=True)
     step_agreement_threshold: None = eqx.field(static=True)
+    step_width_reference: None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -796,6 +870,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         self.step_adaptation = None  # per-tensor step adaptation: coordinate-wise only
         self.step_scale_range = (1.0, 1.0)
         self.step_agreement_threshold = None
+        self.step_width_reference = None  # width scaling (N): coordinate-wise only
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):

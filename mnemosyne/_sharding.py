@@ -14,6 +14,7 @@ local block kept: correct, but without the memory savings of sharding.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -96,7 +97,7 @@ def sharded_update(lopt, mesh, param_specs) -> Any:
     is_leaf = lambda x: x is None or isinstance(x, P)
     gather = not lopt.memory_per_coordinate  # pools across shards: whole tensors
 
-    def per_shard(lopt, grads, state, params):
+    def per_shard(global_shapes, lopt, grads, state, params):
         if gather:
             full = lambda tree: jax.tree.map(
                 _gather, tree, param_specs, is_leaf=is_leaf
@@ -111,7 +112,9 @@ def sharded_update(lopt, mesh, param_specs) -> Any:
             )
             return updates, state
         axis_names = jax.tree.map(_spec_axes, param_specs, is_leaf=is_leaf)
-        return lopt.update(grads, state, params, axis_names=axis_names)
+        return lopt.update(
+            grads, state, params, axis_names=axis_names, global_shapes=global_shapes
+        )
 
     def update(grads, state, params):
         s_specs = state_specs(lopt, state, param_specs)
@@ -121,8 +124,9 @@ def sharded_update(lopt, mesh, param_specs) -> Any:
         )
         grads, params = place(grads, param_specs), place(params, param_specs)
         state = place(state, s_specs)
+        global_shapes = jax.tree.map(lambda g: tuple(g.shape), grads)  # Eq. (N)
         fn = jax.shard_map(
-            per_shard,
+            functools.partial(per_shard, global_shapes),
             mesh=mesh,
             in_specs=(P(), param_specs, s_specs, param_specs),
             out_specs=(param_specs, s_specs),

@@ -18,6 +18,7 @@ from helpers import (
 )
 
 import mnemosyne
+from mnemosyne._lopt import width_factor
 
 NAMES = sorted(LOPTS)
 
@@ -645,3 +646,72 @@ def test_step_warmup_must_be_a_start_factor_and_a_number_of_steps():
     key = jax.random.key(0)
     lopt = mnemosyne.CoordinatewiseMnemosyne(step_warmup=(1, 50.0), key=key)
     assert lopt.step_warmup == (1.0, 50)
+
+
+# ----------------------------------------------------------------------------
+# Width scaling of the step (Eq. N)
+# ----------------------------------------------------------------------------
+
+
+def test_width_factor_reads_the_width_whatever_the_layout():
+    """Eq. (N): $n$ is the size over the largest axis (a matrix's smaller side,
+    in either layout; a convolution kernel's fan-in in either layout); vectors,
+    scalars and narrow tensors take 1; `None` switches it off."""
+    assert width_factor((512, 512), 32) == pytest.approx(0.25)
+    assert width_factor((128, 512), 32) == width_factor((512, 128), 32) == 0.5
+    assert width_factor((3, 3, 16, 32), 16) == width_factor((32, 16, 3, 3), 16)
+    assert width_factor((3, 3, 16, 32), 16) == pytest.approx(np.sqrt(16 / 144))
+    assert width_factor((12, 512), 32) == 1.0  # an embedding of 12 tokens
+    assert width_factor((100_000,), 32) == width_factor((), 32) == 1.0
+    assert width_factor((512, 512), None) == 1.0
+    assert width_factor((0, 512), 32) == 1.0  # an empty tensor: nothing to scale
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_step_width_reference_scales_each_tensor_and_nothing_else(backend):
+    """With `step_width_reference` $n_0$ the update of each tensor is the same
+    θ's update times $\\min(1, \\sqrt{n_0 / n})$, computed here from the shapes
+    directly (a leaf stepped alone, a matrix packed with others, a vector),
+    and the state is bit for bit the same: nothing reads the factor."""
+    plain = mnemosyne.reconfigure(mnemosyne.pretrained(), step_width_reference=None)
+    scaled = mnemosyne.reconfigure(plain, step_width_reference=4)
+    params = {**ADAPTED_PARAMS, "packed": jnp.linspace(-1.0, 1.0, 64).reshape(8, 8)}
+    factors = {"big": np.sqrt(4 / 64), "a": np.sqrt(4 / 3), "b": 1.0,
+               "packed": np.sqrt(4 / 8)}
+    state_p = state_s = plain.init(params)
+    for t in range(3):
+        g = random_like(params, t)
+        u_p, state_p = plain.update(g, state_p, params, backend=backend)
+        u_s, state_s = scaled.update(g, state_s, params, backend=backend)
+        for k in params:
+            want = min(1.0, factors[k]) * np.asarray(u_p[k])
+            np.testing.assert_allclose(np.asarray(u_s[k]), want, rtol=1e-6, atol=0)
+        assert_tree_equal(state_s, state_p)
+
+
+def test_step_width_reference_needs_global_shapes_inside_shard_map():
+    """Under `shard_map` the leaves are blocks, whose shapes are not the
+    tensors' widths: without `global_shapes` the update says so."""
+    lopt = mnemosyne.reconfigure(mnemosyne.pretrained(), step_width_reference=4)
+    params = {"w": jnp.ones((8, 8))}
+    with pytest.raises(ValueError, match="global_shapes"):
+        lopt.update(params, lopt.init(params), params, axis_names={"w": ()})
+    updates, _ = lopt.update(  # the global shape, not the block's, is read
+        params, lopt.init(params), params, global_shapes={"w": (16, 64)}
+    )
+    plain, _ = mnemosyne.reconfigure(lopt, step_width_reference=None).update(
+        params, lopt.init(params), params
+    )
+    np.testing.assert_allclose(updates["w"], 0.5 * plain["w"], rtol=1e-6)
+
+
+def test_step_width_reference_must_be_a_width():
+    for bad in (0, 2.5, -4):
+        with pytest.raises(ValueError, match="step_width_reference"):
+            mnemosyne.CoordinatewiseMnemosyne(
+                step_width_reference=bad, key=jax.random.key(0)
+            )
+    key = jax.random.key(0)
+    assert mnemosyne.CoordinatewiseMnemosyne(
+        step_width_reference=64.0, key=key
+    ).step_width_reference == 64

@@ -62,8 +62,15 @@ def any_mesh(request):
 
 # The tensor-wise variant compiles its encoder per leaf (about a minute per
 # program on 2 cores): slow, run by .ci/run.
+def _width_scaled():
+    """`coordinatewise` with the width scaling (N) at a width every sharded
+    matrix exceeds, globally and by block, with different factors."""
+    return mnemosyne.reconfigure(coordinatewise(), step_width_reference=2)
+
+
 VARIANTS = [
     pytest.param(coordinatewise, id="coordinatewise"),
+    pytest.param(_width_scaled, id="width_scaled", marks=pytest.mark.slow),
     pytest.param(tensorwise, id="tensorwise", marks=pytest.mark.slow),
 ]
 

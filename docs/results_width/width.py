@@ -1,0 +1,90 @@
+"""The width scaling of the step (Eq. (N), `step_width_reference`), measured
+(docs/results.md, "Width"):
+
+    python docs/results_width/width.py READING CASES [STEPS|-] [SEEDS|-] [OUT.json]
+
+(from the repository root). READING: `adam:LR` for `optax.adam(LR)`, or
+`width:N0` for the shipped θ read with `step_width_reference=N0` (`width:0`:
+none, the reading before session 20; `width:32` is the shipped one). CASES:
+comma-separated names of `docs/results_knee/knee.py` (`lm:PROBLEM:D:LAYERS:BATCH`,
+`vit:D:LAYERS:BATCH`, suite and probe tasks), or `mlp:DATASET:H1-H2-...:BATCH[:ACT]`
+for an MLP classifier on a bundled dataset, or `cnn:C1-C2:BATCH` for the
+suite's CNN on digits with C1 and C2 channels (1,000 steps, seed 0). Prints
+each case's per-seed final losses (mean of the last window) and stability
+ratios (final window over the best one).
+"""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import optax
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "docs" / "results_knee"))
+
+import knee  # noqa: E402
+import step_floor_sweep  # noqa: E402
+
+import mnemosyne  # noqa: E402
+from mnemosyne.tasks import CNNClassifier, MLPClassifier, load_dataset  # noqa: E402
+
+
+def optimizer(reading: str):
+    kind, value = reading.split(":")
+    if kind == "adam":
+        return optax.adam(float(value))
+    reference = int(value) or None
+    lopt = mnemosyne.reconfigure(mnemosyne.pretrained(), step_width_reference=reference)
+    return mnemosyne.mnemosyne(lopt=lopt)
+
+
+def case(name: str):
+    """`(task, steps, seeds)` for a case name (see the module docstring)."""
+    spec = name.split(":")
+    if spec[0] == "cnn":
+        channels = tuple(int(c) for c in spec[1].split("-"))
+        task = CNNClassifier(load_dataset("digits"), channels=channels,
+                             batch_size=int(spec[2]), name=name)
+        return task, 1000, [0]
+    if spec[0] != "mlp":
+        return knee.case(name)
+    hidden = tuple(int(h) for h in spec[2].split("-"))
+    task = MLPClassifier(
+        load_dataset(spec[1]),
+        hidden=hidden,
+        activation=spec[4] if len(spec) > 4 else "relu",
+        batch_size=int(spec[3]),
+        name=name,
+        kind="mlp",
+    )
+    return task, 1000, [0]
+
+
+def main() -> None:
+    tx = optimizer(sys.argv[1])
+    record = {}
+    for name in sys.argv[2].split(","):
+        task, steps, seeds = case(name)
+        if len(sys.argv) > 3 and sys.argv[3] != "-":
+            steps = int(sys.argv[3])
+        if len(sys.argv) > 4 and sys.argv[4] != "-":
+            seeds = [int(s) for s in sys.argv[4].split(",")]
+        final, ratio, seconds = step_floor_sweep.final_and_ratio(tx, task, seeds, steps)
+        record[name] = {"seeds": seeds, "steps": steps, "final": final.tolist(),
+                        "ratio": ratio.tolist()}
+        print(
+            f"{sys.argv[1]:10s} {name:36s} "
+            f"geo {np.exp(np.log(final).mean()):.4g} "
+            f"final {np.array2string(final, precision=4)} "
+            f"ratio {np.round(ratio, 2)} ({seconds:.0f} s)",
+            flush=True,
+        )
+    if len(sys.argv) > 5:
+        pathlib.Path(sys.argv[5]).write_text(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
