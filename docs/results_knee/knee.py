@@ -121,13 +121,23 @@ def main():
             lopt, step_scale_range=(lopt.step_scale_range[0], ceiling)
         )
         tx = mnemosyne.mnemosyne(lopt=lopt)
+    record = run_cases(tx, sys.argv[5], sys.argv[6:8], case)
+    if len(sys.argv) > 8:
+        pathlib.Path(sys.argv[8]).write_text(json.dumps(record, indent=1))
+
+
+def run_cases(tx, names: str, overrides, lookup, label: str = "") -> dict:
+    """Train `tx` on each comma-separated case of `names` (`lookup(name) ->
+    (task, steps, seeds)`; `overrides`: `[STEPS, SEEDS]`, either `-` or
+    missing for the case's own), print a line per case and return the record
+    (per case: seeds, steps, final losses, stability ratios)."""
     record = {}
-    for name in sys.argv[5].split(","):
-        task, steps, seeds = case(name)
-        if len(sys.argv) > 6 and sys.argv[6] != "-":
-            steps = int(sys.argv[6])
-        if len(sys.argv) > 7 and sys.argv[7] != "-":
-            seeds = [int(s) for s in sys.argv[7].split(",")]
+    for name in names.split(","):
+        task, steps, seeds = lookup(name)
+        if len(overrides) > 0 and overrides[0] != "-":
+            steps = int(overrides[0])
+        if len(overrides) > 1 and overrides[1] != "-":
+            seeds = [int(s) for s in overrides[1].split(",")]
         final, ratio, seconds = step_floor_sweep.final_and_ratio(tx, task, seeds, steps)
         record[name] = {
             "seeds": seeds,
@@ -136,15 +146,13 @@ def main():
             "ratio": ratio.tolist(),
         }
         print(
-            f"{name:34s} mean {final.mean():.4g} "
+            f"{label}{name:34s} mean {final.mean():.4g} "
             f"geo {np.exp(np.log(final).mean()):.4g} "
             f"final {np.array2string(final, precision=4)} "
             f"ratio {np.round(ratio, 2)} ({seconds:.0f} s)",
             flush=True,
         )
-    if len(sys.argv) > 8:
-        pathlib.Path(sys.argv[8]).write_text(json.dumps(record, indent=1))
-
+    return record
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,6 @@ import json
 import pathlib
 import sys
 
-import numpy as np
 import optax
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -26,7 +25,6 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "docs" / "results_knee"))
 
 import knee  # noqa: E402
-import step_floor_sweep  # noqa: E402
 
 import mnemosyne  # noqa: E402
 from mnemosyne.tasks import CNNClassifier, MLPClassifier, load_dataset  # noqa: E402
@@ -65,26 +63,10 @@ def case(name: str):
 
 def main() -> None:
     tx = optimizer(sys.argv[1])
-    record = {}
-    for name in sys.argv[2].split(","):
-        task, steps, seeds = case(name)
-        if len(sys.argv) > 3 and sys.argv[3] != "-":
-            steps = int(sys.argv[3])
-        if len(sys.argv) > 4 and sys.argv[4] != "-":
-            seeds = [int(s) for s in sys.argv[4].split(",")]
-        final, ratio, seconds = step_floor_sweep.final_and_ratio(tx, task, seeds, steps)
-        record[name] = {"seeds": seeds, "steps": steps, "final": final.tolist(),
-                        "ratio": ratio.tolist()}
-        print(
-            f"{sys.argv[1]:10s} {name:36s} "
-            f"geo {np.exp(np.log(final).mean()):.4g} "
-            f"final {np.array2string(final, precision=4)} "
-            f"ratio {np.round(ratio, 2)} ({seconds:.0f} s)",
-            flush=True,
-        )
+    label = f"{sys.argv[1]:10s} "
+    record = knee.run_cases(tx, sys.argv[2], sys.argv[3:5], case, label)
     if len(sys.argv) > 5:
         pathlib.Path(sys.argv[5]).write_text(json.dumps(record, indent=1))
-
 
 if __name__ == "__main__":
     main()
