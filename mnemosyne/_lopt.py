@@ -144,7 +144,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             )
         else:
             running = self.gradient_scale == "running"
-            g_scale = rms.rms_of(B.xp.sqrt(second_moment)) if running else rms.g_rms
+            # (S): rms(sqrt(nu)) = sqrt(mean(nu)), one read of nu
+            g_scale = B.xp.sqrt(rms.mean_of(second_moment)) if running else rms.g_rms
             coordinate = B.adaptive_coordinate_features(
                 grad, param, second_moment, step + 1, g_scale, rms.x_rms,
                 self.second_moment_decay, self.epsilon, self.feature_clip, running,
@@ -364,7 +365,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         m = B.xp.where(step > 0, momentum, 0.0)
         g_hat = B.normalise(grad, rms.g_rms)
         agreement = B.agreement(
-            rms.sum_of(g_hat * m), rms.sum_of(g_hat * g_hat), rms.sum_of(m * m)
+            rms.sum_of(g_hat * m), rms.g_hat_square_sum, rms.sum_of(m * m)
         )
         low, high = self.step_scale_range
         threshold = self.step_agreement_threshold or 0.0
@@ -652,12 +653,14 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         B = backend
         nu = None
         if self.second_moment_decay is not None:
-            nu = B.second_moment(
-                memory.second_moment[0], grad, self.second_moment_decay
+            # in the state's own shape (1, *shape): a reshape of the result
+            # would make XLA on CPU copy it into the state instead of
+            # writing it in place
+            stored = B.second_moment(
+                memory.second_moment, grad[None], self.second_moment_decay
             )
+            memory, nu = memory._replace(second_moment=stored), stored[0]
         f, e, _ = self.features(grad, param, step, B, axis_names, rms, nu)
-        if nu is not None:
-            memory = memory._replace(second_moment=nu[None])
         if not self.read_out:
             return self._warmed_up(-self.head(f, e, f[:0], B), step, B), memory, None
         embedding = fold_shared_inputs(self.embed_w, self.embed_b, e, len(f), B)

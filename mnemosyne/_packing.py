@@ -33,21 +33,31 @@ def cast_leaf(grad, param, memory: MemoryState, B):
 class TensorStatistics(NamedTuple):
     """Per-tensor statistics of one leaf, or of the tensors packed in a `Pack`:
     the gradient's and the parameter's RMS (scalars, or one per packed
-    coordinate), `rms_of(y)`, the RMS of another array of the same layout
+    coordinate); `mean_of(y)`, the mean of another array of the same layout
     over the same tensors (collectives under `shard_map`, segments in a pack),
-    broadcast like `g_rms`, and `sum_of(y)`, its sum over each tensor (a
-    scalar, or one per packed tensor: not broadcast)."""
+    broadcast like `g_rms`; `sum_of(y)`, its sum over each tensor (a scalar,
+    or one per packed tensor: not broadcast); and `g_hat_square_sum`, the sum
+    of $\\hat g^2 = (g / \\operatorname{rms}(g))^2$ over each tensor, laid
+    out like `sum_of`: the tensor's size, or 0 where the gradient is all zero
+    (exact: $\\hat g$ has unit RMS, so it costs no pass over the tensor)."""
 
     g_rms: Array
     x_rms: Array
-    rms_of: Callable[[Array], Array]
+    mean_of: Callable[[Array], Array]
     sum_of: Callable[[Array], Array]
+    g_hat_square_sum: Array
 
     @classmethod
     def of_leaf(cls, grad, param, B, axis_names=None) -> TensorStatistics:
-        rms_of = lambda y: B.tensor_rms(y, axis_names)
-        sum_of = lambda y: B.tensor_sum(y, axis_names)
-        return cls(rms_of(grad), rms_of(param), rms_of, sum_of)
+        g_rms = B.tensor_rms(grad, axis_names)
+        size = B.tensor_size(grad, axis_names)
+        return cls(
+            g_rms,
+            B.tensor_rms(param, axis_names),
+            lambda y: B.tensor_mean(y, axis_names),
+            lambda y: B.tensor_sum(y, axis_names),
+            B.xp.where(g_rms > 0, size, 0.0),
+        )
 
 
 class Pack(NamedTuple):
@@ -69,11 +79,13 @@ class Pack(NamedTuple):
         """The packed tensors' statistics, one value per coordinate (sums:
         one per tensor)."""
         count = len(self.g_rms)
+        sizes = np.bincount(self.segments, minlength=count).astype(np.float64)
         return TensorStatistics(
             self.g_rms[self.segments],
             self.x_rms[self.segments],
-            lambda y: B.segment_rms(y, self.segments, count)[self.segments],
+            lambda y: B.segment_mean(y, self.segments, count)[self.segments],
             lambda y: B.segment_sum(y, self.segments, count),
+            B.xp.where(self.g_rms > 0, B.asarray(sizes, self.g_rms.dtype), 0.0),
         )
 
     @classmethod

@@ -35,7 +35,7 @@ from helpers import (
 )
 
 import mnemosyne
-from mnemosyne._packing import PACK_MAX_SIZE
+from mnemosyne._packing import PACK_MAX_SIZE, Pack, TensorStatistics
 from mnemosyne.backends import get_backend
 from mnemosyne.backends import jax_backend as jb
 from mnemosyne.backends import numpy_backend as nb
@@ -110,6 +110,19 @@ KERNELS = {
     "tensor_rms_tiny": ("tensor_rms", _rms_inputs(1e-30)),
     "tensor_rms_huge": ("tensor_rms", _rms_inputs(1e30)),
     "tensor_rms_zeros": ("tensor_rms", lambda rng: ((np.zeros((3, 4)),), {})),
+    "tensor_mean": ("tensor_mean", _rms_inputs(1.0)),
+    "tensor_mean_huge": (  # 1.4e38 per entry: a plain sum would overflow float32
+        "tensor_mean",
+        lambda rng: ((np.full((3, 4), 1.4e38) * rng.uniform(0.5, 1.0, (3, 4)),), {}),
+    ),
+    "tensor_size": ("tensor_size", _rms_inputs(1.0)),
+    "segment_mean": (
+        "segment_mean",
+        lambda rng: (
+            (rng.standard_normal(7),),
+            {"segment_ids": np.asarray([0, 0, 1, 2, 2, 2, 2]), "num_segments": 3},
+        ),
+    ),
     "step_embedding": (
         "step_embedding",
         lambda rng: (
@@ -263,6 +276,39 @@ def test_kernel_conformance(case, dtype):
             scale = float(np.max(np.abs(e))) if np.size(e) else 0.0
             rtol = RTOL[dtype]
             np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale)
+
+
+def test_running_scale_and_agreement_identities():
+    """What the step reads instead of a pass over the tensor: the running scale
+    (S) $\\operatorname{rms}(\\sqrt{\\nu}) = \\sqrt{\\operatorname{mean}(\\nu)}$,
+    and $\\sum_i \\hat g_i^2$ (A1) = the tensor's size (0 for a zero gradient),
+    per leaf and per packed tensor, in both backends."""
+    rng = _rng("identities")
+    nu = rng.uniform(0.0, 3.0, (5, 4))
+    assert np.sqrt(nb.tensor_mean(nu)) == pytest.approx(nb.tensor_rms(np.sqrt(nu)))
+    lopt = mnemosyne.CoordinatewiseMnemosyne(key=jax.random.key(0))
+    grads = [rng.standard_normal((5, 4)), np.zeros(3), rng.standard_normal(6)]
+    grads = [g.astype(np.float32) for g in grads]
+    for B in (nb, jb):
+        for g in grads:
+            stats = TensorStatistics.of_leaf(B.asarray(g), B.asarray(g), B)
+            g_hat = B.normalise(B.asarray(g), stats.g_rms)
+            assert float(stats.g_hat_square_sum) == pytest.approx(
+                float(np.sum(np.square(g_hat))), rel=1e-6
+            )
+        memories = [lopt.init(g).memory for g in grads]
+        pack = Pack.of([B.asarray(g) for g in grads], [B.asarray(g) for g in grads],
+                       memories, B)
+        stats = pack.statistics(B)
+        g_hat = B.normalise(pack.grad, stats.g_rms)
+        np.testing.assert_allclose(
+            stats.g_hat_square_sum, stats.sum_of(g_hat * g_hat), rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            np.sqrt(stats.mean_of(B.asarray(np.abs(pack.grad)))),
+            np.concatenate([np.full(g.size, np.sqrt(np.abs(g).mean())) for g in grads]),
+            rtol=1e-6,
+        )
 
 
 def test_tensor_rms_extremes():

@@ -135,9 +135,30 @@ def tensor_sum(x, axis_names=None):
     return _psum(jnp.sum(x), axis_names)
 
 
+def tensor_size(x, axis_names=None):
+    """The number of entries of a whole tensor (all shards'); see the NumPy
+    reference."""
+    return _psum(jnp.asarray(x.size, x.dtype), axis_names)
+
+
+def tensor_mean(x, axis_names=None):
+    """The mean of a whole tensor; see the NumPy reference. Each entry is
+    divided by the count before the sum, so a tensor of entries below the
+    float's largest value cannot overflow it."""
+    count = tensor_size(x, axis_names)
+    return _psum(jnp.sum(x * (1.0 / jnp.maximum(count, 1))), axis_names)
+
+
 def segment_sum(x, segment_ids, num_segments):
     """The sum of each packed tensor; see the NumPy reference."""
     return jax.ops.segment_sum(x, jnp.asarray(segment_ids), num_segments)
+
+
+def segment_mean(x, segment_ids, num_segments):
+    """The mean of each packed tensor; see the NumPy reference."""
+    count = np.maximum(np.bincount(np.asarray(segment_ids), minlength=num_segments), 1)
+    weights = jnp.asarray(1.0 / count, x.dtype)[jnp.asarray(segment_ids)]
+    return segment_sum(x * weights, segment_ids, num_segments)
 
 
 def segment_rms(x, segment_ids, num_segments):
@@ -164,7 +185,7 @@ def normalise(x, rms):
     reciprocal (see the module docstring). Known limit: for float32 rms above
     ~8.5e37 the reciprocal is subnormal and CPUs flush it to zero."""
     safe = jnp.where(rms > 0, rms, 1.0)
-    return jnp.where(rms > 0, x * (1.0 / safe), 0.0)
+    return x * jnp.where(rms > 0, 1.0 / safe, 0.0)  # rms = 0: x is all zeros
 
 
 def coordinate_features(g, x, g_rms, x_rms, clip):

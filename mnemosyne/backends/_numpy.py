@@ -97,12 +97,34 @@ def tensor_sum(x, axis_names=None):
     return np.sum(np.asarray(x, dtype=np.float64))
 
 
+def tensor_size(x, axis_names=None):
+    """The number of entries of a whole tensor, as a float (`axis_names`: the
+    JAX backend's collective axes; unused here)."""
+    del axis_names
+    return np.float64(np.size(x))
+
+
+def tensor_mean(x, axis_names=None):
+    """The mean of a whole tensor, 0 if it is empty (`axis_names`: the JAX
+    backend's collective axes; unused here)."""
+    del axis_names
+    x = np.asarray(x, dtype=np.float64)
+    return np.mean(x) if x.size else np.float64(0.0)
+
+
 def segment_sum(x, segment_ids, num_segments):
     """The sum of each tensor packed into one vector: entry `s` sums
     `x[segment_ids == s]`."""
     return np.bincount(
         segment_ids, weights=np.asarray(x, np.float64).ravel(), minlength=num_segments
     )
+
+
+def segment_mean(x, segment_ids, num_segments):
+    """The mean of each tensor packed into one vector: entry `s` averages
+    `x[segment_ids == s]`."""
+    count = np.bincount(segment_ids, minlength=num_segments)
+    return segment_sum(x, segment_ids, num_segments) / np.maximum(count, 1)
 
 
 def segment_rms(x, segment_ids, num_segments):
