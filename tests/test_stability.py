@@ -113,13 +113,15 @@ def test_pretrained_noisy_quadratic_falls_to_adams_noise_floor_and_stays():
     )
 
 
-# `lm_sort` is chaotic near zero loss: with jax 0.10.2 (session 20) its seed 2
-# ends 1.67x its best window (0.0019 against 0.0011; Adam(1e-3) 2.36x there),
-# the same with and without the width scaling (N), which changes none of its
-# tensors; with the versions of sessions 17-19 all three seeds ended within
-# 1.19x (docs/results.md, "Width"). A known miss of the stability target,
-# not hidden: it is in the results and README tables.
-_CHAOTIC = {"lm_sort": "one seed ends 1.67x its best window with jax 0.10.2"}
+# `lm_sort` is chaotic near zero loss: with jax 0.10.2 its seed 2 ended 1.67x
+# its best window with session 20's code (0.0019 against 0.0011; Adam(1e-3)
+# 2.36x there) and 1.39x after session 21's leaner update, which changes the
+# arithmetic only by rounding; with the versions of sessions 17-19 all three
+# seeds ended within 1.19x (docs/results.md, "The suite (re-run in session
+# 21)"). Rounding decides it, so it is not counted on: not hidden either, it
+# is in the results and README tables.
+_CHAOTIC = {"lm_sort": "chaotic: one seed ends 1.19x-1.67x its best window "
+                       "depending on rounding (JAX version, update code)"}
 
 
 @pytest.mark.slow  # every suite task, 3 seeds, 1,000 steps (~10 min); .ci/run runs
