@@ -115,7 +115,7 @@ def test_run_recipe_averages_the_same_fraction_of_any_run_then_shrinks(steps, st
     # read with the preset's settings (the multiplier's range), not the trained ones
     assert lopt.step_scale_range == preset.read_with["step_scale_range"] == (1 / 32, 2)
     assert lopt.step_warmup == preset.read_with["step_warmup"] == (0.1, 200)
-    assert lopt.step_width_reference is None  # Eq. (N) measured, not shipped
+    assert lopt.step_width_reference == preset.read_with["step_width_reference"] == 128
     assert _BASE.step_scale_range != lopt.step_scale_range
 
 
@@ -180,7 +180,7 @@ def test_shipped_default_weights_come_from_the_default_preset():
     assert record["skipped_steps"] == 0
     assert not set(record["task_kinds"]) & set(preset.held_out_kinds)
     shipped = mnemosyne.pretrained("default")
-    for setting, value in preset.read_with.items():  # the range and the warm-up
+    for setting, value in preset.read_with.items():  # range, warm-up, width
         assert getattr(shipped, setting) == value, setting
     trained = preset.make_lopt(jax.random.key(0))
     assert jax.tree.structure(

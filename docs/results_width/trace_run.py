@@ -4,7 +4,9 @@
 
 (from the repository root). CASE as in `docs/results_knee/knee.py`
 (`lm:PROBLEM:D:LAYERS:BATCH`, `vit:D:LAYERS:BATCH`, suite and probe tasks);
-STEPS defaults to 600; seed 0, the shipped optimizer. For each case, every
+STEPS defaults to 600; seed 0, the shipped θ read as it was shipped until
+session 21, without the width scaling of Eq. (N) (the reading these traces
+examined: `step_width_reference=None`). For each case, every
 step's per-tensor step multiplier $e^{\\rho_t}$ (Eq. (A2)), gradient RMS and
 update-to-parameter RMS ratio are recorded through `jax.debug.callback`, and
 the loss and the geometric means over the Transformer blocks' weight matrices
@@ -62,7 +64,8 @@ def traced(inner: optax.GradientTransformation, record: list):
 def trace(name: str, steps: int) -> None:
     task, _, _ = knee.case(name)
     record: list = []
-    tx = traced(mnemosyne.mnemosyne(), record)
+    lopt = mnemosyne.reconfigure(mnemosyne.pretrained(), step_width_reference=None)
+    tx = traced(mnemosyne.mnemosyne(lopt=lopt), record)
     loss = np.asarray(evaluation.train(tx, task, [0], num_steps=steps).losses)[0]
     order = np.argsort([int(np.ravel(r[0])[0]) for r in record], kind="stable")
     ratio, log_scale, g_rms = (np.stack([np.ravel(record[i][k]) for i in order])

@@ -5,7 +5,7 @@
 
 (from the repository root). READING: `adam:LR` for `optax.adam(LR)`, or
 `width:N0` for the shipped θ read with `step_width_reference=N0` (`width:0`:
-none, the reading before session 20; `width:32` is the shipped one). CASES:
+none, the reading shipped until session 21; `width:128` is the shipped one). CASES:
 comma-separated names of `docs/results_knee/knee.py` (`lm:PROBLEM:D:LAYERS:BATCH`,
 `vit:D:LAYERS:BATCH`, suite and probe tasks), or `mlp:DATASET:H1-H2-...:BATCH[:ACT]`
 for an MLP classifier on a bundled dataset, or `cnn:C1-C2:BATCH` for the
