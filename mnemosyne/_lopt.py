@@ -691,8 +691,8 @@ def width_factor(shape: tuple[int, ...], reference: int | None) -> float:
     Adam's update has the same size per coordinate at every width, so a
     matrix's output moves $n$ times as far when its $n$ inputs move together,
     and the learning rate that suits a wide Transformer is smaller (Yang et
-    al. 2022, muP, take it as $1/n$). Not in the shipped reading: no $n_0$
-    tried helped on every model (docs/results.md, "Width").
+    al. 2022, muP, take it as $1/n$). The shipped reading uses $n_0 = 128$
+    (since session 21; docs/results.md, "Width").
     """
     if reference is None or len(shape) < 2 or 0 in shape:  # (empty: nothing to scale)
         return 1.0

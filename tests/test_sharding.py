@@ -60,14 +60,14 @@ def any_mesh(request):
     return jax.make_mesh((8,), ("d",), axis_types=(request.param,))
 
 
-# The tensor-wise variant compiles its encoder per leaf (about a minute per
-# program on 2 cores): slow, run by .ci/run.
 def _width_scaled():
     """`coordinatewise` with the width scaling (N) at a width every sharded
     matrix exceeds, globally and by block, with different factors."""
     return mnemosyne.reconfigure(coordinatewise(), step_width_reference=2)
 
 
+# The tensor-wise variant compiles its encoder per leaf (about a minute per
+# program on 2 cores): slow, run by .ci/run.
 VARIANTS = [
     pytest.param(coordinatewise, id="coordinatewise"),
     pytest.param(_width_scaled, id="width_scaled", marks=pytest.mark.slow),
