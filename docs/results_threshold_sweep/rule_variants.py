@@ -2,6 +2,7 @@
 
     python docs/results_threshold_sweep/rule_variants.py harmonic CASES [SEEDS]
     python docs/results_threshold_sweep/rule_variants.py noise_floor CASES [SEEDS]
+    python docs/results_threshold_sweep/rule_variants.py harmonic_all CASES [SEEDS]
 
 (from the repository root; CASES: comma-separated cases of
 `scripts/step_floor_sweep.py`, SEEDS: comma-separated seeds; `A0=0.1` in the
@@ -13,7 +14,12 @@ except that the backend's Eq. (A2) is replaced, in this process only, by
   shrinks, so under pure noise ($a_t = 0$) the multiplier decays as
   $1/(1 + \\kappa a_0 t)$ instead of $e^{-\\kappa a_0 t}$;
 - `noise_floor`: the threshold acts only while the multiplier is above ¼;
-  below it only a negative agreement lowers it further (to the floor 1/32).
+  below it only a negative agreement lowers it further (to the floor 1/32);
+- `harmonic_all` (session 22): below 1 *every* decrease is scaled by the
+  multiplier, $\rho_t = \mathrm{clip}(\rho_{t-1} + \kappa\,\delta_t
+  (e^{\min(\rho_{t-1}, 0)}$ if $\delta_t < 0$ else $1))$, $\delta_t = a_t -
+  a_0$: a persistent deficit anneals the multiplier as $1/t$, increases stay
+  geometric.
 
 Prints each case's final losses and stability ratios as `step_floor_sweep.py`
 does. Record: `variants.log`.
@@ -37,6 +43,11 @@ VARIANT = sys.argv[1]
 
 
 def log_step_scale(log_scale, agreement, rate, threshold, low, high):
+    if VARIANT == "harmonic_all":
+        deficit = agreement - threshold
+        scaled = deficit * jnp.exp(jnp.minimum(log_scale, 0.0))
+        return jnp.clip(log_scale + rate * jnp.where(deficit < 0, scaled, deficit),
+                        float(np.log(low)), float(np.log(high)))
     if VARIANT == "harmonic":
         threshold = threshold * jnp.exp(jnp.minimum(log_scale, 0.0))
     elif VARIANT == "noise_floor":
