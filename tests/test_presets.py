@@ -112,7 +112,7 @@ def test_run_recipe_averages_the_same_fraction_of_any_run_then_shrinks(steps, st
     assert trainer.stops[1:-1] == stops and len(history["step"]) == steps
     # θ0 = 0, so the shipped θ is the shrinkage times the iterates' mean
     np.testing.assert_allclose(lopt.head.b2, preset.shrink * np.mean(stops), rtol=1e-6)
-    # read with the preset's settings (the multiplier's range), not the trained ones
+    # read with the preset's settings (range, warm-up, width), not the constructor's
     assert lopt.step_scale_range == preset.read_with["step_scale_range"] == (0.25, 2)
     assert lopt.step_warmup == preset.read_with["step_warmup"] == (0.1, 200)
     assert lopt.step_width_reference == preset.read_with["step_width_reference"] == 128

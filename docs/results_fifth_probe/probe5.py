@@ -61,11 +61,14 @@ def xent(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-DIG_X, DIG_Y = std(datasets.load_digits().data), datasets.load_digits().target
+def digits():
+    """scikit-learn's digits, standardised, as device arrays."""
+    data = datasets.load_digits()
+    return jnp.asarray(std(data.data)), jnp.asarray(data.target)
 
 
 def digits_mlp(sizes, act, b, scale=1.0):
-    x, y = jnp.asarray(DIG_X), jnp.asarray(DIG_Y)
+    x, y = digits()
     init = lambda k: mlp_init(k, (64,) + sizes + (10,), scale)
     def loss(p, k):
         i = batch(k, len(x), b)
@@ -84,7 +87,7 @@ def diabetes_raw():
 
 
 def autoencoder():
-    x = jnp.asarray(DIG_X)
+    x, _ = digits()
     init = lambda k: mlp_init(k, (64, 32, 8, 32, 64))
     def loss(p, k):
         i = batch(k, len(x), 64)
@@ -112,7 +115,7 @@ def big_vocab_lm(vocab=2000, d=64):
 
 
 def resmlp(blocks=8, width=64, b=16):
-    x, y = jnp.asarray(DIG_X), jnp.asarray(DIG_Y)
+    x, y = digits()
     def init(k):
         ks = jax.random.split(k, blocks + 2)
         return {"in": dense(ks[0], 64, width), "out": dense(ks[1], width, 10),

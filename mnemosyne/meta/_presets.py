@@ -468,7 +468,7 @@ _STEP_SCALE_RANGE = (0.25, 2.0)
 # docs/results_fifth_probe/ at 4x their steps) 1/4 ends lower on nine, 1/32 on
 # three, and 1/4 ends at most Adam(1e-3)'s loss on 11, 1/32 on 8
 # (docs/results.md, "The floor back at ¼").
-_SHIPPED_STEP_SCALE_RANGE = (0.25, 2.0)
+_SHIPPED_STEP_SCALE_RANGE = _STEP_SCALE_RANGE
 # The warm-up the shipped θ is read with (Eq. (W), `Preset.read_with`), hand-set
 # after meta-training (session 18): causal LMs and a ViT of d_model 256, wider
 # than anything meta-trained on or probed before, ended 1.6-4.2x *above*
