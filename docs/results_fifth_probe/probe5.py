@@ -3,7 +3,7 @@ hand-written models and losses (no `mnemosyne.tasks`), a plain optax loop,
 `mnemosyne.mnemosyne()` beside `optax.adam(1e-3)`.
 
     python docs/results_fifth_probe/probe5.py [--only NAME,...] [--seeds 0,1]
-        [--scale-steps 4] [--floor 0.03125]
+        [--scale-steps 4] [--floor 0.03125] [--per-seed]
 
 Models: raw-target diabetes regression, a digits autoencoder, a 2,000-token
 next-token model, a 6-layer sigmoid MLP, an 8-block residual MLP with layer
@@ -17,7 +17,8 @@ the shipped θ read with the step multiplier's range (F, 2).
 Prints, per model: the number of steps, then per optimizer the geometric mean
 over seeds of the final loss (mean of the last 5% of steps), each run's final
 window over its best (`evaluation.stability_ratio`) and the wall time, and
-whether each Mnemosyne column ends at most at Adam's loss ("win").
+whether each Mnemosyne column ends at most at Adam's loss ("win");
+`--per-seed` adds a line per optimizer with each seed's final loss.
 """
 import argparse
 import time
@@ -228,14 +229,17 @@ def run(make, steps, tx, seeds):
     return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(seeds)))
 
 
-def main():
+def main(probes=PROBES):
+    """Parse the command line and compare the optimizers on `probes`
+    (name -> (model maker, steps))."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default=None, help="comma-separated model names")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--scale-steps", type=float, default=1.0)
     parser.add_argument("--floor", type=float, default=None)
+    parser.add_argument("--per-seed", action="store_true")
     args = parser.parse_args()
-    names = list(PROBES) if args.only is None else args.only.split(",")
+    names = list(probes) if args.only is None else args.only.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     opts = {"adam": lambda: optax.adam(1e-3),
             "mnemosyne": lambda: mnemosyne.mnemosyne()}
@@ -245,7 +249,7 @@ def main():
                 mnemosyne.pretrained(), step_scale_range=(args.floor, 2.0)))
     geo = lambda x: float(np.exp(np.log(np.maximum(x, 1e-30)).mean()))
     for name in names:
-        make, steps = PROBES[name]
+        make, steps = probes[name]
         steps = int(steps * args.scale_steps)
         out = {}
         for o, tx in opts.items():
@@ -260,6 +264,8 @@ def main():
         verdicts = " ".join("win" if geo(v[0]) <= adam else "LOSE"
                             for o, v in out.items() if o != "adam")
         print(line, "|", verdicts, flush=True)
+        for o, v in out.items() if args.per_seed else ():
+            print(f"  {o} per seed:", " ".join(f"{x:.3g}" for x in v[0]), flush=True)
 
 
 if __name__ == "__main__":
