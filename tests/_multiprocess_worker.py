@@ -44,8 +44,10 @@ def _arguments():
 
 
 # Seconds without a heartbeat before the coordination service declares a
-# process dead: short, so that a killed peer stops the survivor quickly.
-HEARTBEAT_TIMEOUT_S = 5
+# process dead: short, so that a killed peer stops the survivor quickly, but
+# not so short that two processes compiling on 2 shared cores miss it (5 s
+# did once in CI: both declared dead before the first checkpoint).
+HEARTBEAT_TIMEOUT_S = 20
 
 
 def main() -> int:
