@@ -21,6 +21,7 @@ whether each Mnemosyne column ends at most at Adam's loss ("win");
 `--per-seed` adds a line per optimizer with each seed's final loss.
 """
 import argparse
+import functools
 import time
 
 import jax
@@ -62,8 +63,10 @@ def xent(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
+@functools.cache
 def digits():
-    """scikit-learn's digits, standardised, as device arrays."""
+    """scikit-learn's digits, standardised, as device arrays (loaded once per
+    process; every model and optimizer that needs them shares them)."""
     data = datasets.load_digits()
     return jnp.asarray(std(data.data)), jnp.asarray(data.target)
 

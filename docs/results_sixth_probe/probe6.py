@@ -18,6 +18,7 @@ Losses are kept positive (a constant added where one is needed) so that the
 fifth probe's geometric means and windows apply. Output as in probe5.py.
 """
 
+import functools
 import pathlib
 import sys
 
@@ -247,17 +248,24 @@ def batchnorm_mlp(sizes=(128,) * 4, b=32):
     return init, loss
 
 
-def lstm_markov_lm(vocab=20, h=64, seq=32, b=16):
+@functools.cache
+def markov_text(vocab: int, length: int):
+    """A text drawn from a random second-order Markov chain, generated once
+    per process (a Python loop; every optimizer's run reuses it)."""
     rng = np.random.default_rng(4)
-    table = rng.dirichlet(np.full(vocab, 0.2), size=(vocab, vocab))  # order 2
-    length = 100_000
+    table = rng.dirichlet(np.full(vocab, 0.2), size=(vocab, vocab))
     text = np.zeros(length, np.int32)
     text[:2] = [0, 1]
     u = rng.random(length)
     cdf = np.cumsum(table, -1)
     for t in range(2, length):
         text[t] = min(np.searchsorted(cdf[text[t - 2], text[t - 1]], u[t]), vocab - 1)
-    text = jnp.asarray(text)
+    return jnp.asarray(text)
+
+
+def lstm_markov_lm(vocab=20, h=64, seq=32, b=16):
+    length = 100_000
+    text = markov_text(vocab, length)
 
     def init(k):
         ks = jax.random.split(k, 3)
