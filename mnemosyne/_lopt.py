@@ -96,6 +96,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     step_scale_range: eqx.AbstractVar[tuple[float, float]]
     step_agreement_threshold: eqx.AbstractVar[float | None]
     step_width_reference: eqx.AbstractVar[int | None]
+    step_depth_floor: eqx.AbstractVar[tuple[float, float] | None]
     packs_small_leaves: eqx.AbstractClassVar[bool]
     #: Whether a leaf's memory has one slot per coordinate (so, under sharding,
     #: it is split like the leaf and updated shard by shard).
@@ -326,6 +327,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             [rms[i][0] for i in single] + [pack.g_rms for pack in packs], B, a_leaves
         )
         scales: list = [None] * len(g_leaves)
+        low = self._step_floor(g_leaves)
         for i in single:
             *outputs[i], scales[i] = self._step_unless_skipped(
                 g_leaves[i],
@@ -337,13 +339,14 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 rms[i],
                 finite,
                 r_leaves[i],
+                low,
             )
         for members, pack in zip(groups.values(), packs, strict=False):
             update, memory, momentum = self._packed_step(pack, step, B)
             if self.step_adaptation is not None:  # one multiplier per packed tensor
                 log_scale = B.xp.stack([B.asarray(r_leaves[i]) for i in members])
                 log_scale = self._log_step_scale(
-                    pack.grad, momentum, log_scale, pack.statistics(B), step, B
+                    pack.grad, momentum, log_scale, pack.statistics(B), step, B, low
                 )
                 update = update * B.xp.exp(log_scale)[pack.segments]
                 for k, i in enumerate(members):
@@ -353,13 +356,24 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 outputs[i] = out
         return outputs, finite, scales
 
-    def _log_step_scale(self, grad, momentum, log_scale, rms, step, B):
+    def _step_floor(self, g_leaves) -> float:
+        """The floor $\\ell$ of the step multiplier for a model whose gradient
+        leaves are `g_leaves`: `step_scale_range`'s, raised by Eq. (D) if
+        `step_depth_floor` is set (`depth_floor`)."""
+        low = self.step_scale_range[0]
+        if self.step_depth_floor is None:
+            return low
+        matrices = sum(1 for g in g_leaves if g is not None and np.ndim(g) >= 2)
+        return depth_floor(matrices, low, self.step_depth_floor)
+
+    def _log_step_scale(self, grad, momentum, log_scale, rms, step, B, low):
         """Eqs. (A1)-(A2): the tensor's new log step multiplier $\\rho_t$ from
         the agreement $a_t = \\cos(g_t, m_{t-1})$ of the gradient with
         `momentum`, the memory's momentum before this step's write (the
-        direction of the last step; none before the first step); `None`
-        without step adaptation. `rms` as in `features`; for packs,
-        `log_scale` and the result have one entry per packed tensor."""
+        direction of the last step; none before the first step), within
+        $[\\log$ `low`$, \\log h]$; `None` without step adaptation. `rms` as in
+        `features`; for packs, `log_scale` and the result have one entry per
+        packed tensor."""
         if self.step_adaptation is None:
             return None
         m = B.xp.where(step > 0, momentum, 0.0)
@@ -367,20 +381,21 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         agreement = B.agreement(
             rms.sum_of(g_hat * m), rms.g_hat_square_sum, rms.sum_of(m * m)
         )
-        low, high = self.step_scale_range
+        high = self.step_scale_range[1]
         threshold = self.step_agreement_threshold or 0.0
         return B.log_step_scale(
             log_scale, agreement, self.step_adaptation, threshold, low, high
         )
 
     def _step_unless_skipped(
-        self, grad, param, memory, step, B, axis_names, rms, finite, log_scale=None
+        self, grad, param, memory, step, B, axis_names, rms, finite, log_scale=None,
+        low=None,
     ):
         """`(update, memory, log_scale)`: `_leaf_step` (cast to the compute
         dtype and back) and, with step adaptation, the new log multiplier
-        $\\rho_t$ (`_log_step_scale`) times which the update is taken, inside a
-        conditional on `finite`: if not `finite` (and `skip_nonfinite`), a zero
-        update and `memory` and `log_scale` unchanged.
+        $\\rho_t$ (`_log_step_scale`, floored at `low`) times which the update
+        is taken, inside a conditional on `finite`: if not `finite` (and
+        `skip_nonfinite`), a zero update and `memory` and `log_scale` unchanged.
 
         The conditional is also what makes the step fast: the step of each
         tensor becomes a computation of its own, so XLA reuses
@@ -394,7 +409,9 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             update, new_memory, momentum = self._leaf_step(
                 g, p, m, step, B, axis_names, rms
             )
-            new_scale = self._log_step_scale(g, momentum, log_scale, rms, step, B)
+            new_scale = self._log_step_scale(
+                g, momentum, log_scale, rms, step, B, low
+            )
             if new_scale is not None:
                 update = update * B.xp.exp(new_scale)
                 new_scale = match_sharding(B.asarray(new_scale, log_scale.dtype),
@@ -449,7 +466,11 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     7. with `step_width_reference` $n_0$, the step of a tensor of width
        $n > n_0$ (its size over its largest axis) is multiplied by
        $\\sqrt{n_0 / n}$ (N), so wide Transformers take the smaller steps
-       they need (the state does not read this factor either).
+       they need (the state does not read this factor either);
+    8. with `step_depth_floor` $(c, \\ell_{max})$, the floor of the multiplier
+       of step 5 is $\\ell_L = \\min(\\ell_{max}, \\max(\\ell, c/L))$ for a model
+       of $L$ matrices (D): a shallow model keeps a larger step once its
+       gradient is mostly noise, a deep one the smaller step it needs.
 
     Untrained (initialised) v2 θ is already a sane optimizer: the token's first
     channel and the memory's value select $\\tilde g = g/(\\sqrt{\\hat\\nu}+\\epsilon)$,
@@ -509,6 +530,10 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         step_width_reference: the width $n_0$ of Eq. (N) above which a
             tensor's step shrinks as $\\sqrt{n_0 / n}$; `None` (default): no
             width scaling.
+        step_depth_floor: `(c, ℓ_max)` of Eq. (D): the multiplier's floor
+            becomes $\\min(\\ell_{max}, \\max(\\ell, c/L))$ for a model of $L$
+            matrices (`depth_floor`); `None` (default): the floor $\\ell$ of
+            `step_scale_range` for every model.
         skip_nonfinite: skip a step whose gradient is not finite.
         key: PRNG key for θ.
 
@@ -556,6 +581,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     step_agreement_threshold: float | None = eqx.field(static=True)
     step_warmup: tuple[float, int] | None = eqx.field(static=True)
     step_width_reference: int | None = eqx.field(static=True)
+    step_depth_floor: tuple[float, float] | None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -584,6 +610,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         step_agreement_threshold: float | None = None,
         step_warmup: tuple[float, int] | None = None,
         step_width_reference: int | None = None,
+        step_depth_floor: tuple[float, float] | None = None,
         skip_nonfinite: bool = True,
         key: PRNGKeyArray,
     ):
@@ -644,6 +671,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         self.step_agreement_threshold = step_agreement_threshold
         self.step_warmup = _checked_warmup(step_warmup)
         self.step_width_reference = _checked_width_reference(step_width_reference)
+        self.step_depth_floor = _checked_depth_floor(step_depth_floor, low)
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):
@@ -715,6 +743,50 @@ def _checked_width_reference(reference) -> int | None:
             f"step_width_reference is a width n_0 >= 1 (or None), got {reference!r}"
         )
     return int(reference)
+
+
+def depth_floor(num_matrices: int, low: float, setting: tuple[float, float]) -> float:
+    r"""Eq. (D): the floor of the step multiplier (A2) for a model of
+    $L$ = `num_matrices` matrices (gradient leaves of two or more axes:
+    dense and convolution kernels, embeddings),
+    $\ell_L = \min\big(\ell_{max}, \max(\ell, c / L)\big)$ with $\ell$ = `low`
+    and $(c, \ell_{max})$ = `setting`; $\ell_{max}$ for a model without
+    matrices.
+
+    Once a tensor's gradient is mostly noise, (A2) shrinks its multiplier to
+    the floor. A deep network needs that small step: its output moves by
+    about the sum of its $L$ layers' relative changes (Bernstein et al. 2020,
+    "On the distance between two neural networks and the stability of
+    learning"), so the per-layer step that keeps the function's change fixed
+    falls as $1/L$ (automatic gradient descent, Bernstein et al. 2023, takes
+    $\eta / L$). A shallow model at the same floor is slowed for no gain:
+    long noisy runs of models of at most four matrices ended 0.5-6% above
+    Adam(1e-3) at the floor 1/4 and below it at 1/2 (docs/results.md,
+    "Depth-aware floor"). The count is over the pytree the optimizer updates:
+    layers stacked into one array (for `jax.lax.scan`) count once.
+    """
+    c, ceiling = setting
+    if num_matrices == 0:
+        return ceiling
+    return min(ceiling, max(low, c / num_matrices))
+
+
+def _checked_depth_floor(setting, low) -> tuple[float, float] | None:
+    """`step_depth_floor` as floats, or a `ValueError` naming what is wrong."""
+    if setting is None:
+        return None
+    try:
+        c, ceiling = (float(x) for x in setting)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"step_depth_floor is a pair (c, max_floor), got {setting!r}"
+        ) from None
+    if not (c > 0 and low <= ceiling <= 1.0):
+        raise ValueError(
+            "step_depth_floor = (c, max_floor) needs c > 0 and step_scale_range's "
+            f"floor <= max_floor <= 1, got {setting!r} with floor {low!r}"
+        )
+    return (c, ceiling)
 
 
 def _checked_warmup(step_warmup) -> tuple[float, int] | None:
@@ -823,6 +895,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
     step_scale_range: tuple[float, float] = eqx.field(static=True)
     step_agreement_threshold: None = eqx.field(static=True)
     step_width_reference: None = eqx.field(static=True)
+    step_depth_floor: None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -874,6 +947,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         self.step_scale_range = (1.0, 1.0)
         self.step_agreement_threshold = None
         self.step_width_reference = None  # width scaling (N): coordinate-wise only
+        self.step_depth_floor = None
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):

@@ -18,7 +18,7 @@ from helpers import (
 )
 
 import mnemosyne
-from mnemosyne._lopt import width_factor
+from mnemosyne._lopt import depth_floor, width_factor
 
 NAMES = sorted(LOPTS)
 
@@ -715,3 +715,56 @@ def test_step_width_reference_must_be_a_width():
     assert mnemosyne.CoordinatewiseMnemosyne(
         step_width_reference=64.0, key=key
     ).step_width_reference == 64
+
+
+# ----------------------------------------------------------------------------
+# Depth-aware floor of the step multiplier (Eq. D)
+# ----------------------------------------------------------------------------
+
+
+def test_depth_floor_falls_as_one_over_the_number_of_matrices():
+    """Eq. (D): $\\ell_L = \\min(\\ell_{max}, \\max(\\ell, c/L))$, and
+    $\\ell_{max}$ for a model without matrices."""
+    setting = (2.0, 0.5)
+    assert depth_floor(0, 0.25, setting) == 0.5
+    assert depth_floor(1, 0.25, setting) == depth_floor(4, 0.25, setting) == 0.5
+    assert depth_floor(5, 0.25, setting) == pytest.approx(0.4)
+    assert depth_floor(8, 0.25, setting) == depth_floor(100, 0.25, setting) == 0.25
+    assert depth_floor(100, 1 / 64, setting) == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_step_depth_floor_floors_every_tensor_at_the_models_depth_floor(backend):
+    """A gradient that flips sign every step drives every tensor's multiplier
+    to its floor (A2); with `step_depth_floor` that floor is the model's
+    $\\ell_L$, counted over the leaves of two or more axes (a matrix stepped
+    alone, small ones packed together, and vectors, which do not count),
+    and the update is the unadapted one times it."""
+    adaptive, plain = _adaptive_and_plain(rate=0.5)
+    adaptive = mnemosyne.reconfigure(adaptive, step_depth_floor=(2.0, 0.5))
+    base = {"big": ADAPTED_PARAMS["big"], "b": jnp.ones(5)}
+    small = {f"m{i}": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4) + i for i in range(4)}
+    for params, floor in ((base, 0.5), ({**base, **small}, 0.4)):
+        g = random_like(params, 0)
+        state = adaptive.init(params)
+        for t in range(30):
+            gt = jax.tree.map(lambda x, t=t: x * (-1.0) ** t, g)
+            u_plain, _ = plain.update(gt, state._replace(step_scale=None), params,
+                                      backend=backend)
+            u, state = adaptive.update(gt, state, params, backend=backend)
+        for k in params:
+            np.testing.assert_allclose(np.exp(float(state.step_scale[k])), floor,
+                                       rtol=1e-6)
+            np.testing.assert_allclose(u[k], floor * np.asarray(u_plain[k]),
+                                       rtol=1e-5)
+
+
+def test_step_depth_floor_must_be_a_factor_and_a_floor():
+    key = jax.random.key(0)
+    for bad in ((0.0, 0.5), (2.0, 0.1), (2.0, 1.5), (2.0,), "deep"):
+        with pytest.raises(ValueError, match="step_depth_floor"):
+            mnemosyne.CoordinatewiseMnemosyne(
+                step_adaptation=0.1, step_depth_floor=bad, key=key
+            )
+    lopt = mnemosyne.CoordinatewiseMnemosyne(step_depth_floor=(2, 1), key=key)
+    assert lopt.step_depth_floor == (2.0, 1.0)

@@ -491,6 +491,10 @@ _SHIPPED_STEP_WARMUP = (0.1, 200)
 # Transformers move with rounding. No suite tensor is wider than 128
 # (docs/results.md, "Width").
 _SHIPPED_STEP_WIDTH_REFERENCE = 128
+# The depth-aware floor (c, max floor) of the shipped θ's step multiplier
+# (Eq. (D), `Preset.read_with`), hand-set after meta-training (session 24):
+# the floor is min(1/2, max(1/4, 2/L)) for a model of L matrices.
+_SHIPPED_STEP_DEPTH_FLOOR = (2.0, 0.5)
 # The agreement threshold a_0 of Eq. (A2), hand-set: on the generality probe
 # (meta.probe_tasks(), seeds 0-1) the weights trained without one (a_0 = 0)
 # ruined a batch-8 RNN and a 3-layer causal LM run, where the agreement hovers
@@ -530,6 +534,7 @@ PRESETS: dict[str, Preset] = {
             "step_scale_range": _SHIPPED_STEP_SCALE_RANGE,
             "step_warmup": _SHIPPED_STEP_WARMUP,
             "step_width_reference": _SHIPPED_STEP_WIDTH_REFERENCE,
+            "step_depth_floor": _SHIPPED_STEP_DEPTH_FLOOR,
         },
     ),
     # `lstm` and `lstm_multiscale` come from the v1 recipe; `lstm_v2` and

@@ -1,0 +1,90 @@
+"""The fifth and sixth probes' models read with and without the depth-aware
+floor of Eq. (D) (session 24), beside Adam(1e-3).
+
+    python docs/results_depth_floor/depth_floor_probes.py --probe 5|6
+        [--only NAME,...] [--seeds 0,1] [--scale-steps 4] [--skip-unchanged]
+        [--c 2] [--cap 0.5] [--no-adam]
+
+For each model: its number of matrices $L$ (parameter leaves of two or more
+axes), its floor $\\min(\\text{cap}, \\max(\\tfrac14, c/L))$, and the final loss
+(geometric mean over seeds of the mean of the last 5% of steps) with each
+run's stability ratio and wall time, for `optax.adam(1e-3)`, the shipped θ
+read without the depth floor ("quarter": the floor 1/4 of sessions 22-23) and
+with `step_depth_floor=(c, cap)` ("depth"). `--skip-unchanged` skips models
+whose floor stays 1/4. Uses the probes' own loop (`probe5.run`).
+"""
+
+import argparse
+import pathlib
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+
+DOCS = pathlib.Path(__file__).parents[1]
+sys.path.insert(0, str(DOCS / "results_fifth_probe"))
+sys.path.insert(0, str(DOCS / "results_sixth_probe"))
+import probe5  # noqa: E402
+import probe6  # noqa: E402
+
+import mnemosyne  # noqa: E402
+from mnemosyne._lopt import depth_floor  # noqa: E402
+from mnemosyne.evaluation import stability_ratio  # noqa: E402
+
+
+def num_matrices(params) -> int:
+    return sum(1 for x in jax.tree.leaves(params) if np.ndim(x) >= 2)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--probe", choices=("5", "6"), default="6")
+    p.add_argument("--only", default=None)
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--scale-steps", type=float, default=1.0)
+    p.add_argument("--c", type=float, default=2.0)
+    p.add_argument("--cap", type=float, default=0.5)
+    p.add_argument("--no-adam", action="store_true")
+    p.add_argument("--skip-unchanged", action="store_true")
+    a = p.parse_args()
+    probes = (probe5 if a.probe == "5" else probe6).PROBES
+    names = list(probes) if a.only is None else a.only.split(",")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    geo = lambda x: float(np.exp(np.log(np.maximum(x, 1e-30)).mean()))
+    shipped = mnemosyne.pretrained()
+    for name in names:
+        make, steps = probes[name]
+        steps = int(steps * a.scale_steps)
+        L = num_matrices(make()[0](jax.random.key(0)))
+        floor = depth_floor(L, 0.25, (a.c, a.cap))
+        if a.skip_unchanged and floor == 0.25:
+            print(f"{name:32s} L={L} floor {floor:g}: unchanged, skipped", flush=True)
+            continue
+        opts = {} if a.no_adam else {"adam": lambda: optax.adam(1e-3)}
+        opts["quarter"] = lambda: mnemosyne.mnemosyne(
+            lopt=mnemosyne.reconfigure(shipped, step_depth_floor=None))
+        opts[f"depth {floor:.3g}"] = lambda: mnemosyne.mnemosyne(
+            lopt=mnemosyne.reconfigure(shipped, step_depth_floor=(a.c, a.cap)))
+        out = {}
+        for o, tx in opts.items():
+            t0 = time.time()
+            losses = probe5.run(make, steps, tx(), seeds)
+            w = max(1, steps // 20)
+            out[o] = (losses[:, -w:].mean(1), stability_ratio(losses), time.time() - t0)
+        line = f"{name:32s} L={L} {steps:6d} " + " | ".join(
+            f"{o} {geo(v[0]):.3g} [{' '.join(f'{r:.2f}' for r in v[1])}] ({v[2]:.0f}s)"
+            for o, v in out.items())
+        if "adam" in out:
+            ref = geo(out["adam"][0])
+            verdicts = ("win" if geo(v[0]) <= ref else "LOSE"
+                        for o, v in out.items() if o != "adam")
+            line += " | " + " ".join(verdicts)
+        print(line, flush=True)
+        for o, v in out.items():
+            print(f"  {o} per seed:", " ".join(f"{x:.3g}" for x in v[0]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
