@@ -761,9 +761,11 @@ def depth_floor(num_matrices: int, low: float, setting: tuple[float, float]) -> 
     falls as $1/L$ (automatic gradient descent, Bernstein et al. 2023, takes
     $\eta / L$). A shallow model at the same floor is slowed for no gain:
     long noisy runs of models of at most four matrices ended 0.5-6% above
-    Adam(1e-3) at the floor 1/4 and below it at 1/2 (docs/results.md,
-    "Depth-aware floor"). The count is over the pytree the optimizer updates:
-    layers stacked into one array (for `jax.lax.scan`) count once.
+    Adam(1e-3) at the floor 1/4 and below it at 1/2, while spiky runs near
+    zero loss (a full-batch sine fit, batch norm) did better at 1/4
+    (docs/results.md, "A depth-aware floor"). The count is over the pytree
+    the optimizer updates: layers stacked into one array (for `jax.lax.scan`)
+    count once.
     """
     c, ceiling = setting
     if num_matrices == 0:

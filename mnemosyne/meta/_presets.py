@@ -493,7 +493,13 @@ _SHIPPED_STEP_WARMUP = (0.1, 200)
 _SHIPPED_STEP_WIDTH_REFERENCE = 128
 # The depth-aware floor (c, max floor) of the shipped θ's step multiplier
 # (Eq. (D), `Preset.read_with`), hand-set after meta-training (session 24):
-# the floor is min(1/2, max(1/4, 2/L)) for a model of L matrices.
+# the floor is min(1/2, max(1/4, 2/L)) for a model of L matrices. Every
+# constant floor was a trade: 1/2 won the long noisy runs of models of at most
+# four matrices that end 0.5-6% above Adam(1e-3) at 1/4, and cost deep nets
+# at tiny batches (5-17 matrices). At 4x the fifth and sixth probes' steps it
+# wins 11 of 15 and 9 of 11 against Adam (1/4: 8 of 15, 9 of 12); a sine fit
+# and a batch-norm MLP (loss spikes) and a 2,000-token LM lose instead; the
+# suite moves by at most 0.03% (docs/results.md, "A depth-aware floor").
 _SHIPPED_STEP_DEPTH_FLOOR = (2.0, 0.5)
 # The agreement threshold a_0 of Eq. (A2), hand-set: on the generality probe
 # (meta.probe_tasks(), seeds 0-1) the weights trained without one (a_0 = 0)
