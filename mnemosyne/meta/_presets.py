@@ -497,7 +497,7 @@ _SHIPPED_STEP_WIDTH_REFERENCE = 128
 # constant floor was a trade: 1/2 won the long noisy runs of models of at most
 # four matrices that end 0.5-6% above Adam(1e-3) at 1/4, and cost deep nets
 # at tiny batches (5-17 matrices). At 4x the fifth and sixth probes' steps it
-# wins 11 of 15 and 9 of 11 against Adam (1/4: 8 of 15, 9 of 12); a sine fit
+# wins 11 of 15 and 10 of 12 against Adam (1/4: 8 of 15, 9 of 12); a sine fit
 # and a batch-norm MLP (loss spikes) and a 2,000-token LM lose instead; the
 # suite moves by at most 0.03% (docs/results.md, "A depth-aware floor").
 _SHIPPED_STEP_DEPTH_FLOOR = (2.0, 0.5)
