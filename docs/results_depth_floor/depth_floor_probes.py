@@ -8,16 +8,16 @@ floor of Eq. (D) (session 24), beside Adam(1e-3).
 For each model: its number of matrices $L$ (parameter leaves of two or more
 axes), its floor $\\min(\\text{cap}, \\max(\\tfrac14, c/L))$, and the final loss
 (geometric mean over seeds of the mean of the last 5% of steps) with each
-run's stability ratio and wall time, for `optax.adam(1e-3)`, the shipped θ
-read without the depth floor ("quarter": the floor 1/4 of sessions 22-23) and
-with `step_depth_floor=(c, cap)` ("depth"). `--skip-unchanged` skips models
-whose floor stays 1/4. Uses the probes' own loop (`probe5.run`).
+run's stability ratio and wall time (`probe5.compare`), for
+`optax.adam(1e-3)`, the shipped θ read without the depth floor ("quarter":
+the floor 1/4 of sessions 22-23) and with `step_depth_floor=(c, cap)`
+("depth"). `--skip-unchanged` skips models whose floor stays 1/4. Uses the
+probes' own loop (`probe5.run`).
 """
 
 import argparse
 import pathlib
 import sys
-import time
 
 import jax
 import numpy as np
@@ -31,7 +31,6 @@ import probe6  # noqa: E402
 
 import mnemosyne  # noqa: E402
 from mnemosyne._lopt import depth_floor  # noqa: E402
-from mnemosyne.evaluation import stability_ratio  # noqa: E402
 
 
 def num_matrices(params) -> int:
@@ -52,7 +51,6 @@ def main():
     probes = (probe5 if a.probe == "5" else probe6).PROBES
     names = list(probes) if a.only is None else a.only.split(",")
     seeds = [int(s) for s in a.seeds.split(",")]
-    geo = lambda x: float(np.exp(np.log(np.maximum(x, 1e-30)).mean()))
     shipped = mnemosyne.pretrained()
     for name in names:
         make, steps = probes[name]
@@ -67,23 +65,8 @@ def main():
             lopt=mnemosyne.reconfigure(shipped, step_depth_floor=None))
         opts[f"depth {floor:.3g}"] = lambda: mnemosyne.mnemosyne(
             lopt=mnemosyne.reconfigure(shipped, step_depth_floor=(a.c, a.cap)))
-        out = {}
-        for o, tx in opts.items():
-            t0 = time.time()
-            losses = probe5.run(make, steps, tx(), seeds)
-            w = max(1, steps // 20)
-            out[o] = (losses[:, -w:].mean(1), stability_ratio(losses), time.time() - t0)
-        line = f"{name:32s} L={L} {steps:6d} " + " | ".join(
-            f"{o} {geo(v[0]):.3g} [{' '.join(f'{r:.2f}' for r in v[1])}] ({v[2]:.0f}s)"
-            for o, v in out.items())
-        if "adam" in out:
-            ref = geo(out["adam"][0])
-            verdicts = ("win" if geo(v[0]) <= ref else "LOSE"
-                        for o, v in out.items() if o != "adam")
-            line += " | " + " ".join(verdicts)
-        print(line, flush=True)
-        for o, v in out.items():
-            print(f"  {o} per seed:", " ".join(f"{x:.3g}" for x in v[0]), flush=True)
+        label = f"{name:32s} L={L}"
+        probe5.compare(label, make, steps, opts, seeds, per_seed=True)
 
 
 if __name__ == "__main__":

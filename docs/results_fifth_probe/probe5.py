@@ -250,26 +250,36 @@ def main(probes=PROBES):
         opts[f"floor {args.floor:g}"] = lambda: mnemosyne.mnemosyne(
             lopt=mnemosyne.reconfigure(
                 mnemosyne.pretrained(), step_scale_range=(args.floor, 2.0)))
-    geo = lambda x: float(np.exp(np.log(np.maximum(x, 1e-30)).mean()))
     for name in names:
         make, steps = probes[name]
-        steps = int(steps * args.scale_steps)
-        out = {}
-        for o, tx in opts.items():
-            t0 = time.time()
-            losses = run(make, steps, tx(), seeds)
-            w = max(1, steps // 20)
-            out[o] = (losses[:, -w:].mean(1), stability_ratio(losses), time.time() - t0)
-        adam = geo(out["adam"][0])
-        line = f"{name:32s} {steps:6d} " + " | ".join(
-            f"{o} {geo(v[0]):.3g} [{' '.join(f'{r:.2f}' for r in v[1])}] ({v[2]:.0f}s)"
-            for o, v in out.items())
-        verdicts = " ".join("win" if geo(v[0]) <= adam else "LOSE"
-                            for o, v in out.items() if o != "adam")
-        print(line, "|", verdicts, flush=True)
-        for o, v in out.items() if args.per_seed else ():
-            print(f"  {o} per seed:", " ".join(f"{x:.3g}" for x in v[0]), flush=True)
+        compare(name, make, int(steps * args.scale_steps), opts, seeds, args.per_seed)
 
+
+def geo(x):
+    """Geometric mean (losses floored at 1e-30)."""
+    return float(np.exp(np.log(np.maximum(x, 1e-30)).mean()))
+
+
+def compare(label, make, steps, opts, seeds, per_seed=False):
+    """Run every optimizer of `opts` (name -> factory) on one model and print
+    its line: final loss, stability ratios and wall time per optimizer, then
+    whether each ends at most at Adam's loss (when `opts` has "adam")."""
+    out = {}
+    for o, tx in opts.items():
+        t0 = time.time()
+        losses = run(make, steps, tx(), seeds)
+        w = max(1, steps // 20)
+        out[o] = (losses[:, -w:].mean(1), stability_ratio(losses), time.time() - t0)
+    line = f"{label:32s} {steps:6d} " + " | ".join(
+        f"{o} {geo(v[0]):.3g} [{' '.join(f'{r:.2f}' for r in v[1])}] ({v[2]:.0f}s)"
+        for o, v in out.items())
+    if "adam" in out:
+        adam = geo(out["adam"][0])
+        line += " | " + " ".join("win" if geo(v[0]) <= adam else "LOSE"
+                                 for o, v in out.items() if o != "adam")
+    print(line, flush=True)
+    for o, v in out.items() if per_seed else ():
+        print(f"  {o} per seed:", " ".join(f"{x:.3g}" for x in v[0]), flush=True)
 
 if __name__ == "__main__":
     main()
