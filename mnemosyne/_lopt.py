@@ -97,6 +97,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     step_agreement_threshold: eqx.AbstractVar[float | None]
     step_width_reference: eqx.AbstractVar[int | None]
     step_depth_floor: eqx.AbstractVar[tuple[float, float] | None]
+    step_spike_guard: eqx.AbstractVar[tuple[float, float, float] | None]
     packs_small_leaves: eqx.AbstractClassVar[bool]
     #: Whether a leaf's memory has one slot per coordinate (so, under sharding,
     #: it is split like the leaf and updated shard by shard).
@@ -346,7 +347,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             if self.step_adaptation is not None:  # one multiplier per packed tensor
                 log_scale = B.xp.stack([B.asarray(r_leaves[i]) for i in members])
                 log_scale = self._log_step_scale(
-                    pack.grad, momentum, log_scale, pack.statistics(B), step, B, low
+                    pack.grad, momentum, log_scale, pack.statistics(B), step, B, low,
+                    memory.second_moment[0],
                 )
                 update = update * B.xp.exp(log_scale)[pack.segments]
                 for k, i in enumerate(members):
@@ -366,14 +368,18 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         matrices = sum(1 for g in g_leaves if g is not None and np.ndim(g) >= 2)
         return depth_floor(matrices, low, self.step_depth_floor)
 
-    def _log_step_scale(self, grad, momentum, log_scale, rms, step, B, low):
+    def _log_step_scale(
+        self, grad, momentum, log_scale, rms, step, B, low, second_moment=None
+    ):
         """Eqs. (A1)-(A2): the tensor's new log step multiplier $\\rho_t$ from
         the agreement $a_t = \\cos(g_t, m_{t-1})$ of the gradient with
         `momentum`, the memory's momentum before this step's write (the
         direction of the last step; none before the first step), within
         $[\\log$ `low`$, \\log h]$; `None` without step adaptation. `rms` as in
         `features`; for packs, `log_scale` and the result have one entry per
-        packed tensor."""
+        packed tensor. With `step_spike_guard`, Eq. (G): `low` is a soft floor
+        below which only spikes of the gradient over its running scale (read
+        from `second_moment`, $\\nu_t$ already updated) push the multiplier."""
         if self.step_adaptation is None:
             return None
         m = B.xp.where(step > 0, momentum, 0.0)
@@ -381,10 +387,24 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         agreement = B.agreement(
             rms.sum_of(g_hat * m), rms.g_hat_square_sum, rms.sum_of(m * m)
         )
-        high = self.step_scale_range[1]
+        hard_low, high = self.step_scale_range
         threshold = self.step_agreement_threshold or 0.0
+        if self.step_spike_guard is None:
+            return B.log_step_scale(
+                log_scale, agreement, self.step_adaptation, threshold, low, high
+            )
+        limit, strength, recovery = self.step_spike_guard
+        penalty = B.spike_penalty(
+            rms.per_tensor(rms.g_rms), rms.per_tensor(rms.mean_of(second_moment)),
+            step + 1, self.second_moment_decay, limit, strength,
+        )
+        # read once nu has seen its own timescale 1/(1 - beta_2) of gradients:
+        # before that a gradient growing as training starts reads as a spike
+        start = round(1.0 / (1.0 - self.second_moment_decay))
+        penalty = B.xp.where(step >= start, penalty, 0.0)
         return B.log_step_scale(
-            log_scale, agreement, self.step_adaptation, threshold, low, high
+            log_scale, agreement, self.step_adaptation, threshold, low, high,
+            penalty, recovery, hard_low,
         )
 
     def _step_unless_skipped(
@@ -410,7 +430,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 g, p, m, step, B, axis_names, rms
             )
             new_scale = self._log_step_scale(
-                g, momentum, log_scale, rms, step, B, low
+                g, momentum, log_scale, rms, step, B, low, new_memory.second_moment[0]
+                if self.step_spike_guard is not None else None,
             )
             if new_scale is not None:
                 update = update * B.xp.exp(new_scale)
@@ -470,7 +491,11 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     8. with `step_depth_floor` $(c, \\ell_{max})$, the floor of the multiplier
        of step 5 is $\\ell_L = \\min(\\ell_{max}, \\max(\\ell, c/L))$ for a model
        of $L$ matrices (D): a shallow model keeps a larger step once its
-       gradient is mostly noise, a deep one the smaller step it needs.
+       gradient is mostly noise, a deep one the smaller step it needs;
+    9. with `step_spike_guard` $(K, \\lambda, \\mu)$, that floor is soft: only
+       spikes (a gradient RMS above $K$ times its running scale) push the
+       multiplier below it, down to the floor of `step_scale_range`, and it
+       recovers by $\\mu$ per step (G).
 
     Untrained (initialised) v2 θ is already a sane optimizer: the token's first
     channel and the memory's value select $\\tilde g = g/(\\sqrt{\\hat\\nu}+\\epsilon)$,
@@ -534,6 +559,14 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             becomes $\\min(\\ell_{max}, \\max(\\ell, c/L))$ for a model of $L$
             matrices (`depth_floor`); `None` (default): the floor $\\ell$ of
             `step_scale_range` for every model.
+        step_spike_guard: `(K, λ, μ)` of Eq. (G): the floor of (A2) (or (D))
+            becomes a soft one that only spikes cross: once $\\nu$ has seen
+            $1/(1 - \\beta_2)$ gradients, a tensor whose gradient RMS is
+            $r_t$ times its running scale (S), $r_t$ above $K$, has its log
+            multiplier lowered by $\\lambda \\log(r_t / K)$, down to
+            `step_scale_range`'s floor, and below the soft floor it recovers
+            by $\\mu$ per step (`spike_penalty`, `log_step_scale`); `None`
+            (default): no spike guard.
         skip_nonfinite: skip a step whose gradient is not finite.
         key: PRNG key for θ.
 
@@ -582,6 +615,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     step_warmup: tuple[float, int] | None = eqx.field(static=True)
     step_width_reference: int | None = eqx.field(static=True)
     step_depth_floor: tuple[float, float] | None = eqx.field(static=True)
+    step_spike_guard: tuple[float, float, float] | None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -611,6 +645,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         step_warmup: tuple[float, int] | None = None,
         step_width_reference: int | None = None,
         step_depth_floor: tuple[float, float] | None = None,
+        step_spike_guard: tuple[float, float, float] | None = None,
         skip_nonfinite: bool = True,
         key: PRNGKeyArray,
     ):
@@ -672,6 +707,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         self.step_warmup = _checked_warmup(step_warmup)
         self.step_width_reference = _checked_width_reference(step_width_reference)
         self.step_depth_floor = _checked_depth_floor(step_depth_floor, low)
+        self.step_spike_guard = _checked_spike_guard(step_spike_guard, step_adaptation)
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):
@@ -791,6 +827,29 @@ def _checked_depth_floor(setting, low) -> tuple[float, float] | None:
     return (c, ceiling)
 
 
+def _checked_spike_guard(setting, adaptation) -> tuple[float, float, float] | None:
+    """`step_spike_guard` as floats, or a `ValueError` naming what is wrong."""
+    if setting is None:
+        return None
+    try:
+        limit, strength, recovery = (float(v) for v in setting)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"step_spike_guard is a triple (K, strength, recovery), got {setting!r}"
+        ) from None
+    if not (limit > 0 and strength >= 0 and recovery >= 0):
+        raise ValueError(
+            "step_spike_guard = (K, strength, recovery) needs K > 0, strength >= 0 "
+            f"and recovery >= 0, got {setting!r}"
+        )
+    if adaptation is None:
+        raise ValueError(
+            "step_spike_guard lowers the step multiplier of step_adaptation; "
+            "set step_adaptation too"
+        )
+    return limit, strength, recovery
+
+
 def _checked_warmup(step_warmup) -> tuple[float, int] | None:
     """`step_warmup` as `(w_0, T)`, or a `ValueError` naming what is wrong."""
     if step_warmup is None:
@@ -898,6 +957,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
     step_agreement_threshold: None = eqx.field(static=True)
     step_width_reference: None = eqx.field(static=True)
     step_depth_floor: None = eqx.field(static=True)
+    step_spike_guard: None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
     def __init__(
@@ -950,6 +1010,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         self.step_agreement_threshold = None
         self.step_width_reference = None  # width scaling (N): coordinate-wise only
         self.step_depth_floor = None
+        self.step_spike_guard = None
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):

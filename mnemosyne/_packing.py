@@ -39,13 +39,16 @@ class TensorStatistics(NamedTuple):
     or one per packed tensor: not broadcast); and `g_hat_square_sum`, the sum
     of $\\hat g^2 = (g / \\operatorname{rms}(g))^2$ over each tensor, laid
     out like `sum_of`: the tensor's size, or 0 where the gradient is all zero
-    (exact: $\\hat g$ has unit RMS, so it costs no pass over the tensor)."""
+    (exact: $\\hat g$ has unit RMS, so it costs no pass over the tensor);
+    `per_tensor(y)`, a value laid out like `g_rms` (one per tensor,
+    broadcast) laid out like `sum_of` instead."""
 
     g_rms: Array
     x_rms: Array
     mean_of: Callable[[Array], Array]
     sum_of: Callable[[Array], Array]
     g_hat_square_sum: Array
+    per_tensor: Callable[[Array], Array]
 
     @classmethod
     def of_leaf(cls, grad, param, B, axis_names=None) -> TensorStatistics:
@@ -57,6 +60,7 @@ class TensorStatistics(NamedTuple):
             lambda y: B.tensor_mean(y, axis_names),
             lambda y: B.tensor_sum(y, axis_names),
             B.xp.where(g_rms > 0, size, 0.0),
+            lambda y: y,
         )
 
 
@@ -86,6 +90,7 @@ class Pack(NamedTuple):
             lambda y: B.segment_mean(y, self.segments, count)[self.segments],
             lambda y: B.segment_sum(y, self.segments, count),
             B.xp.where(self.g_rms > 0, B.asarray(sizes, self.g_rms.dtype), 0.0),
+            lambda y: y[np.searchsorted(self.segments, np.arange(count))],
         )
 
     @classmethod

@@ -138,6 +138,29 @@ KERNELS = {
         "warmup_factor",
         lambda rng: ((np.asarray(250),), {"start": 0.1, "steps": 200, "dtype": None}),
     ),
+    "log_step_scale": (
+        "log_step_scale",
+        lambda rng: (
+            (rng.uniform(-1.5, 0.5, 6), rng.uniform(-1.0, 1.0, 6)),
+            {"rate": 0.5, "threshold": 0.05, "low": 0.5, "high": 2.0},
+        ),
+    ),
+    "log_step_scale_spike": (  # Eq. (G): below and above the soft floor
+        "log_step_scale",
+        lambda rng: (
+            (rng.uniform(-1.5, 0.5, 6), rng.uniform(-1.0, 1.0, 6)),
+            {"rate": 0.5, "threshold": 0.05, "low": 0.5, "high": 2.0,
+             "penalty": np.asarray([0.0, 0.0, 0.3, 1.5, 0.0, 0.7]),
+             "recovery": 0.01, "hard_low": 0.125},
+        ),
+    ),
+    "spike_penalty": (  # ratios on both sides of K
+        "spike_penalty",
+        lambda rng: (
+            (rng.uniform(0.5, 4.0, 8), rng.uniform(0.2, 1.0, 8)),
+            {"count": 150, "decay": 0.99, "limit": 3.0, "strength": 0.7},
+        ),
+    ),
     "coordinate_features": ("coordinate_features", _coordinate_inputs),
     "dense": (
         "dense",

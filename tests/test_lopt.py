@@ -770,3 +770,114 @@ def test_step_depth_floor_must_be_a_factor_and_a_floor():
             )
     lopt = mnemosyne.CoordinatewiseMnemosyne(step_depth_floor=(2, 1), key=key)
     assert lopt.step_depth_floor == (2.0, 1.0)
+
+
+# ----------------------------------------------------------------------------
+# Spike guard: a soft floor that only spikes cross (Eq. G)
+# ----------------------------------------------------------------------------
+
+
+def _spike_ratio(g, nu, count, decay):
+    """The spike ratio of Eq. (G), $r_t = \\operatorname{rms}(g_t) /
+    \\sqrt{\\operatorname{mean}_i \\hat\\nu_{t,i}}$, from the test's own float64
+    second moment."""
+    sigma = np.sqrt(nu.mean() / (1.0 - decay**count)) + 1e-12
+    return np.sqrt(np.mean(np.square(g))) / sigma
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_step_spike_guard_lowers_the_multiplier_by_the_spike_ratio(backend):
+    """Eq. (G) against a direct computation. Two readings of one θ see the same
+    noise: one with the guard $(K, \\lambda, \\mu)$, one whose $K$ no gradient
+    crosses. A spike before $\\nu$ has seen $1/(1-\\beta_2)$ gradients changes
+    nothing. After that, each tensor's log multiplier (a matrix stepped alone,
+    a vector packed with another matrix) is the unguarded one minus
+    $\\lambda\\log(r_t/K)$, with $r_t$ its gradient's RMS over the running scale
+    computed here; below the soft floor it then recovers by at least $\\mu$ a
+    step, and the update is the unadapted one times the multiplier."""
+    adaptive, plain = _adaptive_and_plain(rate=0.1, threshold=0.2)
+    decay, limit, strength, recovery = 0.99, 3.0, 1.0, 0.01
+    read = dict(second_moment_decay=decay, step_scale_range=(0.125, 2.0),
+                step_depth_floor=(2.0, 0.5))
+    guarded = mnemosyne.reconfigure(
+        adaptive, **read, step_spike_guard=(limit, strength, recovery))
+    unguarded = mnemosyne.reconfigure(
+        adaptive, **read, step_spike_guard=(1e6, strength, recovery))
+    plain = mnemosyne.reconfigure(plain, second_moment_decay=decay)
+    update = jit_tx_update if backend == "jax" else (
+        lambda lopt, g, s, p: lopt.update(g, s, p, backend="numpy")
+    )
+    params = ADAPTED_PARAMS
+    state, reference = guarded.init(params), unguarded.init(params)
+    nu = {k: np.zeros(np.shape(x)) for k, x in params.items()}
+    soft = np.log(0.5)  # two matrices: the floor of Eq. (D) is 1/2
+    floored = {}
+    for t in range(116):
+        g = random_like(params, t, scale=12.0 if t in (50, 110) else 1.0)
+        nu = {k: decay * nu[k] + (1 - decay) * np.square(np.asarray(g[k], np.float64))
+              for k in params}
+        previous = state.step_scale
+        u_plain, _ = update(plain, g, state._replace(step_scale=None), params)
+        u, state = update(guarded, g, state, params)
+        _, reference = update(unguarded, g, reference, params)
+        for k in params:
+            rho, rho_ref = float(state.step_scale[k]), float(reference.step_scale[k])
+            if t <= 100:
+                assert rho == pytest.approx(rho_ref, abs=1e-6), (t, k)
+            elif t == 110:
+                r = _spike_ratio(np.asarray(g[k], np.float64), nu[k], t + 1, decay)
+                assert r > 1.2 * limit
+                # the spike acts where the agreement left the multiplier at the
+                # soft floor (the matrix stepped alone is: checked below)
+                at_floor = rho_ref <= soft + 1e-6
+                floored[k] = at_floor
+                penalty = strength * np.log(r / limit) if at_floor else 0.0
+                assert rho == pytest.approx(rho_ref - penalty, abs=1e-5), k
+            elif t > 110 and floored[k]:
+                assert rho >= min(float(previous[k]) + recovery, soft) - 1e-6, (t, k)
+                assert rho < soft, (t, k)
+    assert floored["big"], floored
+    for k in params:
+        np.testing.assert_allclose(
+            u[k], np.exp(float(state.step_scale[k])) * np.asarray(u_plain[k]),
+            rtol=1e-5, atol=1e-9,
+        )
+
+
+def test_step_spike_guard_must_be_a_limit_a_strength_and_a_recovery():
+    key = jax.random.key(0)
+    for bad in ((0.0, 1.0, 0.0), (3.0, -1.0, 0.0), (3.0, 1.0, -0.1), (3.0, 1.0), "x"):
+        with pytest.raises(ValueError, match="step_spike_guard"):
+            mnemosyne.CoordinatewiseMnemosyne(
+                step_adaptation=0.1, step_spike_guard=bad, key=key
+            )
+    with pytest.raises(ValueError, match="step_adaptation"):
+        mnemosyne.CoordinatewiseMnemosyne(step_spike_guard=(3, 1, 0), key=key)
+    lopt = mnemosyne.CoordinatewiseMnemosyne(
+        step_adaptation=0.1, step_spike_guard=(3, 1, 0), key=key
+    )
+    assert lopt.step_spike_guard == (3.0, 1.0, 0.0)
+
+
+
+def test_spike_penalty_acts_only_at_the_soft_floor():
+    """Eq. (G) in the reference kernel, by hand: above the soft floor $\\ell$ a
+    spike changes nothing; at it, the penalty takes the multiplier below; below
+    it, the multiplier first recovers by $\\mu$, then pays the penalty; and the
+    hard floor $\\ell_0$ bounds it."""
+    from mnemosyne.backends import numpy_backend as nb
+
+    rate, a0, mu, low, hard, high = 0.1, 0.05, 0.01, 0.5, 0.125, 2.0
+    step = lambda rho, p: float(nb.log_step_scale(
+        rho, 0.0, rate, a0, low, high, penalty=p, recovery=mu, hard_low=hard))
+    assert step(0.0, 1.0) == pytest.approx(-rate * a0)  # above: no effect
+    assert step(np.log(low), 0.0) == pytest.approx(np.log(low))  # (A2)'s clip
+    assert step(np.log(low), 0.3) == pytest.approx(np.log(low) - 0.3)
+    below = np.log(low) - 0.5
+    assert step(below, 0.0) == pytest.approx(below + mu)  # recovers
+    assert step(below, 0.3) == pytest.approx(below + mu - 0.3)
+    assert step(below, 5.0) == pytest.approx(np.log(hard))
+    assert step(np.log(low) - 0.005, 0.0) == pytest.approx(np.log(low))
+    assert float(nb.spike_penalty(6.0, 1.0, 10**6, 0.999, 3.0, 0.5)) == pytest.approx(
+        0.5 * np.log(2.0))  # r = 6 over a running scale of 1 (bias corrected)
+    assert float(nb.spike_penalty(2.0, 1.0, 10**6, 0.999, 3.0, 0.5)) == 0.0

@@ -66,11 +66,21 @@ def _width_scaled():
     return mnemosyne.reconfigure(coordinatewise(), step_width_reference=2)
 
 
+def _spike_guarded():
+    """`coordinatewise` with the spike guard (G) active from the third step
+    ($\\beta_2 = 1/2$) and a limit $K$ = 1/2 that these gradients cross, so
+    the ratio's reductions across shards decide the multipliers."""
+    return mnemosyne.reconfigure(
+        coordinatewise(), second_moment_decay=0.5, step_spike_guard=(0.5, 1.0, 0.01)
+    )
+
+
 # The tensor-wise variant compiles its encoder per leaf (about a minute per
 # program on 2 cores): slow, run by .ci/run.
 VARIANTS = [
     pytest.param(coordinatewise, id="coordinatewise"),
     pytest.param(_width_scaled, id="width_scaled", marks=pytest.mark.slow),
+    pytest.param(_spike_guarded, id="spike_guarded", marks=pytest.mark.slow),
     pytest.param(tensorwise, id="tensorwise", marks=pytest.mark.slow),
 ]
 

@@ -221,12 +221,27 @@ def agreement(dot, g_square, m_square):
     return jnp.where(norms > 0, dot / jnp.where(norms > 0, norms, 1.0), 0.0)
 
 
-def log_step_scale(log_scale, agreement, rate, threshold, low, high):
-    """Eq. (A2); see the NumPy reference."""
-    return jnp.clip(
-        log_scale + rate * (agreement - threshold), float(np.log(low)),
-        float(np.log(high)),
+def log_step_scale(
+    log_scale, agreement, rate, threshold, low, high, penalty=None, recovery=0.0,
+    hard_low=None,
+):
+    """Eqs. (A2) and, with a spike `penalty`, (G); see the NumPy reference."""
+    drift = rate * (agreement - threshold)
+    if penalty is None:
+        return jnp.clip(log_scale + drift, float(np.log(low)), float(np.log(high)))
+    raised = jnp.maximum(
+        log_scale + drift, jnp.minimum(log_scale + recovery, float(np.log(low)))
     )
+    penalty = jnp.where(raised <= float(np.log(low)), penalty, 0.0)
+    return jnp.clip(raised - penalty, float(np.log(hard_low)), float(np.log(high)))
+
+
+def spike_penalty(g_rms, mean_nu, count, decay, limit, strength):
+    """Eq. (G), the spike term; see the NumPy reference."""
+    dtype = jnp.result_type(g_rms)
+    correction = 1.0 / -jnp.expm1(jnp.asarray(count, dtype) * float(np.log(decay)))
+    sigma = jnp.sqrt(mean_nu * correction) + SCALE_FLOOR
+    return strength * jnp.log(jnp.maximum(g_rms / sigma / limit, 1.0))
 
 
 def adaptive_coordinate_features(

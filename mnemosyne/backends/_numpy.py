@@ -217,17 +217,51 @@ def agreement(dot, g_square, m_square):
     return np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
 
 
-def log_step_scale(log_scale, agreement, rate, threshold, low, high):
+def log_step_scale(
+    log_scale, agreement, rate, threshold, low, high, penalty=None, recovery=0.0,
+    hard_low=None,
+):
     r"""Eq. (A2): the per-tensor log step multiplier,
     $\rho_t = \operatorname{clip}(\rho_{t-1} + \kappa\, (a_t - a_0),\ \log
     \ell,\ \log h)$: it grows while the gradient keeps the direction of the
     memory's momentum and shrinks when it turns against it (hypergradient
     descent on the step size, Baydin et al. 2018) or, with a threshold $a_0 > 0$,
     when the agreement is no more than noise's (a stationarity test in the
-    spirit of Pflug 1983: there a smaller step lowers the noise floor)."""
+    spirit of Pflug 1983: there a smaller step lowers the noise floor).
+
+    With a spike `penalty` $p_t$ (`spike_penalty`), Eq. (G): $\\ell$ = `low`
+    becomes a soft floor that the agreement cannot cross; spikes act only
+    there, pushing the multiplier below it, down to $\\ell_0$ = `hard_low`,
+    and below it the multiplier recovers by $\\mu$ = `recovery` per step,
+    $$\\tilde\\rho_t = \\max\\big(\\rho_{t-1} + \\kappa (a_t - a_0),\\
+    \\min(\\rho_{t-1} + \\mu, \\log \\ell)\\big),\\qquad
+    \\rho_t = \\operatorname{clip}\\big(\\tilde\\rho_t - p_t\\,
+    [\\tilde\\rho_t \\le \\log\\ell],\\ \\log \\ell_0,\\ \\log h\\big).$$
+    Without spikes ($p_t = 0$, and so $\\rho_{t-1} \\ge \\log\\ell$) this is (A2)."""
     log_scale = np.asarray(log_scale, np.float64)
     drift = rate * (np.asarray(agreement, np.float64) - threshold)
-    return np.clip(log_scale + drift, np.log(low), np.log(high))
+    if penalty is None:
+        return np.clip(log_scale + drift, np.log(low), np.log(high))
+    raised = np.maximum(
+        log_scale + drift, np.minimum(log_scale + recovery, np.log(low))
+    )
+    penalty = np.where(raised <= np.log(low), np.asarray(penalty, np.float64), 0.0)
+    return np.clip(raised - penalty, np.log(hard_low), np.log(high))
+
+
+def spike_penalty(g_rms, mean_nu, count, decay, limit, strength):
+    r"""Eq. (G), the spike term: with the tensor's *spike ratio*
+    $r_t = \operatorname{rms}(g_t) / \sigma_t$, its gradient's RMS over its
+    running scale $\sigma_t = \sqrt{\operatorname{mean}_i \hat\nu_{t,i}}$ of
+    (S) (so $r_t = \operatorname{rms}(\hat g_t)$, the RMS of the feature
+    $\hat g$ of (F2)), the penalty $p_t = \lambda \max(0, \log(r_t / K))$
+    with $K$ = `limit` and $\lambda$ = `strength`. `mean_nu` is
+    $\operatorname{mean}_i \nu_{t,i}$ before bias correction, `count` the
+    steps taken including this one."""
+    correction = 1.0 / (1.0 - decay ** np.float64(count))
+    sigma = np.sqrt(np.asarray(mean_nu, np.float64) * correction) + SCALE_FLOOR
+    ratio = np.asarray(g_rms, np.float64) / sigma
+    return strength * np.log(np.maximum(ratio / limit, 1.0))
 
 
 def adaptive_coordinate_features(
