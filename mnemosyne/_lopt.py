@@ -561,9 +561,9 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             `step_scale_range` for every model.
         step_spike_guard: `(K, λ, μ)` of Eq. (G): the floor of (A2) (or (D))
             becomes a soft one that only spikes cross: once $\\nu$ has seen
-            $1/(1 - \\beta_2)$ gradients, a tensor whose gradient RMS is
-            $r_t$ times its running scale (S), $r_t$ above $K$, has its log
-            multiplier lowered by $\\lambda \\log(r_t / K)$, down to
+            $1/(1 - \\beta_2)$ gradients, a tensor whose multiplier sits at
+            it and whose gradient RMS is $r_t$ times its running scale (S),
+            $r_t$ above $K$, has its log multiplier lowered by $\\lambda \\log(r_t / K)$, down to
             `step_scale_range`'s floor, and below the soft floor it recovers
             by $\\mu$ per step (`spike_penalty`, `log_step_scale`); `None`
             (default): no spike guard.
@@ -707,7 +707,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         self.step_warmup = _checked_warmup(step_warmup)
         self.step_width_reference = _checked_width_reference(step_width_reference)
         self.step_depth_floor = _checked_depth_floor(step_depth_floor, low)
-        self.step_spike_guard = _checked_spike_guard(step_spike_guard, step_adaptation)
+        self.step_spike_guard = _checked_spike_guard(step_spike_guard)
         self.skip_nonfinite = skip_nonfinite
 
     def _memory_slots(self, shape):
@@ -827,7 +827,7 @@ def _checked_depth_floor(setting, low) -> tuple[float, float] | None:
     return (c, ceiling)
 
 
-def _checked_spike_guard(setting, adaptation) -> tuple[float, float, float] | None:
+def _checked_spike_guard(setting) -> tuple[float, float, float] | None:
     """`step_spike_guard` as floats, or a `ValueError` naming what is wrong."""
     if setting is None:
         return None
@@ -841,11 +841,6 @@ def _checked_spike_guard(setting, adaptation) -> tuple[float, float, float] | No
         raise ValueError(
             "step_spike_guard = (K, strength, recovery) needs K > 0, strength >= 0 "
             f"and recovery >= 0, got {setting!r}"
-        )
-    if adaptation is None:
-        raise ValueError(
-            "step_spike_guard lowers the step multiplier of step_adaptation; "
-            "set step_adaptation too"
         )
     return limit, strength, recovery
 

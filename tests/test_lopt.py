@@ -851,11 +851,7 @@ def test_step_spike_guard_must_be_a_limit_a_strength_and_a_recovery():
             mnemosyne.CoordinatewiseMnemosyne(
                 step_adaptation=0.1, step_spike_guard=bad, key=key
             )
-    with pytest.raises(ValueError, match="step_adaptation"):
-        mnemosyne.CoordinatewiseMnemosyne(step_spike_guard=(3, 1, 0), key=key)
-    lopt = mnemosyne.CoordinatewiseMnemosyne(
-        step_adaptation=0.1, step_spike_guard=(3, 1, 0), key=key
-    )
+    lopt = mnemosyne.CoordinatewiseMnemosyne(step_spike_guard=(3, 1, 0), key=key)
     assert lopt.step_spike_guard == (3.0, 1.0, 0.0)
 
 

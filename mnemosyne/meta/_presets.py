@@ -501,6 +501,16 @@ _SHIPPED_STEP_WIDTH_REFERENCE = 128
 # and a batch-norm MLP (loss spikes) and a 2,000-token LM lose instead; the
 # suite moves by at most 0.03% (docs/results.md, "A depth-aware floor").
 _SHIPPED_STEP_DEPTH_FLOOR = (2.0, 0.5)
+# The spike guard (K, strength, recovery) of the shipped θ's step multiplier
+# (Eq. (G), `Preset.read_with`), hand-set after meta-training (session 25):
+# the depth floor becomes a soft floor that only spikes cross (a tensor's
+# gradient RMS above K = 3 times its running scale, read from step 1,000 on),
+# down to 1/4, recovering at kappa * a_0 per step. The runs that lost with the
+# depth floor spike and the smooth ones that gained do not, so the sine fit
+# and the batch-norm MLP go back below Adam(1e-3) at 4x the probes' steps
+# and the smooth runs keep the depth floor's losses (docs/results.md,
+# "A spike guard").
+_SHIPPED_STEP_SPIKE_GUARD = (3.0, 1.0, 5e-4)
 # The agreement threshold a_0 of Eq. (A2), hand-set: on the generality probe
 # (meta.probe_tasks(), seeds 0-1) the weights trained without one (a_0 = 0)
 # ruined a batch-8 RNN and a 3-layer causal LM run, where the agreement hovers
@@ -541,6 +551,7 @@ PRESETS: dict[str, Preset] = {
             "step_warmup": _SHIPPED_STEP_WARMUP,
             "step_width_reference": _SHIPPED_STEP_WIDTH_REFERENCE,
             "step_depth_floor": _SHIPPED_STEP_DEPTH_FLOOR,
+            "step_spike_guard": _SHIPPED_STEP_SPIKE_GUARD,
         },
     ),
     # `lstm` and `lstm_multiscale` come from the v1 recipe; `lstm_v2` and
