@@ -563,10 +563,11 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             becomes a soft one that only spikes cross: once $\\nu$ has seen
             $1/(1 - \\beta_2)$ gradients, a tensor whose multiplier sits at
             it and whose gradient RMS is $r_t$ times its running scale (S),
-            $r_t$ above $K$, has its log multiplier lowered by $\\lambda \\log(r_t / K)$, down to
-            `step_scale_range`'s floor, and below the soft floor it recovers
-            by $\\mu$ per step (`spike_penalty`, `log_step_scale`); `None`
-            (default): no spike guard.
+            $r_t$ above $K$, has its log multiplier lowered by
+            $\\lambda \\log(r_t / K)$, down to `step_scale_range`'s floor,
+            and below the soft floor it recovers by $\\mu$ per step
+            (`spike_penalty`, `log_step_scale`); `None` (default): no spike
+            guard.
         skip_nonfinite: skip a step whose gradient is not finite.
         key: PRNG key for θ.
 
