@@ -2,14 +2,31 @@
 moves most (seeds 0-1, vmapped): the shipped reading beside Adam(1e-3),
 mean loss over seeds per sixteenth of the run.
 
-    python docs/results_spike_floor/long_curves.py   (from the repository root)
+    python docs/results_spike_floor/long_curves.py
 """
-import sys, numpy as np, optax, mnemosyne
-sys.path.insert(0, "docs/results_fifth_probe"); sys.path.insert(0, "docs/results_sixth_probe")
-import probe5, probe6
-for mod, name in ((probe5, "digits_3x32_relu_b1"), (probe6, "sine_fit_tanh_3x64_full"), (probe6, "digits_batchnorm_4x128_b32")):
-    make, steps = mod.PROBES[name]; steps *= 4
+
+import pathlib
+import sys
+
+import optax
+
+DOCS = pathlib.Path(__file__).parents[1]
+sys.path.insert(0, str(DOCS / "results_fifth_probe"))
+sys.path.insert(0, str(DOCS / "results_sixth_probe"))
+import probe5  # noqa: E402
+import probe6  # noqa: E402
+
+import mnemosyne  # noqa: E402
+
+MODELS = ((probe5, "digits_3x32_relu_b1"), (probe6, "sine_fit_tanh_3x64_full"),
+          (probe6, "digits_batchnorm_4x128_b32"))
+
+for module, name in MODELS:
+    make, steps = module.PROBES[name]
+    steps *= 4
     for label, tx in (("adam", optax.adam(1e-3)), ("mnemosyne", mnemosyne.mnemosyne())):
-        L = probe5.run(make, steps, tx, [0, 1]).mean(0)
+        losses = probe5.run(make, steps, tx, [0, 1]).mean(0)
         w = steps // 16
-        print(f"{name} {steps} {label:9s}", " ".join(f"{L[i:i+w].mean():.3g}" for i in range(0, steps, w)), flush=True)
+        print(f"{name} {steps} {label:9s}",
+              " ".join(f"{losses[i:i + w].mean():.3g}" for i in range(0, steps, w)),
+              flush=True)
