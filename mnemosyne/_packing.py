@@ -36,12 +36,13 @@ class TensorStatistics(NamedTuple):
     coordinate); `mean_of(y)`, the mean of another array of the same layout
     over the same tensors (collectives under `shard_map`, segments in a pack),
     broadcast like `g_rms`; `sum_of(y)`, its sum over each tensor (a scalar,
-    or one per packed tensor: not broadcast); and `g_hat_square_sum`, the sum
+    or one per packed tensor: not broadcast); `g_hat_square_sum`, the sum
     of $\\hat g^2 = (g / \\operatorname{rms}(g))^2$ over each tensor, laid
     out like `sum_of`: the tensor's size, or 0 where the gradient is all zero
     (exact: $\\hat g$ has unit RMS, so it costs no pass over the tensor);
-    `per_tensor(y)`, a value laid out like `g_rms` (one per tensor,
-    broadcast) laid out like `sum_of` instead."""
+    and `per_tensor(y)`, which takes a per-tensor value laid out like
+    `g_rms` (in a pack, repeated over each tensor's coordinates) to the
+    layout of `sum_of` (one entry per tensor)."""
 
     g_rms: Array
     x_rms: Array
