@@ -91,8 +91,18 @@ class Pack(NamedTuple):
             lambda y: B.segment_mean(y, self.segments, count)[self.segments],
             lambda y: B.segment_sum(y, self.segments, count),
             B.xp.where(self.g_rms > 0, B.asarray(sizes, self.g_rms.dtype), 0.0),
-            lambda y: y[np.searchsorted(self.segments, np.arange(count))],
+            lambda y: self._first_of_each_tensor(y, count, B),
         )
+
+    def _first_of_each_tensor(self, y, count, B):
+        """`y` (one value per packed coordinate) at each tensor's first
+        coordinate: one entry per tensor. A zero-size tensor has no coordinate
+        and takes its neighbour's entry (nothing of it is updated); a pack of
+        zero-size tensors gives zeros."""
+        if len(self.segments) == 0:
+            return B.xp.zeros(count, y.dtype)
+        starts = np.searchsorted(self.segments, np.arange(count))
+        return y[np.minimum(starts, len(self.segments) - 1)]
 
     @classmethod
     def of(cls, grads, params, memories, B) -> Pack:
