@@ -27,7 +27,6 @@ DOCS = pathlib.Path(__file__).parents[1]
 sys.path.insert(0, str(DOCS / "results_fifth_probe"))
 sys.path.insert(0, str(DOCS / "results_sixth_probe"))
 import probe5  # noqa: E402
-import probe6  # noqa: E402
 
 import mnemosyne  # noqa: E402
 from mnemosyne._lopt import depth_floor  # noqa: E402
@@ -39,19 +38,15 @@ def num_matrices(params) -> int:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--probe", choices=("5", "6"), default="6")
-    p.add_argument("--only", default=None)
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--scale-steps", type=float, default=1.0)
+    probe5.add_probe_arguments(p)
     p.add_argument("--c", type=float, default=2.0)
     p.add_argument("--cap", type=float, default=0.5)
     p.add_argument("--no-adam", action="store_true")
     p.add_argument("--skip-unchanged", action="store_true")
     a = p.parse_args()
-    probes = (probe5 if a.probe == "5" else probe6).PROBES
-    names = list(probes) if a.only is None else a.only.split(",")
-    seeds = [int(s) for s in a.seeds.split(",")]
-    shipped = mnemosyne.pretrained()
+    probes, names, seeds = probe5.selected_probes(a)
+    # the reading of session 24: without the spike guard shipped since
+    shipped = mnemosyne.reconfigure(mnemosyne.pretrained(), step_spike_guard=None)
     for name in names:
         make, steps = probes[name]
         steps = int(steps * a.scale_steps)

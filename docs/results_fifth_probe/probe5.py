@@ -260,6 +260,30 @@ def geo(x):
     return float(np.exp(np.log(np.maximum(x, 1e-30)).mean()))
 
 
+def add_probe_arguments(parser):
+    """The options of the scripts that compare readings on the fifth or sixth
+    probe's models: `--probe 5|6`, `--only NAME,...`, `--seeds`,
+    `--scale-steps`."""
+    parser.add_argument("--probe", choices=("5", "6"), default="6")
+    parser.add_argument("--only", default=None)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--scale-steps", type=float, default=1.0)
+
+
+def selected_probes(args):
+    """`(probes, names, seeds)` from the options of `add_probe_arguments`:
+    the probe's `PROBES` (name -> (model maker, steps)), the models to run and
+    the seeds."""
+    if args.probe == "5":
+        probes = PROBES
+    else:
+        import probe6  # beside this file, on the path of every script using it
+
+        probes = probe6.PROBES
+    names = list(probes) if args.only is None else args.only.split(",")
+    return probes, names, [int(s) for s in args.seeds.split(",")]
+
+
 def compare(label, make, steps, opts, seeds, per_seed=False):
     """Run every optimizer of `opts` (name -> factory) on one model and print
     its line: final loss, stability ratios and wall time per optimizer, then

@@ -22,24 +22,18 @@ DOCS = pathlib.Path(__file__).parents[1]
 sys.path.insert(0, str(DOCS / "results_fifth_probe"))
 sys.path.insert(0, str(DOCS / "results_sixth_probe"))
 import probe5  # noqa: E402
-import probe6  # noqa: E402
 
 import mnemosyne  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--probe", choices=("5", "6"), default="6")
-    p.add_argument("--only", default=None)
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--scale-steps", type=float, default=1.0)
+    probe5.add_probe_arguments(p)
     p.add_argument("--guard", default="3,1,0.0005")
     p.add_argument("--no-adam", action="store_true")
     p.add_argument("--no-shipped", action="store_true")
     a = p.parse_args()
-    probes = (probe5 if a.probe == "5" else probe6).PROBES
-    names = list(probes) if a.only is None else a.only.split(",")
-    seeds = [int(s) for s in a.seeds.split(",")]
+    probes, names, seeds = probe5.selected_probes(a)
     guard = tuple(float(v) for v in a.guard.split(","))
     shipped = mnemosyne.reconfigure(mnemosyne.pretrained(), step_spike_guard=None)
     opts = {} if a.no_adam else {"adam": lambda: optax.adam(1e-3)}
