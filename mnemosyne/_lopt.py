@@ -348,7 +348,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 log_scale = B.xp.stack([B.asarray(r_leaves[i]) for i in members])
                 log_scale = self._log_step_scale(
                     pack.grad, momentum, log_scale, pack.statistics(B), step, B, low,
-                    memory.second_moment[0],
+                    memory.second_moment,
                 )
                 update = update * B.xp.exp(log_scale)[pack.segments]
                 for k, i in enumerate(members):
@@ -379,7 +379,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         `features`; for packs, `log_scale` and the result have one entry per
         packed tensor. With `step_spike_guard`, Eq. (G): `low` is a soft floor
         below which only spikes of the gradient over its running scale (read
-        from `second_moment`, $\\nu_t$ already updated) push the multiplier."""
+        from `second_moment`, $\\nu_t$ already updated, in the state's
+        shape `(1, *shape)`) push the multiplier."""
         if self.step_adaptation is None:
             return None
         m = B.xp.where(step > 0, momentum, 0.0)
@@ -395,7 +396,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             )
         limit, strength, recovery = self.step_spike_guard
         penalty = B.spike_penalty(
-            rms.per_tensor(rms.g_rms), rms.per_tensor(rms.mean_of(second_moment)),
+            rms.per_tensor(rms.g_rms), rms.per_tensor(rms.mean_of(second_moment[0])),
             step + 1, self.second_moment_decay, limit, strength,
         )
         # read once nu has seen its own timescale 1/(1 - beta_2) of gradients:
@@ -430,8 +431,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 g, p, m, step, B, axis_names, rms
             )
             new_scale = self._log_step_scale(
-                g, momentum, log_scale, rms, step, B, low, new_memory.second_moment[0]
-                if self.step_spike_guard is not None else None,
+                g, momentum, log_scale, rms, step, B, low, new_memory.second_moment
             )
             if new_scale is not None:
                 update = update * B.xp.exp(new_scale)
