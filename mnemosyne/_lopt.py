@@ -369,7 +369,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         return depth_floor(matrices, low, self.step_depth_floor)
 
     def _log_step_scale(
-        self, grad, momentum, log_scale, rms, step, B, low, second_moment=None
+        self, grad, momentum, log_scale, rms, step, B, low, second_moment
     ):
         """Eqs. (A1)-(A2): the tensor's new log step multiplier $\\rho_t$ from
         the agreement $a_t = \\cos(g_t, m_{t-1})$ of the gradient with
