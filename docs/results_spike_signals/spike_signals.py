@@ -1,7 +1,7 @@
 """What a spike looks like to the spike guard (session 26).
 
     python docs/results_spike_signals/spike_signals.py NAME:STEPS:SEED ... \\
-        [--reading shipped|depth] [--gate C]
+        [--reading shipped|depth] [--gate C] [--fixed M]
 
 Trains one model of the fifth, sixth or seventh probe (or a deep tiny-batch
 MLP of `spike_ratios.py`) with the shipped θ and, per tensor and step, records
@@ -15,13 +15,17 @@ callbacks; the arithmetic is unchanged), so it is slow: minutes per run.
 `--reading depth` reads it as session 24 did (the depth floor alone; the
 guard's strength set to 0, so the ratios are still computed but never act).
 `--gate C` instead changes the guard, in this process only: a spike counts
-only where the tensor's agreement is below -C at that step.
+only where the tensor's agreement is below -C at that step. `--fixed M`
+holds every multiplier at M (session 27): θ read with `step_scale_range=(1,
+1)` and no depth floor (the guard's ratios are still computed but cannot
+act), trained at `learning_rate=M`.
 
 Per run it prints, over the steps from 1,000 on (where the guard reads):
 the share of (tensor, step) entries with $r_t > 3$, the agreement over all
 entries and at those spikes (mean, share below -0.5), and for each eighth of
-the run the mean loss, the spike share, the mean agreement at spikes and the
-trend of $\\log\\sigma_t$ over the last 1,000 steps at spikes.
+the run the mean loss, the spike share, the mean agreement over all entries
+and at spikes and the trend of $\\log\\sigma_t$ over the last 1,000 steps at
+spikes.
 """
 
 import argparse
@@ -73,13 +77,13 @@ def wrap_kernels(gate):
     jax_backend.log_step_scale = log_step_scale
 
 
-def run(name, steps, seed, lopt):
+def run(name, steps, seed, lopt, learning_rate=1.0):
     """Losses `(steps,)` and, per step and tensor, ratio, log sigma,
     agreement and log multiplier, each `(steps, tensors)`."""
     init, loss = MODELS[name][0]()
     key = jax.random.key(seed)
     params = init(jax.random.fold_in(key, 0))
-    tx = mnemosyne.mnemosyne(lopt=lopt)
+    tx = mnemosyne.mnemosyne(learning_rate, lopt=lopt)
     state = tx.init(params)
 
     @jax.jit
@@ -131,7 +135,8 @@ def report(name, seed, steps, losses, ratio, log_sigma, agreement, log_scale):
         spk = ratio[t] > 3
         trend = log_sigma[t] - log_sigma[t - 1000]
         print(f"  eighth {k}: loss {losses[t].mean():.4g} | spikes {share(spk)} | "
-              f"agreement at spikes {mean(agreement[t][spk])} | log sigma trend at "
+              f"agreement {mean(agreement[t])}, "
+              f"at spikes {mean(agreement[t][spk])} | log sigma trend at "
               f"spikes {mean(trend[spk])} | multiplier "
               f"{np.exp(log_scale[t]).mean():.3f}", flush=True)
 
@@ -141,15 +146,20 @@ def main():
     parser.add_argument("runs", nargs="+", help="NAME:STEPS:SEED")
     parser.add_argument("--reading", choices=("shipped", "depth"), default="shipped")
     parser.add_argument("--gate", type=float, default=None)
+    parser.add_argument("--fixed", type=float, default=None)
     args = parser.parse_args()
     lopt = mnemosyne.pretrained()
     if args.reading == "depth":
         limit, _, recovery = lopt.step_spike_guard
         lopt = mnemosyne.reconfigure(lopt, step_spike_guard=(limit, 0.0, recovery))
+    if args.fixed is not None:
+        lopt = mnemosyne.reconfigure(lopt, step_scale_range=(1.0, 1.0),
+                                     step_depth_floor=None)
     wrap_kernels(args.gate)
     for spec in args.runs:
         name, steps, seed = spec.split(":")
-        report(name, int(seed), int(steps), *run(name, int(steps), int(seed), lopt))
+        records = run(name, int(steps), int(seed), lopt, args.fixed or 1.0)
+        report(name, int(seed), int(steps), *records)
 
 
 if __name__ == "__main__":
