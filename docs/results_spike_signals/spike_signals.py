@@ -3,7 +3,7 @@
     python docs/results_spike_signals/spike_signals.py NAME:STEPS:SEED ... \\
         [--reading shipped|depth] [--gate C] [--fixed M]
 
-Trains one model of the fifth, sixth or seventh probe (or a deep tiny-batch
+Trains one model of the fifth to eighth probes (or a deep tiny-batch
 MLP of `spike_ratios.py`) with the shipped θ and, per tensor and step, records
 what Eq. (G) reads: the spike ratio $r_t = \\operatorname{rms}(g_t)/\\sigma_t$,
 the running scale $\\sigma_t$ of Eq. (S), the agreement $a_t$ of Eq. (A1)
@@ -39,15 +39,16 @@ import optax
 
 DOCS = pathlib.Path(__file__).parents[1]
 for folder in ("results_fifth_probe", "results_sixth_probe", "results_spike_floor",
-               "results_seventh_probe"):
+               "results_seventh_probe", "results_eighth_probe"):
     sys.path.insert(0, str(DOCS / folder))
 import probe7  # noqa: E402
+import probe8  # noqa: E402
 import spike_ratios  # noqa: E402
 
 import mnemosyne  # noqa: E402
 from mnemosyne.backends import _jax as jax_backend  # noqa: E402
 
-MODELS = {**spike_ratios.MODELS, **probe7.PROBES}
+MODELS = {**spike_ratios.MODELS, **probe7.PROBES, **probe8.PROBES}
 RATIOS, RECORDS = [], []  # filled by the wrapped kernels, one entry per call
 
 
