@@ -159,7 +159,8 @@ def main():
     wrap_kernels(args.gate)
     for spec in args.runs:
         name, steps, seed = spec.split(":")
-        records = run(name, int(steps), int(seed), lopt, args.fixed or 1.0)
+        rate = 1.0 if args.fixed is None else args.fixed
+        records = run(name, int(steps), int(seed), lopt, rate)
         report(name, int(seed), int(steps), *records)
 
 
