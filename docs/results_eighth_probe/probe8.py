@@ -32,8 +32,10 @@ from sklearn import datasets
 DOCS = pathlib.Path(__file__).parents[1]
 sys.path.insert(0, str(DOCS / "results_fifth_probe"))
 sys.path.insert(0, str(DOCS / "results_sixth_probe"))
+sys.path.insert(0, str(DOCS / "results_seventh_probe"))
 from probe5 import batch, dense, digits, main, mlp, mlp_init, std, xent  # noqa: E402
-from probe6 import markov_text  # noqa: E402
+from probe6 import markov_text, markov_windows  # noqa: E402
+from probe7 import causal_attention  # noqa: E402
 
 
 def finetune_digits(b=32, pretrain_steps=300):
@@ -149,8 +151,7 @@ def residual_cnn(blocks=6, channels=16, b=32):
 def attention_lm_long_windows(vocab=16, d=32, seq=64, b=8):
     """One causal self-attention layer (2 heads, learned positions, no MLP)
     over 64-token windows of a second-order Markov text, at batch 8."""
-    length = 50_000
-    text = markov_text(vocab, length)
+    text = markov_text(vocab, 50_000)
     heads = 2
 
     def init(k):
@@ -163,18 +164,9 @@ def attention_lm_long_windows(vocab=16, d=32, seq=64, b=8):
         }
 
     def loss(p, k):
-        starts = jax.random.randint(k, (b,), 0, length - seq - 1)
-        tokens = jax.vmap(lambda s: jax.lax.dynamic_slice(text, (s,), (seq + 1,)))(
-            starts
-        )
+        tokens = markov_windows(text, k, b, seq)
         h = p["emb"][tokens[:, :-1]] + p["pos"]
-        q, kk, v = jnp.split(h @ p["qkv"]["w"] + p["qkv"]["b"], 3, -1)
-        split = lambda z: z.reshape(b, seq, heads, d // heads)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", split(q), split(kk))
-        scores = scores / np.sqrt(d // heads)
-        mask = jnp.tril(jnp.ones((seq, seq), bool))
-        weights = jax.nn.softmax(jnp.where(mask, scores, -1e9), -1)
-        att = jnp.einsum("bhqk,bkhd->bqhd", weights, split(v)).reshape(b, seq, d)
+        att = causal_attention(h, p["qkv"], heads)
         logits = jnp.concatenate([h, att], -1) @ p["out"]["w"] + p["out"]["b"]
         return xent(logits, tokens[:, 1:])
 

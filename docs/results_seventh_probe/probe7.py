@@ -31,7 +31,7 @@ DOCS = pathlib.Path(__file__).parents[1]
 sys.path.insert(0, str(DOCS / "results_fifth_probe"))
 sys.path.insert(0, str(DOCS / "results_sixth_probe"))
 from probe5 import batch, dense, digits, main, mlp, mlp_init, std, xent  # noqa: E402
-from probe6 import markov_text  # noqa: E402
+from probe6 import markov_text, markov_windows  # noqa: E402
 
 
 def cnn2d_digits(b=16):
@@ -233,11 +233,23 @@ def wine_mlp_batch2():
     return init, loss
 
 
+def causal_attention(h, qkv, heads: int):
+    """Multi-head causal self-attention of `h` `(b, seq, d)` with the fused
+    query-key-value layer `qkv` (`dense(d, 3d)`), before any output
+    projection: `(b, seq, d)`."""
+    b, seq, d = h.shape
+    q, k, v = jnp.split(h @ qkv["w"] + qkv["b"], 3, -1)
+    split = lambda z: z.reshape(b, seq, heads, d // heads)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", split(q), split(k)) / np.sqrt(d // heads)
+    mask = jnp.tril(jnp.ones((seq, seq), bool))
+    weights = jax.nn.softmax(jnp.where(mask, scores, -1e9), -1)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, split(v)).reshape(b, seq, d)
+
+
 def prenorm_transformer_lm(vocab=16, d=48, layers=3, seq=32, b=32):
     """A 3-layer pre-LayerNorm causal Transformer (one 4-head attention and a
     GELU MLP per block, learned positions) on a second-order Markov text."""
-    length = 100_000
-    text = markov_text(vocab, length)
+    text = markov_text(vocab, 100_000)
     heads = 4
 
     def init(k):
@@ -259,19 +271,11 @@ def prenorm_transformer_lm(vocab=16, d=48, layers=3, seq=32, b=32):
         return g * h / jnp.sqrt((h * h).mean(-1, keepdims=True) + 1e-5)
 
     def attend(h, blk):
-        q, k, v = jnp.split(h @ blk["qkv"]["w"] + blk["qkv"]["b"], 3, -1)
-        split = lambda z: z.reshape(b, seq, heads, d // heads)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", split(q), split(k)) / np.sqrt(d // heads)
-        mask = jnp.tril(jnp.ones((seq, seq), bool))
-        weights = jax.nn.softmax(jnp.where(mask, scores, -1e9), -1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, split(v)).reshape(b, seq, d)
+        out = causal_attention(h, blk["qkv"], heads)
         return out @ blk["proj"]["w"] + blk["proj"]["b"]
 
     def loss(p, k):
-        starts = jax.random.randint(k, (b,), 0, length - seq - 1)
-        tokens = jax.vmap(lambda s: jax.lax.dynamic_slice(text, (s,), (seq + 1,)))(
-            starts
-        )
+        tokens = markov_windows(text, k, b, seq)
         h = p["emb"][tokens[:, :-1]] + p["pos"]
         for blk in p["blocks"]:
             h = h + attend(norm(h, blk["ln1"]), blk)

@@ -263,9 +263,15 @@ def markov_text(vocab: int, length: int):
     return jnp.asarray(text)
 
 
+def markov_windows(text, key, b: int, seq: int):
+    """`b` windows of `seq + 1` consecutive tokens of `text` at random starts,
+    `(b, seq + 1)`: inputs `[:, :-1]`, next-token targets `[:, 1:]`."""
+    starts = jax.random.randint(key, (b,), 0, len(text) - seq - 1)
+    return jax.vmap(lambda s: jax.lax.dynamic_slice(text, (s,), (seq + 1,)))(starts)
+
+
 def lstm_markov_lm(vocab=20, h=64, seq=32, b=16):
-    length = 100_000
-    text = markov_text(vocab, length)
+    text = markov_text(vocab, 100_000)
 
     def init(k):
         ks = jax.random.split(k, 3)
@@ -276,10 +282,7 @@ def lstm_markov_lm(vocab=20, h=64, seq=32, b=16):
         }
 
     def loss(p, k):
-        starts = jax.random.randint(k, (b,), 0, length - seq - 1)
-        tokens = jax.vmap(lambda s: jax.lax.dynamic_slice(text, (s,), (seq + 1,)))(
-            starts
-        )
+        tokens = markov_windows(text, k, b, seq)
         xs = p["emb"][tokens[:, :-1]].transpose(1, 0, 2)
 
         def cell(carry, x):
