@@ -1,7 +1,8 @@
 """The eighth probe's residual CNN at fixed floors, and what (A2) sees there
 (session 28).
 
-    python docs/results_eighth_probe/rescnn_floors.py compare [--seeds 0,1,2,3]
+    python docs/results_eighth_probe/rescnn_floors.py compare [--seeds 0,1,2,3] \\
+        [--optimizers adam+shipped+[1,2]]
     python docs/results_eighth_probe/rescnn_floors.py trace rescnn|vit_l6 SEED
 
 The model is `probe8.residual_cnn` with its 3x3 "SAME" convolutions written as
@@ -91,11 +92,12 @@ def read(low, high):
     return lambda: mnemosyne.mnemosyne(lopt=lopt)
 
 
-def run_compare(seeds):
+def run_compare(seeds, names=None):
     check()
     opts = {"adam": lambda: optax.adam(1e-3), "adam 3e-4": lambda: optax.adam(3e-4),
             "shipped": lambda: mnemosyne.mnemosyne(), "[1,2]": read(1.0, 2.0),
             "[.5,2]": read(0.5, 2.0), "fixed 1": read(1.0, 1.0)}
+    opts = {name: opts[name] for name in names or opts}
     compare("digits_rescnn_6blocks_b32", residual_cnn, 2000, opts, seeds, per_seed=True)
 
 
@@ -130,8 +132,10 @@ def run_trace(name, seed):
 
 def main():
     if sys.argv[1] == "compare":
-        seeds = sys.argv[3] if sys.argv[2:3] == ["--seeds"] else "0,1,2,3"
-        run_compare([int(s) for s in seeds.split(",")])
+        options = dict(zip(sys.argv[2::2], sys.argv[3::2], strict=False))
+        seeds = options.get("--seeds", "0,1,2,3")
+        names = options.get("--optimizers")
+        run_compare([int(s) for s in seeds.split(",")], names and names.split("+"))
     else:
         run_trace(sys.argv[2], int(sys.argv[3]))
 
