@@ -6,10 +6,11 @@
     python docs/results_eighth_probe/rescnn_floors.py trace rescnn|vit_l6 SEED
 
 The model is `probe8.residual_cnn` with its 3x3 "SAME" convolutions written as
-one matrix product over the nine shifted copies of the padded input (im2col):
-the same function (`check` below: equal losses, gradients within 1e-6 at
-initialisation), about 8x faster on this CPU than XLA's convolution, whose
-vmapped form inside a scan made each seed of the eighth probe take 11 minutes.
+one matrix product over the nine shifted copies of the padded input
+(`probe8.conv_im2col`): the same function (`check` below: equal losses,
+gradients within 1e-6 at initialisation), about 8x faster on this CPU than
+XLA's convolution, whose vmapped form inside a scan made each seed of the
+eighth probe take 11 minutes.
 
 `compare` trains Adam at 1e-3 and 3e-4, the shipped reading, and θ read with
 the multiplier's floor fixed at 1 (range [1, 2]) or ½ ([½, 2]) or held at 1
@@ -39,37 +40,14 @@ for folder in ("results_eighth_probe", "results_spike_signals"):
 sys.path.insert(0, str(DOCS.parent / "scripts"))
 import probe8  # noqa: E402
 import spike_signals  # noqa: E402
-from probe5 import batch, compare, digits, xent  # noqa: E402
+from probe5 import compare  # noqa: E402
 
 import mnemosyne  # noqa: E402
 
 
-def conv_im2col(h, w):
-    """`conv_general_dilated(h, w, (1, 1), "SAME")` for a 3x3 HWIO kernel `w`
-    and NHWC `h`: the nine shifted windows side by side, times `w` reshaped."""
-    n, rows, cols, channels = h.shape
-    padded = jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    windows = [padded[:, dy:dy + rows, dx:dx + cols, :]
-               for dy in range(3) for dx in range(3)]
-    return jnp.concatenate(windows, -1) @ w.reshape(9 * channels, -1)
-
-
-def residual_cnn(blocks=6, channels=16, b=32):
-    """`probe8.residual_cnn` (same initialisation, same loss) with
-    `conv_im2col`."""
-    init, _ = probe8.residual_cnn(blocks, channels, b)
-    x, y = digits()
-    images = x.reshape(-1, 8, 8, 1)
-
-    def loss(p, k):
-        i = batch(k, len(x), b)
-        h = jax.nn.relu(conv_im2col(images[i], p["stem"]))
-        for blk in p["blocks"]:
-            inner = jax.nn.relu(conv_im2col(h, blk["a"]) + blk["bias"])
-            h = jax.nn.relu(h + conv_im2col(inner, blk["b"]))
-        return xent(h.mean((1, 2)) @ p["out"]["w"] + p["out"]["b"], y[i])
-
-    return init, loss
+def residual_cnn():
+    """`probe8.residual_cnn` with `probe8.conv_im2col`."""
+    return probe8.residual_cnn(conv=probe8.conv_im2col)
 
 
 def check():

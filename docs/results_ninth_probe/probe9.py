@@ -34,8 +34,8 @@ for folder in ("results_fifth_probe", "results_sixth_probe", "results_seventh_pr
     sys.path.insert(0, str(DOCS / folder))
 from probe5 import batch, dense, digits, main, mlp, mlp_init, std, xent  # noqa: E402
 from probe6 import markov_text, markov_windows  # noqa: E402
-from probe7 import causal_attention  # noqa: E402
-from rescnn_floors import conv_im2col  # noqa: E402
+from probe7 import causal_attention, layer_norm, transformer_lm_init  # noqa: E402
+from probe8 import conv_im2col  # noqa: E402
 
 
 @functools.cache
@@ -86,31 +86,15 @@ def postln_transformer_lm(vocab=16, d=64, layers=2, seq=32, b=16):
     learned positions) on a second-order Markov text."""
     text = markov_text(vocab, 100_000)
     heads = 4
-
-    def init(k):
-        ks = jax.random.split(k, 3 + layers)
-        blocks = []
-        for kb in ks[3:]:
-            k1, k2, k3, k4 = jax.random.split(kb, 4)
-            blocks.append({"qkv": dense(k1, d, 3 * d), "proj": dense(k2, d, d),
-                           "up": dense(k3, d, 4 * d), "down": dense(k4, 4 * d, d),
-                           "ln1": jnp.ones(d), "ln2": jnp.ones(d)})
-        return {"emb": 0.1 * jax.random.normal(ks[0], (vocab, d)),
-                "pos": 0.1 * jax.random.normal(ks[1], (seq, d)),
-                "blocks": blocks, "out": dense(ks[2], d, vocab)}
-
-    def norm(h, g):
-        h = h - h.mean(-1, keepdims=True)
-        return g * h / jnp.sqrt((h * h).mean(-1, keepdims=True) + 1e-5)
-
+    init = lambda k: transformer_lm_init(k, vocab, d, layers, seq, 1.0)
     def loss(p, k):
         tokens = markov_windows(text, k, b, seq)
         h = p["emb"][tokens[:, :-1]] + p["pos"]
         for blk in p["blocks"]:
-            attended = causal_attention(h, blk["qkv"], heads)
-            h = norm(h + attended @ blk["proj"]["w"] + blk["proj"]["b"], blk["ln1"])
+            attended = causal_attention(h, blk["qkv"], heads) @ blk["proj"]["w"]
+            h = layer_norm(h + attended + blk["proj"]["b"], blk["ln1"])
             z = jax.nn.relu(h @ blk["up"]["w"] + blk["up"]["b"])
-            h = norm(h + z @ blk["down"]["w"] + blk["down"]["b"], blk["ln2"])
+            h = layer_norm(h + z @ blk["down"]["w"] + blk["down"]["b"], blk["ln2"])
         return xent(h @ p["out"]["w"] + p["out"]["b"], tokens[:, 1:])
 
     return init, loss

@@ -246,6 +246,32 @@ def causal_attention(h, qkv, heads: int):
     return jnp.einsum("bhqk,bkhd->bqhd", weights, split(v)).reshape(b, seq, d)
 
 
+def transformer_lm_init(k, vocab, d, layers, seq, residual_scale):
+    """Parameters of a causal Transformer LM: token and position embeddings,
+    per block an attention (`qkv`, `proj`), an MLP (`up`, `down`) and two
+    LayerNorm gains, and the output layer; the layers that write to the
+    residual stream (`proj`, `down`) at `residual_scale` times the usual
+    scale."""
+    ks = jax.random.split(k, 3 + layers)
+    blocks = []
+    for kb in ks[3:]:
+        k1, k2, k3, k4 = jax.random.split(kb, 4)
+        blocks.append({
+            "qkv": dense(k1, d, 3 * d), "proj": dense(k2, d, d, residual_scale),
+            "up": dense(k3, d, 4 * d), "down": dense(k4, 4 * d, d, residual_scale),
+            "ln1": jnp.ones(d), "ln2": jnp.ones(d),
+        })
+    return {"emb": 0.1 * jax.random.normal(ks[0], (vocab, d)),
+            "pos": 0.1 * jax.random.normal(ks[1], (seq, d)),
+            "blocks": blocks, "out": dense(ks[2], d, vocab)}
+
+
+def layer_norm(h, g):
+    """LayerNorm over the last axis with gain `g` and no bias."""
+    h = h - h.mean(-1, keepdims=True)
+    return g * h / jnp.sqrt((h * h).mean(-1, keepdims=True) + 1e-5)
+
+
 def prenorm_transformer_lm(vocab=16, d=48, layers=3, seq=32, b=32):
     """A 3-layer pre-LayerNorm causal Transformer (one 4-head attention and a
     GELU MLP per block, learned positions) on a second-order Markov text."""
@@ -253,22 +279,7 @@ def prenorm_transformer_lm(vocab=16, d=48, layers=3, seq=32, b=32):
     heads = 4
 
     def init(k):
-        ks = jax.random.split(k, 3 + layers)
-        blocks = []
-        for kb in ks[3:]:
-            k1, k2, k3, k4 = jax.random.split(kb, 4)
-            blocks.append({
-                "qkv": dense(k1, d, 3 * d), "proj": dense(k2, d, d, 0.5),
-                "up": dense(k3, d, 4 * d), "down": dense(k4, 4 * d, d, 0.5),
-                "ln1": jnp.ones(d), "ln2": jnp.ones(d),
-            })
-        return {"emb": 0.1 * jax.random.normal(ks[0], (vocab, d)),
-                "pos": 0.1 * jax.random.normal(ks[1], (seq, d)),
-                "blocks": blocks, "ln": jnp.ones(d), "out": dense(ks[2], d, vocab)}
-
-    def norm(h, g):
-        h = h - h.mean(-1, keepdims=True)
-        return g * h / jnp.sqrt((h * h).mean(-1, keepdims=True) + 1e-5)
+        return {**transformer_lm_init(k, vocab, d, layers, seq, 0.5), "ln": jnp.ones(d)}
 
     def attend(h, blk):
         out = causal_attention(h, blk["qkv"], heads)
@@ -278,10 +289,10 @@ def prenorm_transformer_lm(vocab=16, d=48, layers=3, seq=32, b=32):
         tokens = markov_windows(text, k, b, seq)
         h = p["emb"][tokens[:, :-1]] + p["pos"]
         for blk in p["blocks"]:
-            h = h + attend(norm(h, blk["ln1"]), blk)
-            z = jax.nn.gelu(norm(h, blk["ln2"]) @ blk["up"]["w"] + blk["up"]["b"])
+            h = h + attend(layer_norm(h, blk["ln1"]), blk)
+            z = jax.nn.gelu(layer_norm(h, blk["ln2"]) @ blk["up"]["w"] + blk["up"]["b"])
             h = h + z @ blk["down"]["w"] + blk["down"]["b"]
-        logits = norm(h, p["ln"]) @ p["out"]["w"] + p["out"]["b"]
+        logits = layer_norm(h, p["ln"]) @ p["out"]["w"] + p["out"]["b"]
         return xent(logits, tokens[:, 1:])
 
     return init, loss
