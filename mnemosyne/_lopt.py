@@ -97,6 +97,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     step_agreement_threshold: eqx.AbstractVar[float | None]
     step_width_reference: eqx.AbstractVar[int | None]
     step_depth_floor: eqx.AbstractVar[tuple[float, float] | None]
+    step_kernel_floor: eqx.AbstractVar[float | None]
     step_spike_guard: eqx.AbstractVar[tuple[float, float, float] | None]
     packs_small_leaves: eqx.AbstractClassVar[bool]
     #: Whether a leaf's memory has one slot per coordinate (so, under sharding,
@@ -328,7 +329,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             [rms[i][0] for i in single] + [pack.g_rms for pack in packs], B, a_leaves
         )
         scales: list = [None] * len(g_leaves)
-        low = self._step_floor(g_leaves)
+        lows = self._step_floors(g_leaves)
         for i in single:
             *outputs[i], scales[i] = self._step_unless_skipped(
                 g_leaves[i],
@@ -340,12 +341,14 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 rms[i],
                 finite,
                 r_leaves[i],
-                low,
+                lows[i],
             )
         for members, pack in zip(groups.values(), packs, strict=False):
             update, memory, momentum = self._packed_step(pack, step, B)
             if self.step_adaptation is not None:  # one multiplier per packed tensor
                 log_scale = B.xp.stack([B.asarray(r_leaves[i]) for i in members])
+                low = np.array([lows[i] for i in members])  # one per tensor
+                low = float(low[0]) if np.all(low == low[0]) else low
                 log_scale = self._log_step_scale(
                     pack.grad, momentum, log_scale, pack.statistics(B), step, B, low,
                     memory.second_moment,
@@ -358,15 +361,20 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 outputs[i] = out
         return outputs, finite, scales
 
-    def _step_floor(self, g_leaves) -> float:
-        """The floor $\\ell$ of the step multiplier for a model whose gradient
-        leaves are `g_leaves`: `step_scale_range`'s, raised by Eq. (D) if
-        `step_depth_floor` is set (`depth_floor`)."""
+    def _step_floors(self, g_leaves) -> list[float | None]:
+        """The floor $\\ell$ of each leaf's step multiplier (`None` for
+        `None` leaves): `step_scale_range`'s, raised for the whole model by
+        Eq. (D) if `step_depth_floor` is set (`depth_floor`), and for kernels
+        (leaves of three or more axes) by Eq. (K) if `step_kernel_floor` is."""
         low = self.step_scale_range[0]
-        if self.step_depth_floor is None:
-            return low
-        matrices = sum(1 for g in g_leaves if g is not None and np.ndim(g) >= 2)
-        return depth_floor(matrices, low, self.step_depth_floor)
+        if self.step_depth_floor is not None:
+            matrices = sum(1 for g in g_leaves if g is not None and np.ndim(g) >= 2)
+            low = depth_floor(matrices, low, self.step_depth_floor)
+        kernel = low if self.step_kernel_floor is None else max(
+            low, self.step_kernel_floor
+        )
+        return [None if g is None else kernel if np.ndim(g) >= 3 else low
+                for g in g_leaves]
 
     def _log_step_scale(
         self, grad, momentum, log_scale, rms, step, B, low, second_moment
@@ -492,6 +500,8 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
        of step 5 is $\\ell_L = \\min(\\ell_{max}, \\max(\\ell, c/L))$ for a model
        of $L$ matrices (D): a shallow model keeps a larger step once its
        gradient is mostly noise, a deep one the smaller step it needs;
+       with `step_kernel_floor` $\\ell_K$, the floor of a kernel (a tensor of
+       three or more axes: a convolution's) is $\\max(\\ell_L, \\ell_K)$ (K);
     9. with `step_spike_guard` $(K, \\lambda, \\mu)$, that floor is soft: only
        spikes (a gradient RMS above $K$ times its running scale) push the
        multiplier below it, down to the floor of `step_scale_range`, and it
@@ -559,6 +569,11 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             becomes $\\min(\\ell_{max}, \\max(\\ell, c/L))$ for a model of $L$
             matrices (`depth_floor`); `None` (default): the floor $\\ell$ of
             `step_scale_range` for every model.
+        step_kernel_floor: $\\ell_K$ of Eq. (K): the multiplier's floor for
+            tensors of three or more axes (convolution kernels, and any layers
+            stacked into one array) is at least $\\ell_K$, between
+            `step_scale_range`'s floor and 1; `None` (default): the same floor
+            as every other tensor.
         step_spike_guard: `(K, λ, μ)` of Eq. (G): the floor of (A2) (or (D))
             becomes a soft one that only spikes cross: once $\\nu$ has seen
             $1/(1 - \\beta_2)$ gradients, a tensor whose multiplier sits at
@@ -616,6 +631,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     step_warmup: tuple[float, int] | None = eqx.field(static=True)
     step_width_reference: int | None = eqx.field(static=True)
     step_depth_floor: tuple[float, float] | None = eqx.field(static=True)
+    step_kernel_floor: float | None = eqx.field(static=True)
     step_spike_guard: tuple[float, float, float] | None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
@@ -646,6 +662,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         step_warmup: tuple[float, int] | None = None,
         step_width_reference: int | None = None,
         step_depth_floor: tuple[float, float] | None = None,
+        step_kernel_floor: float | None = None,
         step_spike_guard: tuple[float, float, float] | None = None,
         skip_nonfinite: bool = True,
         key: PRNGKeyArray,
@@ -708,6 +725,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         self.step_warmup = _checked_warmup(step_warmup)
         self.step_width_reference = _checked_width_reference(step_width_reference)
         self.step_depth_floor = _checked_depth_floor(step_depth_floor, low)
+        self.step_kernel_floor = _checked_kernel_floor(step_kernel_floor, low)
         self.step_spike_guard = _checked_spike_guard(step_spike_guard)
         self.skip_nonfinite = skip_nonfinite
 
@@ -826,6 +844,24 @@ def _checked_depth_floor(setting, low) -> tuple[float, float] | None:
             f"floor <= max_floor <= 1, got {setting!r} with floor {low!r}"
         )
     return (c, ceiling)
+
+
+def _checked_kernel_floor(setting, low) -> float | None:
+    """`step_kernel_floor` as a float, or a `ValueError` naming what is wrong."""
+    if setting is None:
+        return None
+    try:
+        floor = float(setting)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"step_kernel_floor is a number (or None), got {setting!r}"
+        ) from None
+    if not low <= floor <= 1.0:
+        raise ValueError(
+            "step_kernel_floor must lie between step_scale_range's floor and 1, "
+            f"got {setting!r} with floor {low!r}"
+        )
+    return floor
 
 
 def _checked_spike_guard(setting) -> tuple[float, float, float] | None:
@@ -953,6 +989,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
     step_agreement_threshold: None = eqx.field(static=True)
     step_width_reference: None = eqx.field(static=True)
     step_depth_floor: None = eqx.field(static=True)
+    step_kernel_floor: None = eqx.field(static=True)
     step_spike_guard: None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
@@ -1006,6 +1043,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         self.step_agreement_threshold = None
         self.step_width_reference = None  # width scaling (N): coordinate-wise only
         self.step_depth_floor = None
+        self.step_kernel_floor = None
         self.step_spike_guard = None
         self.skip_nonfinite = skip_nonfinite
 

@@ -227,12 +227,14 @@ def log_step_scale(
 ):
     """Eqs. (A2) and, with a spike `penalty`, (G); see the NumPy reference."""
     drift = rate * (agreement - threshold)
-    if penalty is None:
-        return jnp.clip(log_scale + drift, float(np.log(low)), float(np.log(high)))
-    raised = jnp.maximum(
-        log_scale + drift, jnp.minimum(log_scale + recovery, float(np.log(low)))
+    log_low = np.log(low)  # a float, or one per packed tensor in their dtype
+    log_low = float(log_low) if np.ndim(log_low) == 0 else jnp.asarray(
+        log_low, jnp.result_type(log_scale)
     )
-    penalty = jnp.where(raised <= float(np.log(low)), penalty, 0.0)
+    if penalty is None:
+        return jnp.clip(log_scale + drift, log_low, float(np.log(high)))
+    raised = jnp.maximum(log_scale + drift, jnp.minimum(log_scale + recovery, log_low))
+    penalty = jnp.where(raised <= log_low, penalty, 0.0)
     return jnp.clip(raised - penalty, float(np.log(hard_low)), float(np.log(high)))
 
 

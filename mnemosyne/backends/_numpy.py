@@ -237,7 +237,9 @@ def log_step_scale(
     \\min(\\rho_{t-1} + \\mu, \\log \\ell)\\big),\\qquad
     \\rho_t = \\operatorname{clip}\\big(\\tilde\\rho_t - p_t\\,
     [\\tilde\\rho_t \\le \\log\\ell],\\ \\log \\ell_0,\\ \\log h\\big).$$
-    Without spikes ($p_t = 0$, and so $\\rho_{t-1} \\ge \\log\\ell$) this is (A2)."""
+    Without spikes ($p_t = 0$, and so $\\rho_{t-1} \\ge \\log\\ell$) this is (A2).
+    `low` is a float, or one floor per tensor when `log_scale` holds several
+    (a pack's, with Eq. (K))."""
     log_scale = np.asarray(log_scale, np.float64)
     drift = rate * (np.asarray(agreement, np.float64) - threshold)
     if penalty is None:
