@@ -97,7 +97,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     step_agreement_threshold: eqx.AbstractVar[float | None]
     step_width_reference: eqx.AbstractVar[int | None]
     step_depth_floor: eqx.AbstractVar[tuple[float, float] | None]
-    step_kernel_floor: eqx.AbstractVar[float | None]
+    step_kernel_floor: eqx.AbstractVar[tuple[float, int] | None]
     step_spike_guard: eqx.AbstractVar[tuple[float, float, float] | None]
     packs_small_leaves: eqx.AbstractClassVar[bool]
     #: Whether a leaf's memory has one slot per coordinate (so, under sharding,
@@ -365,15 +365,17 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         """The floor $\\ell$ of each leaf's step multiplier (`None` for
         `None` leaves): `step_scale_range`'s, raised for the whole model by
         Eq. (D) if `step_depth_floor` is set (`depth_floor`), and for kernels
-        (leaves of three or more axes) by Eq. (K) if `step_kernel_floor` is."""
+        (leaves of four or more axes) of a deep enough model by Eq. (K) if
+        `step_kernel_floor` is."""
         low = self.step_scale_range[0]
+        matrices = sum(1 for g in g_leaves if g is not None and np.ndim(g) >= 2)
         if self.step_depth_floor is not None:
-            matrices = sum(1 for g in g_leaves if g is not None and np.ndim(g) >= 2)
             low = depth_floor(matrices, low, self.step_depth_floor)
-        kernel = low if self.step_kernel_floor is None else max(
-            low, self.step_kernel_floor
-        )
-        return [None if g is None else kernel if np.ndim(g) >= 3 else low
+        kernel = low
+        if self.step_kernel_floor is not None:
+            floor, min_matrices = self.step_kernel_floor
+            kernel = max(low, floor) if matrices >= min_matrices else low
+        return [None if g is None else kernel if np.ndim(g) >= 4 else low
                 for g in g_leaves]
 
     def _log_step_scale(
@@ -500,8 +502,10 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
        of step 5 is $\\ell_L = \\min(\\ell_{max}, \\max(\\ell, c/L))$ for a model
        of $L$ matrices (D): a shallow model keeps a larger step once its
        gradient is mostly noise, a deep one the smaller step it needs;
-       with `step_kernel_floor` $\\ell_K$, the floor of a kernel (a tensor of
-       three or more axes: a convolution's) is $\\max(\\ell_L, \\ell_K)$ (K);
+       with `step_kernel_floor` $(\\ell_K, L_K)$, in a model of $L \\ge L_K$
+       matrices the floor of a kernel (a tensor of four or more axes: a 2-D
+       or 3-D convolution's) is $\\max(\\ell_L, \\ell_K)$ (K): deep CNNs keep
+       their step;
     9. with `step_spike_guard` $(K, \\lambda, \\mu)$, that floor is soft: only
        spikes (a gradient RMS above $K$ times its running scale) push the
        multiplier below it, down to the floor of `step_scale_range`, and it
@@ -569,11 +573,15 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             becomes $\\min(\\ell_{max}, \\max(\\ell, c/L))$ for a model of $L$
             matrices (`depth_floor`); `None` (default): the floor $\\ell$ of
             `step_scale_range` for every model.
-        step_kernel_floor: $\\ell_K$ of Eq. (K): the multiplier's floor for
-            tensors of three or more axes (convolution kernels, and any layers
-            stacked into one array) is at least $\\ell_K$, between
-            `step_scale_range`'s floor and 1; `None` (default): the same floor
-            as every other tensor.
+        step_kernel_floor: `(ℓ_K, L_K)` of Eq. (K): in a model of at least
+            $L_K$ matrices, the multiplier's floor for tensors of four or
+            more axes (2-D and 3-D convolution kernels, in any layout) is at
+            least $\\ell_K$, between `step_scale_range`'s floor and 1.
+            Three-axis tensors are left out: they are as often multi-head
+            attention kernels (Flax's `DenseGeneral`, shaped `(d, heads,
+            d_head)`) or layers stacked for `jax.lax.scan` as 1-D
+            convolutions, and a 4-axis stack of such layers is read as a
+            kernel. `None` (default): the same floor as every other tensor.
         step_spike_guard: `(K, λ, μ)` of Eq. (G): the floor of (A2) (or (D))
             becomes a soft one that only spikes cross: once $\\nu$ has seen
             $1/(1 - \\beta_2)$ gradients, a tensor whose multiplier sits at
@@ -631,7 +639,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     step_warmup: tuple[float, int] | None = eqx.field(static=True)
     step_width_reference: int | None = eqx.field(static=True)
     step_depth_floor: tuple[float, float] | None = eqx.field(static=True)
-    step_kernel_floor: float | None = eqx.field(static=True)
+    step_kernel_floor: tuple[float, int] | None = eqx.field(static=True)
     step_spike_guard: tuple[float, float, float] | None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
 
@@ -662,7 +670,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         step_warmup: tuple[float, int] | None = None,
         step_width_reference: int | None = None,
         step_depth_floor: tuple[float, float] | None = None,
-        step_kernel_floor: float | None = None,
+        step_kernel_floor: tuple[float, int] | None = None,
         step_spike_guard: tuple[float, float, float] | None = None,
         skip_nonfinite: bool = True,
         key: PRNGKeyArray,
@@ -846,22 +854,25 @@ def _checked_depth_floor(setting, low) -> tuple[float, float] | None:
     return (c, ceiling)
 
 
-def _checked_kernel_floor(setting, low) -> float | None:
-    """`step_kernel_floor` as a float, or a `ValueError` naming what is wrong."""
+def _checked_kernel_floor(setting, low) -> tuple[float, int] | None:
+    """`step_kernel_floor` as `(float, int)`, or a `ValueError` naming what is
+    wrong."""
     if setting is None:
         return None
     try:
-        floor = float(setting)
+        floor, min_matrices = setting
+        floor, whole = float(floor), float(min_matrices)
     except (TypeError, ValueError):
         raise ValueError(
-            f"step_kernel_floor is a number (or None), got {setting!r}"
+            f"step_kernel_floor is a pair (floor, min_matrices), got {setting!r}"
         ) from None
-    if not low <= floor <= 1.0:
+    if not (low <= floor <= 1.0 and whole == int(whole) and whole >= 1):
         raise ValueError(
-            "step_kernel_floor must lie between step_scale_range's floor and 1, "
-            f"got {setting!r} with floor {low!r}"
+            "step_kernel_floor = (floor, min_matrices) needs step_scale_range's "
+            f"floor <= floor <= 1 and a whole min_matrices >= 1, got {setting!r} "
+            f"with floor {low!r}"
         )
-    return floor
+    return (floor, int(whole))
 
 
 def _checked_spike_guard(setting) -> tuple[float, float, float] | None:

@@ -772,27 +772,32 @@ def test_step_depth_floor_must_be_a_factor_and_a_floor():
     assert lopt.step_depth_floor == (2.0, 1.0)
 
 
+@pytest.mark.parametrize("min_matrices, kernel_floor", [(5, 0.8), (6, 0.4)])
 @pytest.mark.parametrize("backend", ["jax", "numpy"])
-def test_step_kernel_floor_holds_kernels_at_their_own_floor(backend):
-    """Eq. (K): with `step_kernel_floor` $\\ell_K$ and the depth floor, a
-    gradient that flips sign every step drives each kernel's multiplier (a
-    tensor of three or more axes, stepped alone or packed beside a matrix)
-    to $\\max(\\ell_L, \\ell_K)$ and every other tensor's to $\\ell_L$ (kernels
-    count in $L$ as matrices do); the update is the unadapted one times it."""
+def test_step_kernel_floor_holds_kernels_at_their_own_floor(
+    backend, min_matrices, kernel_floor
+):
+    """Eq. (K): with `step_kernel_floor` $(\\ell_K, L_K)$ and the depth floor,
+    a gradient that flips sign every step drives each kernel's multiplier (a
+    tensor of four or more axes, stepped alone or packed beside a matrix)
+    to $\\max(\\ell_L, \\ell_K)$ in a model of $L \\ge L_K$ matrices (kernels
+    count in $L$ as matrices do) and to $\\ell_L$ in a shallower one, and
+    every other tensor's, three-axis ones included, to $\\ell_L$; the update
+    is the unadapted one times it."""
     adaptive, plain = _adaptive_and_plain(rate=0.5)
     adaptive = mnemosyne.reconfigure(
-        adaptive, step_depth_floor=(2.0, 0.5), step_kernel_floor=0.8
+        adaptive, step_depth_floor=(2.0, 0.5), step_kernel_floor=(0.8, min_matrices)
     )
     params = {
         "big": ADAPTED_PARAMS["big"],  # a matrix stepped alone
         "m": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4),  # packed
         "b": jnp.ones(5),  # packed, not counted in L
         "k_small": jnp.linspace(-1.0, 1.0, 36).reshape(2, 2, 3, 3),  # packed
-        "k_1d": jnp.linspace(-1.0, 1.0, 24).reshape(3, 2, 4),  # packed
+        "k_3": jnp.linspace(-1.0, 1.0, 24).reshape(3, 2, 4),  # packed, no kernel
         "k_big": jnp.linspace(-1.0, 1.0, 5 * 4 * 16 * 16).reshape(5, 4, 16, 16),
     }
-    floors = {"big": 0.4, "m": 0.4, "b": 0.4, "k_small": 0.8, "k_1d": 0.8,
-              "k_big": 0.8}  # L = 5: ℓ_L = 2/5
+    floors = {"big": 0.4, "m": 0.4, "b": 0.4, "k_small": kernel_floor, "k_3": 0.4,
+              "k_big": kernel_floor}  # L = 5: ℓ_L = 2/5
     update = jit_tx_update if backend == "jax" else (
         lambda lopt, g, s, p: lopt.update(g, s, p, backend="numpy")
     )
@@ -809,15 +814,15 @@ def test_step_kernel_floor_holds_kernels_at_their_own_floor(backend):
                                    err_msg=k)
 
 
-def test_step_kernel_floor_must_lie_between_the_floor_and_one():
+def test_step_kernel_floor_must_be_a_floor_and_a_depth():
     key = jax.random.key(0)
-    for bad in (0.1, 1.5, "conv", (1.0,)):
+    for bad in ((0.1, 5), (1.5, 5), (1.0, 0), (1.0, 2.5), 1.0, "conv", (1.0,)):
         with pytest.raises(ValueError, match="step_kernel_floor"):
             mnemosyne.CoordinatewiseMnemosyne(
                 step_adaptation=0.1, step_kernel_floor=bad, key=key
             )
-    lopt = mnemosyne.CoordinatewiseMnemosyne(step_kernel_floor=1, key=key)
-    assert lopt.step_kernel_floor == 1.0
+    lopt = mnemosyne.CoordinatewiseMnemosyne(step_kernel_floor=(1, 5.0), key=key)
+    assert lopt.step_kernel_floor == (1.0, 5)
 
 
 # ----------------------------------------------------------------------------

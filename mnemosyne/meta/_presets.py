@@ -511,6 +511,18 @@ _SHIPPED_STEP_DEPTH_FLOOR = (2.0, 0.5)
 # and the smooth runs keep the depth floor's losses (docs/results.md,
 # "A spike guard").
 _SHIPPED_STEP_SPIKE_GUARD = (3.0, 1.0, 5e-4)
+# The floor of a convolution kernel's step multiplier in a deep model
+# (Eq. (K), `Preset.read_with`), hand-set after meta-training (session 29):
+# in a model of at least 5 matrices (where the depth floor falls below 1/2),
+# tensors of four or more axes keep a multiplier of at least 1. Deep CNNs
+# read like the deep nets the depth floor serves, yet want no descent: a
+# 6-block residual CNN ends 15x lower at batch 32 (3.5e-4 against 5.5e-3;
+# Adam 6.6e-4) and 2.4x lower at batch 8, a plain 4-layer CNN 5x lower over
+# 8,000 steps (1.7e-3 against 8.1e-3; Adam 5.9e-3). Shallow CNNs are left
+# alone: the floor 1 there moved the probes' two-convolution CNNs by -4% to
+# +3% at batch 16-32 but cost 1.2-2x at batch 8 (docs/results.md, "A floor
+# for the kernels of deep CNNs").
+_SHIPPED_STEP_KERNEL_FLOOR = (1.0, 5)
 # The agreement threshold a_0 of Eq. (A2), hand-set: on the generality probe
 # (meta.probe_tasks(), seeds 0-1) the weights trained without one (a_0 = 0)
 # ruined a batch-8 RNN and a 3-layer causal LM run, where the agreement hovers
@@ -552,6 +564,7 @@ PRESETS: dict[str, Preset] = {
             "step_width_reference": _SHIPPED_STEP_WIDTH_REFERENCE,
             "step_depth_floor": _SHIPPED_STEP_DEPTH_FLOOR,
             "step_spike_guard": _SHIPPED_STEP_SPIKE_GUARD,
+            "step_kernel_floor": _SHIPPED_STEP_KERNEL_FLOOR,
         },
     ),
     # `lstm` and `lstm_multiscale` come from the v1 recipe; `lstm_v2` and
