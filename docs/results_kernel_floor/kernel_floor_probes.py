@@ -11,17 +11,21 @@ Runs Adam(1e-3) and θ read with the shipped settings but, for each floor of
 the shipped `(1, 5)` reads models of at least five matrices as
 `kernel_floor_1` and shallower ones as `no_kernel_floor`. Seeds `SEEDS`
 (comma-separated) vmapped, with the fifth probe's loop and output line
-(`probe5.compare`). NAME is one of `MODELS` (the probes' four convolution
-models, and the two deep ones at batch 8); the residual CNN is run with its
-convolutions as im2col products (`probe8.conv_im2col`, the same function,
-8x faster on a CPU). The convolution tasks of the first four probes and the
-validation set run with `scripts/validate_checkpoints.py A.eqx B.eqx --probe N
---only cnn`, with the two readings saved as θ files.
+(`probe5.compare`). NAME is one of `MODELS`: the probes' four convolution
+models, the two deep ones at batch 8, and a 6-layer CNN with LayerNorm. The
+residual CNN is run with its convolutions as im2col products
+(`probe8.conv_im2col`, the same function, 8x faster on a CPU). The
+convolution tasks of the first four probes and the validation set run with
+`scripts/validate_checkpoints.py A.eqx B.eqx --probe N --only cnn`, with the
+two readings saved as θ files.
 """
 
 import pathlib
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 DOCS = pathlib.Path(__file__).parents[1]
@@ -36,6 +40,37 @@ import probe9  # noqa: E402
 
 import mnemosyne  # noqa: E402
 
+
+def normalised_cnn(layers=6, channels=16, b=32):
+    """`layers` 3x3 convolutions at 8x8, each followed by a per-example
+    LayerNorm over height, width and channels (a per-channel scale and bias)
+    and ReLU, global average pooling and a dense head: a deep CNN with
+    normalisation (not in any probe; session 29)."""
+    x, y = probe9.digits()
+    images = x.reshape(-1, 8, 8, 1)
+
+    def init(k):
+        ks = jax.random.split(k, layers + 1)
+        shapes = [(3, 3, 1, channels)] + [(3, 3, channels, channels)] * (layers - 1)
+        return {"convs": [jax.random.normal(kc, s) * np.sqrt(2.0 / (9 * s[2]))
+                          for kc, s in zip(ks[:-1], shapes, strict=True)],
+                "scales": [jnp.ones(channels) for _ in range(layers)],
+                "biases": [jnp.zeros(channels) for _ in range(layers)],
+                "out": probe9.dense(ks[-1], channels, 10)}
+
+    def loss(p, k):
+        i = probe9.batch(k, len(x), b)
+        h = images[i]
+        for w, g, c in zip(p["convs"], p["scales"], p["biases"], strict=True):
+            h = probe8.conv_im2col(h, w)
+            mu = h.mean((1, 2, 3), keepdims=True)
+            sd = jnp.sqrt(h.var((1, 2, 3), keepdims=True) + 1e-5)
+            h = jax.nn.relu((h - mu) / sd * g + c)
+        return probe9.xent(h.mean((1, 2)) @ p["out"]["w"] + p["out"]["b"], y[i])
+
+    return init, loss
+
+
 MODELS = {
     "conv1d_motifs_b32": probe6.PROBES["conv1d_motifs_b32"][0],
     "digits_cnn2d_b16": probe7.PROBES["digits_cnn2d_b16"][0],
@@ -45,6 +80,7 @@ MODELS = {
     "digits_plain_cnn4_b8": lambda: probe9.plain_cnn(b=8),
     "digits_rescnn_6blocks_b8": lambda: probe8.residual_cnn(
         b=8, conv=probe8.conv_im2col),
+    "digits_layernorm_cnn6_b32": normalised_cnn,
 }
 
 
