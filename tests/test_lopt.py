@@ -733,6 +733,23 @@ def test_depth_floor_falls_as_one_over_the_number_of_matrices():
     assert depth_floor(100, 1 / 64, setting) == pytest.approx(0.02)
 
 
+def _flip_to_the_floor(adaptive, plain, params, backend):
+    """`(update, unadapted update, state)` after 12 steps of a gradient that
+    flips sign every step, which drives every multiplier from 1 to its floor
+    (A2) in at most 4 steps: the last step's update with `adaptive` and with
+    `plain` (the same θ without step adaptation) from the same state."""
+    update = jit_tx_update if backend == "jax" else (  # eager JAX: minutes under load
+        lambda lopt, g, s, p: lopt.update(g, s, p, backend="numpy")
+    )
+    g = random_like(params, 0)
+    state = adaptive.init(params)
+    for t in range(12):
+        gt = jax.tree.map(lambda x, t=t: x * (-1.0) ** t, g)
+        u_plain, _ = update(plain, gt, state._replace(step_scale=None), params)
+        u, state = update(adaptive, gt, state, params)
+    return u, u_plain, state
+
+
 @pytest.mark.parametrize("backend", ["jax", "numpy"])
 def test_step_depth_floor_floors_every_tensor_at_the_models_depth_floor(backend):
     """A gradient that flips sign every step drives every tensor's multiplier
@@ -744,16 +761,8 @@ def test_step_depth_floor_floors_every_tensor_at_the_models_depth_floor(backend)
     adaptive = mnemosyne.reconfigure(adaptive, step_depth_floor=(2.0, 0.5))
     base = {"big": ADAPTED_PARAMS["big"], "b": jnp.ones(5)}
     small = {f"m{i}": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4) + i for i in range(4)}
-    update = jit_tx_update if backend == "jax" else (  # eager JAX: minutes under load
-        lambda lopt, g, s, p: lopt.update(g, s, p, backend="numpy")
-    )
     for params, floor in ((base, 0.5), ({**base, **small}, 0.4)):
-        g = random_like(params, 0)
-        state = adaptive.init(params)
-        for t in range(12):  # from 1 to either floor in at most 4 steps
-            gt = jax.tree.map(lambda x, t=t: x * (-1.0) ** t, g)
-            u_plain, _ = update(plain, gt, state._replace(step_scale=None), params)
-            u, state = update(adaptive, gt, state, params)
+        u, u_plain, state = _flip_to_the_floor(adaptive, plain, params, backend)
         for k in params:
             np.testing.assert_allclose(np.exp(float(state.step_scale[k])), floor,
                                        rtol=1e-6)
@@ -798,15 +807,7 @@ def test_step_kernel_floor_holds_kernels_at_their_own_floor(
     }
     floors = {"big": 0.4, "m": 0.4, "b": 0.4, "k_small": kernel_floor, "k_3": 0.4,
               "k_big": kernel_floor}  # L = 5: ℓ_L = 2/5
-    update = jit_tx_update if backend == "jax" else (
-        lambda lopt, g, s, p: lopt.update(g, s, p, backend="numpy")
-    )
-    g = random_like(params, 0)
-    state = adaptive.init(params)
-    for t in range(12):  # from 1 to either floor in at most 4 steps
-        gt = jax.tree.map(lambda x, t=t: x * (-1.0) ** t, g)
-        u_plain, _ = update(plain, gt, state._replace(step_scale=None), params)
-        u, state = update(adaptive, gt, state, params)
+    u, u_plain, state = _flip_to_the_floor(adaptive, plain, params, backend)
     for k, floor in floors.items():
         np.testing.assert_allclose(np.exp(float(state.step_scale[k])), floor,
                                    rtol=1e-6, err_msg=k)

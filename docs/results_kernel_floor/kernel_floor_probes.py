@@ -25,7 +25,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 DOCS = pathlib.Path(__file__).parents[1]
@@ -48,15 +47,12 @@ def normalised_cnn(layers=6, channels=16, b=32):
     normalisation (not in any probe; session 29)."""
     x, y = probe9.digits()
     images = x.reshape(-1, 8, 8, 1)
+    plain_init, _ = probe9.plain_cnn(layers, channels, b)
 
-    def init(k):
-        ks = jax.random.split(k, layers + 1)
-        shapes = [(3, 3, 1, channels)] + [(3, 3, channels, channels)] * (layers - 1)
-        return {"convs": [jax.random.normal(kc, s) * np.sqrt(2.0 / (9 * s[2]))
-                          for kc, s in zip(ks[:-1], shapes, strict=True)],
+    def init(k):  # the plain CNN's weights, and a LayerNorm per convolution
+        return {**plain_init(k),
                 "scales": [jnp.ones(channels) for _ in range(layers)],
-                "biases": [jnp.zeros(channels) for _ in range(layers)],
-                "out": probe9.dense(ks[-1], channels, 10)}
+                "biases": [jnp.zeros(channels) for _ in range(layers)]}
 
     def loss(p, k):
         i = probe9.batch(k, len(x), b)
