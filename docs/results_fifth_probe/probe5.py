@@ -260,6 +260,17 @@ def geo(x):
     return float(np.exp(np.log(np.maximum(x, 1e-30)).mean()))
 
 
+def twentieths(losses):
+    """Per run (rows of `losses`), the mean loss over each twentieth of the
+    steps, then the best of those windows, the last and their ratio, as
+    one line of text each."""
+    losses = np.asarray(losses)
+    w = losses.shape[1] // 20
+    windows = losses[:, :20 * w].reshape(len(losses), 20, w).mean(-1)
+    return [" ".join(f"{x:.3g}" for x in row) + f" | best {row.min():.3g} "
+            f"last {row[-1]:.3g} ratio {row[-1] / row.min():.2f}" for row in windows]
+
+
 def add_probe_arguments(parser):
     """The options of the scripts that compare readings on the fifth or sixth
     probe's models: `--probe 5|6`, `--only NAME,...`, `--seeds`,

@@ -12,7 +12,6 @@ run, the best of those windows, the last, and their ratio.
 import pathlib
 import sys
 
-import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -30,15 +29,11 @@ def main():
     name, steps = sys.argv[1], int(sys.argv[2])
     seeds = [int(s) for s in sys.argv[3].split(",")]
     for label in sys.argv[4].split(","):
-        losses = np.asarray(probe5.run(kernel_floor_probes.MODELS[name], steps,
-                                       OPTIMIZERS[label](), seeds))
-        w = steps // 20
-        windows = losses[:, :20 * w].reshape(len(seeds), 20, w).mean(-1)
-        print(f"{name} {label}: mean loss per {w} steps", flush=True)
-        for seed, row in zip(seeds, windows, strict=True):
-            print(f"  seed {seed}: " + " ".join(f"{x:.3g}" for x in row)
-                  + f" | best {row.min():.3g} last {row[-1]:.3g} "
-                  f"ratio {row[-1] / row.min():.2f}", flush=True)
+        losses = probe5.run(kernel_floor_probes.MODELS[name], steps,
+                            OPTIMIZERS[label](), seeds)
+        print(f"{name} {label}: mean loss per {steps // 20} steps", flush=True)
+        for seed, line in zip(seeds, probe5.twentieths(losses), strict=True):
+            print(f"  seed {seed}: {line}", flush=True)
 
 
 if __name__ == "__main__":

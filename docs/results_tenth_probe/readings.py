@@ -1,0 +1,59 @@
+"""The shipped θ under other readings on one model of the tenth probe
+(session 30), beside Adam(1e-3).
+
+    python docs/results_tenth_probe/readings.py NAME SCALE READINGS [--windows]
+
+Runs `probe10.PROBES[NAME]` for SCALE times its steps on seeds 0 and 1 with
+each of READINGS (comma-separated): `adam`; `shipped`; `kernel_floor_L3`,
+the kernel floor (K) from three matrices on; `no_width`, without the width
+scaling (N); `kernel_floor_L3_no_width`, both (what a 6-layer CNN of 16
+channels written without the stack would be read as). Prints probe5's line
+(geometric mean of the final losses, stability ratios, time) and each
+seed's final loss; with `--windows`, each run's mean loss over each
+twentieth of its steps instead.
+"""
+
+import pathlib
+import sys
+
+import optax
+
+HERE = pathlib.Path(__file__).parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "results_fifth_probe")]
+import probe5  # noqa: E402
+import probe10  # noqa: E402
+
+import mnemosyne  # noqa: E402
+
+
+def reading(**settings):
+    return lambda: mnemosyne.mnemosyne(
+        lopt=mnemosyne.reconfigure(mnemosyne.pretrained(), **settings))
+
+
+READINGS = {
+    "adam": lambda: optax.adam(1e-3),
+    "shipped": mnemosyne.mnemosyne,
+    "kernel_floor_L3": reading(step_kernel_floor=(1.0, 3)),
+    "no_width": reading(step_width_reference=None),
+    "kernel_floor_L3_no_width": reading(step_kernel_floor=(1.0, 3),
+                                        step_width_reference=None),
+}
+
+
+def main():
+    name, scale, labels = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(",")
+    make, steps = probe10.PROBES[name]
+    steps, seeds = int(steps * scale), [0, 1]
+    if "--windows" not in sys.argv:
+        opts = {label: READINGS[label] for label in labels}
+        probe5.compare(name, make, steps, opts, seeds, per_seed=True)
+        return
+    for label in labels:
+        losses = probe5.run(make, steps, READINGS[label](), seeds)
+        for seed, line in zip(seeds, probe5.twentieths(losses), strict=True):
+            print(f"{name} {label} seed {seed}: {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
