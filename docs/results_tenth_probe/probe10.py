@@ -19,7 +19,9 @@ volumes; a ViT whose patch embedding is a convolution; an 8-layer MLP and a
 autoencoder; logistic regression and an MLP on the raw, unstandardised
 breast-cancer features (scales 0.001 to 4,000); a 2-layer GRU language
 model; a pre-LayerNorm Transformer classifier at batch 4; and an MLP
-initialised at a tenth of the usual scale. Output as in probe5.py.
+initialised at a tenth of the usual scale. Added after their first runs
+(`LAYOUTS`): one 3x64 MLP as a pytree and as one flat vector. Output as in
+probe5.py.
 """
 
 import functools
