@@ -20,7 +20,8 @@ autoencoder; logistic regression and an MLP on the raw, unstandardised
 breast-cancer features (scales 0.001 to 4,000); a 2-layer GRU language
 model; a pre-LayerNorm Transformer classifier at batch 4; and an MLP
 initialised at a tenth of the usual scale. Added after their first runs
-(`LAYOUTS`): one 3x64 MLP as a pytree and as one flat vector. Output as in
+(`ADDED`): one 3x64 MLP as a pytree and as one flat vector, and the
+batch-norm CNN at batch 8 (for a long small-batch curve). Output as in
 probe5.py.
 """
 
@@ -390,12 +391,14 @@ PROBES = {
     "majority_prenorm_transformer_l4_b4": (transformer_classifier, 3000),
     "digits_2x128_relu_init_x0.1_b64": (small_init_mlp, 2000),
 }
-# Added after the twelve above had run once: one model in two layouts.
-LAYOUTS = {
+# Added after the twelve above had run once: one model in two layouts, and
+# the batch-norm CNN at batch 8.
+ADDED = {
     "digits_3x64_relu_b16_flat": (lambda: flat_mlp(True), 3000),
     "digits_3x64_relu_b16_tree": (lambda: flat_mlp(False), 3000),
+    "digits_bn_cnn6_b8": (lambda: bn_cnn(b=8), 2000),
 }
 
 
 if __name__ == "__main__":
-    main(PROBES | LAYOUTS)
+    main(PROBES | ADDED)

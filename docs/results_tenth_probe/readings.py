@@ -3,11 +3,12 @@
 
     python docs/results_tenth_probe/readings.py NAME SCALE READINGS [--windows]
 
-Runs `probe10.PROBES[NAME]` for SCALE times its steps on seeds 0 and 1 with
-each of READINGS (comma-separated): `adam`; `shipped`; `kernel_floor_L3`,
-the kernel floor (K) from three matrices on; `no_width`, without the width
-scaling (N); `kernel_floor_L3_no_width`, both (what a 6-layer CNN of 16
-channels written without the stack would be read as). Prints probe5's line
+Runs the probe's model NAME (`probe10.PROBES` or `probe10.ADDED`) for
+SCALE times its steps on seeds 0 and 1 with each of READINGS
+(comma-separated): `adam`; `shipped`; `kernel_floor_L3`, the kernel floor
+(K) from three matrices on; `no_width`, without the width scaling (N);
+`kernel_floor_L3_no_width`, both (what a 6-layer CNN of 16 channels
+written without the stack would be read as). Prints probe5's line
 (geometric mean of the final losses, stability ratios, time) and each
 seed's final loss; with `--windows`, each run's mean loss over each
 twentieth of its steps instead.
@@ -43,7 +44,7 @@ READINGS = {
 
 def main():
     name, scale, labels = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(",")
-    make, steps = probe10.PROBES[name]
+    make, steps = (probe10.PROBES | probe10.ADDED)[name]
     steps, seeds = int(steps * scale), [0, 1]
     if "--windows" not in sys.argv:
         opts = {label: READINGS[label] for label in labels}
