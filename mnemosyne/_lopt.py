@@ -204,6 +204,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         backend: str = "jax",
         axis_names: Any = None,
         global_shapes: Any = None,
+        stacked_axes: Any = None,
         **extra_args: Any,
     ) -> tuple[Updates, MnemosyneState]:
         """One optimizer step on a pytree.
@@ -219,6 +220,14 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             global_shapes: inside `shard_map` only: a pytree like `params` of
                 each leaf's global shape, which the width scaling (N) reads
                 (`sharded_update` passes it); by default, the leaves' shapes.
+            stacked_axes: for layers stacked into one array (to apply them with
+                `jax.lax.scan`): a pytree prefix of `params` (or a function
+                of `params` returning one) of ints, the number of leading
+                axes of each leaf that index stacked layers (0: none). The
+                depth (D), kernel (K) and width (N) rules then read each
+                layer's shape: a `(4, 3, 3, c, c)` stack counts as four
+                kernels of shape `(3, 3, c, c)`, not one 3-D kernel. See
+                `layer_shapes`. The statistics of the step stay per leaf.
             **extra_args: accepted and ignored (optax convention).
 
         Returns:
@@ -248,14 +257,19 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             else treedef.flatten_up_to(state.step_scale)
         )
         step = state.step
-        outputs, finite, scales = theta._step_leaves(
-            g_leaves, p_leaves, m_leaves, a_leaves, r_leaves, step, B
+        layers = layer_shapes(
+            theta._global_shapes(g_leaves, treedef, axis_names, global_shapes,
+                                 stacked_axes),
+            _stacked_axes_per_leaf(stacked_axes, grads, params, treedef),
         )
-        shapes = theta._global_shapes(g_leaves, treedef, axis_names, global_shapes)
+        outputs, finite, scales = theta._step_leaves(
+            g_leaves, p_leaves, m_leaves, a_leaves, r_leaves, step, B,
+            theta._step_floors(layers),
+        )
         reference = theta.step_width_reference
         updates = treedef.unflatten([
-            None if o is None else _width_scaled(o[0], shape, reference)
-            for o, shape in zip(outputs, shapes, strict=True)
+            None if o is None else _width_scaled(o[0], layer[1], reference)
+            for o, layer in zip(outputs, layers, strict=True)
         ])
         memory = treedef.unflatten([None if o is None else o[1] for o in outputs])
         if not theta.skip_nonfinite:
@@ -273,10 +287,13 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             step_scale,
         )
 
-    def _global_shapes(self, g_leaves, treedef, axis_names, global_shapes) -> list:
+    def _global_shapes(
+        self, g_leaves, treedef, axis_names, global_shapes, stacked_axes
+    ) -> list:
         """Each leaf's global shape (`None` for `None` leaves): `global_shapes`
         flattened, or the leaves' own shapes, which under `shard_map` are
-        local ones: a `ValueError` there if the width scaling (N) needs them."""
+        local ones: a `ValueError` there if the width scaling (N) or the
+        layer count of `stacked_axes` needs them."""
         if global_shapes is not None:
             return [None if s is None else tuple(s)
                     for s in treedef.flatten_up_to(global_shapes)]
@@ -287,13 +304,22 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 "like params of each leaf's global shape), as "
                 "mnemosyne.sharded_update does"
             )
+        if axis_names is not None and stacked_axes is not None:
+            raise ValueError(
+                "stacked_axes counts the layers of each stack from its global "
+                "shape; inside shard_map pass global_shapes= as well, as "
+                "mnemosyne.sharded_update does"
+            )
         return [None if g is None else tuple(np.shape(g)) for g in g_leaves]
 
-    def _step_leaves(self, g_leaves, p_leaves, m_leaves, a_leaves, r_leaves, step, B):
+    def _step_leaves(
+        self, g_leaves, p_leaves, m_leaves, a_leaves, r_leaves, step, B, lows
+    ):
         """`(update, memory)` per leaf (`None` for `None` leaves), whether
         every gradient is finite, and each leaf's new log step multiplier
-        (Eq. A2; `None` without step adaptation). If a gradient is not finite,
-        and `skip_nonfinite`, the updates are zero and the memory unchanged.
+        (Eq. A2, floored at its entry of `lows`; `None` without step
+        adaptation). If a gradient is not finite, and `skip_nonfinite`, the
+        updates are zero and the memory unchanged.
 
         When the optimizer treats coordinates independently (`packs_small_leaves`),
         leaves of at most `PACK_MAX_SIZE` entries are packed into one vector per
@@ -329,7 +355,6 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
             [rms[i][0] for i in single] + [pack.g_rms for pack in packs], B, a_leaves
         )
         scales: list = [None] * len(g_leaves)
-        lows = self._step_floors(g_leaves)
         for i in single:
             *outputs[i], scales[i] = self._step_unless_skipped(
                 g_leaves[i],
@@ -361,22 +386,23 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 outputs[i] = out
         return outputs, finite, scales
 
-    def _step_floors(self, g_leaves) -> list[float | None]:
+    def _step_floors(self, layers) -> list[float | None]:
         """The floor $\\ell$ of each leaf's step multiplier (`None` for
-        `None` leaves): `step_scale_range`'s, raised for the whole model by
-        Eq. (D) if `step_depth_floor` is set (`depth_floor`), and for kernels
-        (leaves of four or more axes) of a deep enough model by Eq. (K) if
-        `step_kernel_floor` is."""
+        `None` leaves), from `layer_shapes`' `(count, shape)` per leaf:
+        `step_scale_range`'s, raised for the whole model by Eq. (D) if
+        `step_depth_floor` is set (`depth_floor`, over the layers of two or
+        more axes), and for kernels (layers of four or more axes) of a deep
+        enough model by Eq. (K) if `step_kernel_floor` is."""
         low = self.step_scale_range[0]
-        matrices = sum(1 for g in g_leaves if g is not None and np.ndim(g) >= 2)
+        matrices = sum(n for n, shape in filter(None, layers) if len(shape) >= 2)
         if self.step_depth_floor is not None:
             low = depth_floor(matrices, low, self.step_depth_floor)
         kernel = low
         if self.step_kernel_floor is not None:
             floor, min_matrices = self.step_kernel_floor
             kernel = max(low, floor) if matrices >= min_matrices else low
-        return [None if g is None else kernel if np.ndim(g) >= 4 else low
-                for g in g_leaves]
+        return [None if layer is None else kernel if len(layer[1]) >= 4 else low
+                for layer in layers]
 
     def _log_step_scale(
         self, grad, momentum, log_scale, rms, step, B, low, second_moment
@@ -771,6 +797,62 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         return update * B.warmup_factor(step, start, steps, update.dtype)
 
 
+def layer_shapes(shapes, stacked) -> list[tuple[int, tuple[int, ...]] | None]:
+    """`(count, shape)` of the layers in each leaf (`None` for `None` leaves),
+    the view of the model that the depth (D), kernel (K) and width (N) rules
+    read: a leaf of global shape `shape` whose leading `k` axes (its entry of
+    `stacked`) index stacked layers holds `prod(shape[:k])` layers of shape
+    `shape[k:]`; an unstacked leaf (`k = 0`) is one layer of its own shape."""
+    return [
+        None if shape is None else (int(np.prod(shape[:k])), tuple(shape[k:]))
+        for shape, k in zip(shapes, stacked, strict=True)
+    ]
+
+
+def _stacked_axes_per_leaf(stacked_axes, grads, params, treedef) -> list[int]:
+    """`stacked_axes` (a prefix of `grads`' structure, or a function of
+    `params` returning one) as one checked int per leaf, 0 everywhere if
+    `None`; a `ValueError` naming what is wrong otherwise."""
+    if stacked_axes is None:
+        return [0] * treedef.num_leaves
+    if callable(stacked_axes):
+        stacked_axes = stacked_axes(params)
+    is_none = lambda x: x is None
+    try:
+        full = jax.tree.map(
+            lambda k, sub: jax.tree.map(lambda _: k, sub, is_leaf=is_none),
+            stacked_axes, grads, is_leaf=is_none,
+        )
+        axes = treedef.flatten_up_to(full)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            "stacked_axes must be a pytree prefix of params (one int per leaf "
+            f"or per subtree) or a function of params returning one: {error}"
+        ) from None
+    leaves = treedef.flatten_up_to(grads)
+    for path, k, g in zip(_leaf_paths(treedef), axes, leaves, strict=True):
+        if g is None:
+            continue
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+            raise ValueError(
+                f"stacked_axes at {path} must be a number of leading axes "
+                f"(an int >= 0), got {k!r}"
+            )
+        if k > np.ndim(g):
+            raise ValueError(
+                f"stacked_axes at {path} is {k}, but the leaf has shape "
+                f"{tuple(np.shape(g))}: more stacked axes than axes"
+            )
+    return [int(k) if g is not None else 0 for k, g in zip(axes, leaves, strict=True)]
+
+
+def _leaf_paths(treedef) -> list[str]:
+    """Each leaf's key path in `treedef`, as text (for error messages)."""
+    dummy = treedef.unflatten(range(treedef.num_leaves))
+    paths = jax.tree_util.tree_flatten_with_path(dummy)[0]
+    return [jax.tree_util.keystr(path) for path, _ in paths]
+
+
 def width_factor(shape: tuple[int, ...], reference: int | None) -> float:
     r"""Eq. (N): the factor of a tensor's step for its width,
     $\min\big(1, \sqrt{n_0 / n}\big)$ with $n_0$ = `reference` and $n$ the
@@ -828,7 +910,8 @@ def depth_floor(num_matrices: int, low: float, setting: tuple[float, float]) -> 
     zero loss (a full-batch sine fit, batch norm) did better at 1/4
     (docs/results.md, "A depth-aware floor"). The count is over the pytree
     the optimizer updates: layers stacked into one array (for `jax.lax.scan`)
-    count once.
+    count once, unless `update`'s `stacked_axes` names their stacking axes
+    (`layer_shapes`).
     """
     c, ceiling = setting
     if num_matrices == 0:

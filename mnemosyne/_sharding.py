@@ -82,7 +82,7 @@ def _local_block(x, spec, local_shape):
     return jax.lax.dynamic_slice(x, starts, local_shape)
 
 
-def sharded_update(lopt, mesh, param_specs) -> Any:
+def sharded_update(lopt, mesh, param_specs, *, stacked_axes=None) -> Any:
     """`update(grads, state, params) -> (updates, state)` under `jax.shard_map`.
 
     Args:
@@ -90,6 +90,8 @@ def sharded_update(lopt, mesh, param_specs) -> Any:
         mesh: a `jax.sharding.Mesh`.
         param_specs: a pytree like `params` of `PartitionSpec`s (`None` leaves
             for `None` parameters); grads and updates are split the same way.
+        stacked_axes: as in [`mnemosyne.mnemosyne`][]: the leading axes of
+            each leaf that index stacked layers (read from global shapes).
 
     Returns:
         A function to call (typically inside `jax.jit`) with global arrays.
@@ -102,7 +104,9 @@ def sharded_update(lopt, mesh, param_specs) -> Any:
             full = lambda tree: jax.tree.map(
                 _gather, tree, param_specs, is_leaf=is_leaf
             )
-            updates, state = lopt.update(full(grads), state, full(params))
+            updates, state = lopt.update(
+                full(grads), state, full(params), stacked_axes=stacked_axes
+            )
             updates = jax.tree.map(
                 lambda u, s, g: _local_block(u, s, g.shape),
                 updates,
@@ -113,7 +117,8 @@ def sharded_update(lopt, mesh, param_specs) -> Any:
             return updates, state
         axis_names = jax.tree.map(_spec_axes, param_specs, is_leaf=is_leaf)
         return lopt.update(
-            grads, state, params, axis_names=axis_names, global_shapes=global_shapes
+            grads, state, params, axis_names=axis_names,
+            global_shapes=global_shapes, stacked_axes=stacked_axes,
         )
 
     def update(grads, state, params):

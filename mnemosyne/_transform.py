@@ -26,7 +26,11 @@ _UPDATE_FUNCTIONS = {"jax": _update_jax, "numpy": _update_numpy}
 
 
 def as_gradient_transformation(
-    lopt: AbstractLearnedOptimizer, *, backend: str = "jax", **init_kwargs: Any
+    lopt: AbstractLearnedOptimizer,
+    *,
+    backend: str = "jax",
+    update_kwargs: dict[str, Any] | None = None,
+    **init_kwargs: Any,
 ) -> optax.GradientTransformationExtraArgs:
     """Any learned optimizer as an optax transformation (its raw step).
 
@@ -43,6 +47,8 @@ def as_gradient_transformation(
             `backend` (`"jax"` or `"numpy"`).
         backend: which kernels `update` runs: `"jax"` or `"numpy"` (the
             float64 reference, eager).
+        update_kwargs: static keyword arguments for every `lopt.update` call
+            (Mnemosyne's `stacked_axes`); held by the function, not traced.
         **init_kwargs: passed to `lopt.init`.
 
     Returns:
@@ -51,9 +57,11 @@ def as_gradient_transformation(
     if backend not in _UPDATE_FUNCTIONS:
         raise ValueError(f"unknown backend {backend!r}; expected 'jax' or 'numpy'")
     init = functools.partial(_init, **init_kwargs) if init_kwargs else _init
+    update = _UPDATE_FUNCTIONS[backend]
+    if update_kwargs:
+        update = functools.partial(update, **update_kwargs)
     return optax.GradientTransformationExtraArgs(
-        jax.tree_util.Partial(init, lopt),
-        jax.tree_util.Partial(_UPDATE_FUNCTIONS[backend], lopt),
+        jax.tree_util.Partial(init, lopt), jax.tree_util.Partial(update, lopt)
     )
 
 
@@ -62,6 +70,7 @@ def scale_by_mnemosyne(
     *,
     backend: str = "jax",
     memory_dtype: Any = None,
+    stacked_axes: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """The raw learned step of a Mnemosyne optimizer, as an optax transformation.
 
@@ -77,6 +86,10 @@ def scale_by_mnemosyne(
         memory_dtype: dtype to store the memory in (e.g. `jnp.bfloat16`); the
             step is computed in float32 regardless. Default: float32 (float64
             for float64 parameters).
+        stacked_axes: for layers stacked into one array (applied with
+            `jax.lax.scan`): a pytree prefix of `params`, or a function of
+            `params` returning one, of the number of leading axes of each leaf
+            that index layers (as [`mnemosyne.mnemosyne`][]).
 
     Returns:
         An `optax.GradientTransformationExtraArgs`; `update(grads, state, params)`
@@ -105,10 +118,12 @@ def scale_by_mnemosyne(
         from ._serialisation import pretrained
 
         lopt = pretrained("default")
-    if memory_dtype is None:
-        return as_gradient_transformation(lopt, backend=backend)
+    init_kwargs = {}
+    if memory_dtype is not None:
+        init_kwargs["memory_dtype"] = np.dtype(memory_dtype)
+    update_kwargs = None if stacked_axes is None else {"stacked_axes": stacked_axes}
     return as_gradient_transformation(
-        lopt, backend=backend, memory_dtype=np.dtype(memory_dtype)
+        lopt, backend=backend, update_kwargs=update_kwargs, **init_kwargs
     )
 
 
@@ -118,6 +133,7 @@ def mnemosyne(
     lopt: AbstractLearnedOptimizer | None = None,
     backend: str = "jax",
     memory_dtype: Any = None,
+    stacked_axes: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """The Mnemosyne optimizer: the pretrained learned step, times a learning rate.
 
@@ -135,6 +151,14 @@ def mnemosyne(
         memory_dtype: dtype to store the memory in, as `mu_dtype` in
             `optax.adam`: `jnp.bfloat16` halves the state (2 bytes per float)
             at a measured cost in quality (see the performance page).
+        stacked_axes: only for layers stacked into one array (to apply them
+            with `jax.lax.scan` or `vmap`): a pytree prefix of `params` (or a
+            function of `params` returning one) of ints, the number of leading
+            axes of each leaf that index layers, e.g. `{"blocks": 1, "head":
+            0}`. The step reads the model's depth and each layer's kernel
+            shape and width from the layers (Eqs. (D), (K), (N)); without it
+            a stack of 4 convolutions of shape `(3, 3, c, c)` reads as one
+            3-D kernel. Default: no stacked axes.
 
     Returns:
         An `optax.GradientTransformationExtraArgs`: `init(params)` and
@@ -164,7 +188,10 @@ def mnemosyne(
         Attention with Performers" (arXiv 2009.14794).
     """
     return scaled_by_learning_rate(
-        scale_by_mnemosyne(lopt, backend=backend, memory_dtype=memory_dtype),
+        scale_by_mnemosyne(
+            lopt, backend=backend, memory_dtype=memory_dtype,
+            stacked_axes=stacked_axes,
+        ),
         learning_rate,
     )
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from helpers import (
     LOPTS,
+    assert_allclose_tree,
     assert_tree_equal,
     fast_jit,
     jit_tx_update,
@@ -479,6 +480,19 @@ def _adaptive_and_plain(rate=0.1, threshold=0.0):
     return adaptive, plain
 
 
+def _update_function(backend, **update_kwargs):
+    """`update(lopt, grads, state, params)` on `backend`, with `update_kwargs`:
+    the JAX step jitted (eager JAX dispatches the whole step op by op: minutes
+    under load), the NumPy reference as it is."""
+    if backend == "numpy":
+        return lambda lopt, g, s, p: lopt.update(
+            g, s, p, backend="numpy", **update_kwargs
+        )
+    if not update_kwargs:
+        return jit_tx_update
+    return fast_jit(lambda lopt, g, s, p: lopt.update(g, s, p, **update_kwargs))
+
+
 ADAPTED_PARAMS = {  # one leaf stepped alone, two packed together
     "big": jnp.linspace(-1.0, 1.0, 80 * 64).reshape(80, 64),
     "a": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4),
@@ -501,6 +515,7 @@ def test_step_scale_follows_the_cosine_of_gradient_and_momentum(backend, thresho
     drift = {k: (1.0 if k != "a" else -1.0) * jnp.ones_like(v)
              for k, v in params.items()}
     state = adaptive.init(params)
+    update = _update_function(backend)
     rtol = 2e-5 if backend == "jax" else 1e-10
     moved = set()
     for t in range(6):
@@ -517,8 +532,8 @@ def test_step_scale_follows_the_cosine_of_gradient_and_momentum(backend, thresho
             rho = float(state.step_scale[k]) + rate * (cos - threshold)
             expected[k] = float(np.clip(rho, np.log(low), np.log(high)))
         plain_state = state._replace(step_scale=None)
-        u_plain, _ = plain.update(g, plain_state, params, backend=backend)
-        u, state = adaptive.update(g, state, params, backend=backend)
+        u_plain, _ = update(plain, g, plain_state, params)
+        u, state = update(adaptive, g, state, params)
         for k in params:
             rho = float(state.step_scale[k])
             np.testing.assert_allclose(rho, expected[k], rtol=rtol, atol=1e-7)
@@ -586,10 +601,10 @@ def test_nonfinite_gradient_leaves_the_step_scale_unchanged():
     params = ADAPTED_PARAMS
     state = adaptive.init(params)
     for t in range(3):
-        _, state = adaptive.update(random_like(params, t), state, params)
+        _, state = jit_tx_update(adaptive, random_like(params, t), state, params)
     bad = random_like(params, 9)
     bad["a"] = bad["a"].at[0, 0].set(jnp.nan)
-    u, after = adaptive.update(bad, state, params)
+    u, after = jit_tx_update(adaptive, bad, state, params)
     assert int(after.skipped) == 1
     assert_tree_equal(after.step_scale, state.step_scale)
     assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(u))
@@ -626,10 +641,11 @@ def test_step_warmup_scales_the_update_and_nothing_else(backend):
     warmed = mnemosyne.reconfigure(plain, step_warmup=(start, steps))
     params = ADAPTED_PARAMS
     state_p = state_w = plain.init(params)
+    update = _update_function(backend)
     for t in range(7):
         g = random_like(params, t)
-        u_p, state_p = plain.update(g, state_p, params, backend=backend)
-        u_w, state_w = warmed.update(g, state_w, params, backend=backend)
+        u_p, state_p = update(plain, g, state_p, params)
+        u_w, state_w = update(warmed, g, state_w, params)
         factor = min(1.0, start + (1.0 - start) * t / steps)
         for k in params:
             np.testing.assert_allclose(
@@ -679,10 +695,11 @@ def test_step_width_reference_scales_each_tensor_and_nothing_else(backend):
     factors = {"big": np.sqrt(4 / 64), "a": np.sqrt(4 / 3), "b": 1.0,
                "packed": np.sqrt(4 / 8)}
     state_p = state_s = plain.init(params)
+    update = _update_function(backend)
     for t in range(3):
         g = random_like(params, t)
-        u_p, state_p = plain.update(g, state_p, params, backend=backend)
-        u_s, state_s = scaled.update(g, state_s, params, backend=backend)
+        u_p, state_p = update(plain, g, state_p, params)
+        u_s, state_s = update(scaled, g, state_s, params)
         for k in params:
             want = min(1.0, factors[k]) * np.asarray(u_p[k])
             np.testing.assert_allclose(np.asarray(u_s[k]), want, rtol=1e-6, atol=0)
@@ -696,12 +713,12 @@ def test_step_width_reference_needs_global_shapes_inside_shard_map():
     params = {"w": jnp.ones((8, 8))}
     with pytest.raises(ValueError, match="global_shapes"):
         lopt.update(params, lopt.init(params), params, axis_names={"w": ()})
-    updates, _ = lopt.update(  # the global shape, not the block's, is read
-        params, lopt.init(params), params, global_shapes={"w": (16, 64)}
+    update = fast_jit(  # the global shape, not the block's, is read
+        lambda lopt, g, s, p: lopt.update(g, s, p, global_shapes={"w": (16, 64)})
     )
-    plain, _ = mnemosyne.reconfigure(lopt, step_width_reference=None).update(
-        params, lopt.init(params), params
-    )
+    updates, _ = update(lopt, params, lopt.init(params), params)
+    plain_lopt = mnemosyne.reconfigure(lopt, step_width_reference=None)
+    plain, _ = jit_tx_update(plain_lopt, params, lopt.init(params), params)
     np.testing.assert_allclose(updates["w"], 0.5 * plain["w"], rtol=1e-6)
 
 
@@ -733,14 +750,13 @@ def test_depth_floor_falls_as_one_over_the_number_of_matrices():
     assert depth_floor(100, 1 / 64, setting) == pytest.approx(0.02)
 
 
-def _flip_to_the_floor(adaptive, plain, params, backend):
+def _flip_to_the_floor(adaptive, plain, params, backend, **update_kwargs):
     """`(update, unadapted update, state)` after 12 steps of a gradient that
     flips sign every step, which drives every multiplier from 1 to its floor
     (A2) in at most 4 steps: the last step's update with `adaptive` and with
-    `plain` (the same θ without step adaptation) from the same state."""
-    update = jit_tx_update if backend == "jax" else (  # eager JAX: minutes under load
-        lambda lopt, g, s, p: lopt.update(g, s, p, backend="numpy")
-    )
+    `plain` (the same θ without step adaptation) from the same state, both
+    updated with `update_kwargs`."""
+    update = _update_function(backend, **update_kwargs)
     g = random_like(params, 0)
     state = adaptive.init(params)
     for t in range(12):
@@ -750,7 +766,9 @@ def _flip_to_the_floor(adaptive, plain, params, backend):
     return u, u_plain, state
 
 
-@pytest.mark.parametrize("backend", ["jax", "numpy"])
+# (the NumPy reference only: the floors are read from shapes before either
+# backend runs, and the kernel floor's JAX case below runs the depth floor too)
+@pytest.mark.parametrize("backend", ["numpy"])
 def test_step_depth_floor_floors_every_tensor_at_the_models_depth_floor(backend):
     """A gradient that flips sign every step drives every tensor's multiplier
     to its floor (A2); with `step_depth_floor` that floor is the model's
@@ -781,8 +799,11 @@ def test_step_depth_floor_must_be_a_factor_and_a_floor():
     assert lopt.step_depth_floor == (2.0, 1.0)
 
 
-@pytest.mark.parametrize("min_matrices, kernel_floor", [(5, 0.8), (6, 0.4)])
-@pytest.mark.parametrize("backend", ["jax", "numpy"])
+@pytest.mark.parametrize(
+    "backend, min_matrices, kernel_floor",  # the JAX step once: per-tensor
+    # floors, a kernel's and the depth floor, applied inside one pack
+    [("jax", 5, 0.8), ("numpy", 5, 0.8), ("numpy", 6, 0.4)],
+)
 def test_step_kernel_floor_holds_kernels_at_their_own_floor(
     backend, min_matrices, kernel_floor
 ):
@@ -827,6 +848,116 @@ def test_step_kernel_floor_must_be_a_floor_and_a_depth():
 
 
 # ----------------------------------------------------------------------------
+# Layers stacked into one array: `stacked_axes`
+# ----------------------------------------------------------------------------
+
+
+def _stacked_cnn(stacked: bool) -> dict:
+    """A stem convolution, four 3x3 convolutions of 4 channels with their
+    biases, and a dense head; the four as one `(4, 3, 3, 4, 4)` kernel and one
+    `(4, 4)` bias if `stacked` (as for `jax.lax.scan`)."""
+    ramp = lambda *shape: jnp.linspace(-1.0, 1.0, int(np.prod(shape))).reshape(shape)
+    layers = {f"conv{i}": {"w": ramp(3, 3, 4, 4) + i, "b": ramp(4) - i}
+              for i in range(4)}
+    if stacked:
+        layers = {"stack": jax.tree.map(lambda *x: jnp.stack(x), *layers.values())}
+    return {"stem": ramp(3, 3, 1, 4), **layers, "head": ramp(4, 3), "bias": ramp(3)}
+
+
+def test_stacked_axes_read_each_layer_as_the_unstacked_model_does():
+    """With `stacked_axes` naming the stacking axis, a CNN whose four hidden
+    convolutions are one `(4, 3, 3, 4, 4)` kernel gets, on every layer, the
+    floor (D)/(K) and width factor (N) of the same CNN written layer by layer:
+    6 matrices, so $\\ell_L = 2/6$ and kernels at $\\ell_K$ = 0.8, and each
+    kernel's width is 36, not 144. Read without it, the stack is one 3-D
+    kernel among 4 matrices (the stacked bias counts as one): $\\ell_L$ =
+    1/2 everywhere, and the stack's width is 144. A gradient that flips sign
+    every step drives each multiplier to its floor (A2); the update is the
+    unadapted one times the floor and the width factor. (The floors are read
+    from shapes before either backend runs: the NumPy reference checks it;
+    the next test takes the option through the jitted JAX step.)"""
+    adaptive, plain = _adaptive_and_plain(rate=0.5)
+    adaptive = mnemosyne.reconfigure(
+        adaptive, step_depth_floor=(2.0, 0.5), step_kernel_floor=(0.8, 5),
+        step_width_reference=4,
+    )
+    unstacked, stacked = _stacked_cnn(False), _stacked_cnn(True)
+    axes = lambda params: {k: int(k == "stack") for k in params}
+    backend = "numpy"
+    u, u_plain, state = _flip_to_the_floor(adaptive, plain, unstacked, backend)
+    assert np.exp(float(state.step_scale["conv2"]["w"])) == pytest.approx(0.8)
+    np.testing.assert_allclose(u["conv2"]["w"], 0.8 * np.sqrt(4 / 36)
+                               * np.asarray(u_plain["conv2"]["w"]), rtol=1e-5)
+    prefix = {**axes(stacked), "stack": {"w": 1, "b": 1}}
+    runs = {  # the floors of the stack's kernel, its bias and the head; the
+        # stack's width factor
+        "stacked_axes": ({"stacked_axes": axes}, 0.8, 1 / 3, 1 / 3, np.sqrt(4 / 36)),
+        "as a prefix": ({"stacked_axes": prefix}, 0.8, 1 / 3, 1 / 3, np.sqrt(4 / 36)),
+        "without": ({}, 0.5, 0.5, 0.5, np.sqrt(4 / 144)),
+    }
+    for what, (kwargs, kernel, bias, head, width) in runs.items():
+        u, u_plain, state = _flip_to_the_floor(
+            adaptive, plain, stacked, backend, **kwargs
+        )
+        floors = {"w": kernel, "b": bias}
+        for k, floor in floors.items():
+            got = np.exp(float(state.step_scale["stack"][k]))
+            assert got == pytest.approx(floor), (what, k)
+            factor = floor * (width if k == "w" else 1.0)
+            np.testing.assert_allclose(u["stack"][k], factor * u_plain["stack"][k],
+                                       rtol=1e-5, err_msg=f"{what}: {k}")
+        assert np.exp(float(state.step_scale["head"])) == pytest.approx(head), what
+
+
+def test_stacked_axes_reach_the_step_through_the_optax_transformation():
+    """`mnemosyne.mnemosyne(stacked_axes=...)` steps under jit as the NumPy
+    reference does with them, given as a prefix or as a function of `params`.
+    At the first step of the shipped reading ($n_0$ = 128), a
+    `(4, 3, 3, 16, 16)` stack read as four `(3, 3, 16, 16)` kernels (width
+    144, not 576) steps twice as far as read as one tensor, times the ratio
+    of the two readings' multipliers (the kernel floor (K) holds the six
+    matrices' kernels at 1, where the three matrices' floor lets the first
+    step's multiplier fall a little); every other leaf by that ratio alone."""
+    params = {"stem": jnp.ones((3, 3, 1, 16)),
+              "stack": jnp.linspace(-1.0, 1.0, 9216).reshape(4, 3, 3, 16, 16),
+              "head": {"w": jnp.ones((16, 10)), "b": jnp.zeros(10)}}
+    grads = random_like(params, 0)
+    spec = {"stem": 0, "stack": 1, "head": 0}
+    lopt = mnemosyne.pretrained()
+    plain = lopt.update(grads, lopt.init(params), params, backend="numpy")
+    stacked = lopt.update(grads, lopt.init(params), params, backend="numpy",
+                          stacked_axes=lambda p: spec)
+    tx = mnemosyne.mnemosyne(stacked_axes=spec)
+    jitted, _ = jit_tx_update(tx, grads, tx.init(params), params)
+    assert_allclose_tree(jitted, stacked[0], rtol=2e-5, atol=1e-9)
+    is_leaf = lambda x: x is None
+    ratio = jax.tree.map(lambda a, b: float(np.exp(a - b)), stacked[1].step_scale,
+                         plain[1].step_scale, is_leaf=is_leaf)
+    width = {"stem": 1.0, "stack": 2.0, "head": {"w": 1.0, "b": 1.0}}
+    expected = jax.tree.map(lambda u, r, w: r * w * np.asarray(u),
+                            plain[0], ratio, width)
+    assert_allclose_tree(stacked[0], expected, rtol=1e-6, atol=0)
+    assert ratio["stack"] > 1.0  # the first step's multiplier fell below 1
+
+
+def test_stacked_axes_must_be_a_prefix_of_counts_that_fit():
+    lopt = mnemosyne.pretrained()
+    params = {"stack": jnp.ones((4, 8, 8)), "head": jnp.ones((8, 3))}
+    state = lopt.init(params)
+    for bad, match in (({"stack": 1}, "prefix of params"),
+                       ({"stack": 4, "head": 0}, r"\['stack'\] is 4.*\(4, 8, 8\)"),
+                       ({"stack": -1, "head": 0}, r"\['stack'\].*int >= 0"),
+                       ({"stack": 1.0, "head": 0}, r"\['stack'\].*int >= 0"),
+                       ({"stack": True, "head": 0}, r"\['stack'\].*int >= 0")):
+        with pytest.raises(ValueError, match=match):
+            lopt.update(params, state, params, stacked_axes=bad)
+    unscaled = mnemosyne.reconfigure(lopt, step_width_reference=None)
+    with pytest.raises(ValueError, match="stacked_axes.*global_shapes"):
+        unscaled.update(params, state, params, stacked_axes=0,  # in shard_map
+                        axis_names={"stack": (), "head": ()})
+
+
+# ----------------------------------------------------------------------------
 # Spike guard: a soft floor that only spikes cross (Eq. G)
 # ----------------------------------------------------------------------------
 
@@ -858,9 +989,7 @@ def test_step_spike_guard_lowers_the_multiplier_by_the_spike_ratio(backend):
     unguarded = mnemosyne.reconfigure(
         adaptive, **read, step_spike_guard=(1e6, strength, recovery))
     plain = mnemosyne.reconfigure(plain, second_moment_decay=decay)
-    update = jit_tx_update if backend == "jax" else (
-        lambda lopt, g, s, p: lopt.update(g, s, p, backend="numpy")
-    )
+    update = _update_function(backend)
     params = ADAPTED_PARAMS
     state, reference = guarded.init(params), unguarded.init(params)
     nu = {k: np.zeros(np.shape(x)) for k, x in params.items()}

@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from helpers import (
     SHAPES_AND_SPECS,
@@ -109,6 +110,38 @@ def test_shard_map_update_equals_single_device(make, mesh):
     assert_allclose_tree(s2.step_scale, s1.step_scale, rtol=RTOL, atol=1e-7)
     for k, (_, spec) in SHAPES_AND_SPECS.items():
         assert _same_spec(u2[k].sharding, spec, u2[k].ndim), k
+
+
+@pytest.mark.slow  # compiles two more shard_map programs: run by .ci/run
+def test_shard_map_update_reads_stacked_layers_from_global_shapes(mesh):
+    """`sharded_update(..., stacked_axes=...)` equals the single-device step
+    with them: the `(8, 5, 3)` leaf split over its first axis reads as 8
+    stacked `(5, 3)` layers from its global shape, not as its block's one
+    layer. Its width factor (N) is $\\sqrt{5}$ times that of the whole
+    `(8, 5, 3)` tensor, and after ten gradients of alternating sign its
+    multiplier sits below the floor (D) of the four-matrix reading, ½: the
+    model has 11 layers."""
+    lopt = mnemosyne.reconfigure(_width_scaled(), step_depth_floor=(2.0, 0.5))
+    params, grads, specs = _problem()
+    stacked_axes = {k: int(k == "tensor3") for k in params}
+    step = jax.jit(lambda g, s, p: lopt.update(g, s, p, stacked_axes=stacked_axes))
+    whole = jax.jit(lambda g, s, p: lopt.update(g, s, p))
+    sharded = jax.jit(mnemosyne.sharded_update(lopt, mesh, specs,
+                                               stacked_axes=stacked_axes))
+    p_sh = _place(params, specs, mesh)
+    s1 = s2 = s3 = lopt.init(params)
+    for t in range(10):
+        g = jax.tree.map(lambda x, t=t: x * (-1.0) ** t, grads)
+        u1, s1 = step(g, s1, params)
+        u2, s2 = sharded(_place(g, specs, mesh), s2, p_sh)
+        u3, s3 = whole(g, s3, params)
+    assert_allclose_tree(u2, u1, rtol=RTOL, atol=1e-7)
+    assert_allclose_tree(s2.step_scale, s1.step_scale, rtol=RTOL, atol=1e-7)
+    rho_stacked, rho_whole = (float(s.step_scale["tensor3"]) for s in (s1, s3))
+    assert np.exp(rho_whole) == pytest.approx(0.5) and np.exp(rho_stacked) < 0.48
+    ratio = jnp.asarray(u1["tensor3"]) / jnp.asarray(u3["tensor3"])
+    want = np.sqrt(15 / 3) * np.exp(rho_stacked - rho_whole)
+    assert float(jnp.median(ratio)) == pytest.approx(want, rel=1e-4)
 
 
 @functools.cache

@@ -134,36 +134,50 @@ def encoder_block_init(k, d):
             "ln1": jnp.ones(d), "ln2": jnp.ones(d)}
 
 
-def encoder(h, blocks, heads):
-    """Pre-LayerNorm blocks of unmasked multi-head self-attention and a GELU
-    MLP over `h` `(b, tokens, d)`."""
+def encoder_block(h, blk, heads):
+    """One pre-LayerNorm block of unmasked multi-head self-attention and a
+    GELU MLP over `h` `(b, tokens, d)`."""
     b, t, d = h.shape
     split = lambda z: z.reshape(b, t, heads, d // heads)
+    q, kk, v = jnp.split(layer_norm(h, blk["ln1"]) @ blk["qkv"]["w"]
+                         + blk["qkv"]["b"], 3, -1)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", split(q), split(kk))
+    weights = jax.nn.softmax(scores / np.sqrt(d // heads), -1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, split(v)).reshape(b, t, d)
+    h = h + out @ blk["proj"]["w"] + blk["proj"]["b"]
+    z = jax.nn.gelu(layer_norm(h, blk["ln2"]) @ blk["up"]["w"] + blk["up"]["b"])
+    return h + z @ blk["down"]["w"] + blk["down"]["b"]
+
+
+def encoder(h, blocks, heads):
+    """`encoder_block` for each of `blocks`: a list of blocks, or one block
+    whose every leaf stacks the blocks along a leading axis (`scanned`),
+    applied with `jax.lax.scan`."""
+    if not isinstance(blocks, list):
+        return jax.lax.scan(lambda h, blk: (encoder_block(h, blk, heads), None),
+                            h, blocks)[0]
     for blk in blocks:
-        q, kk, v = jnp.split(layer_norm(h, blk["ln1"]) @ blk["qkv"]["w"]
-                             + blk["qkv"]["b"], 3, -1)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", split(q), split(kk))
-        weights = jax.nn.softmax(scores / np.sqrt(d // heads), -1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, split(v)).reshape(b, t, d)
-        h = h + out @ blk["proj"]["w"] + blk["proj"]["b"]
-        z = jax.nn.gelu(layer_norm(h, blk["ln2"]) @ blk["up"]["w"] + blk["up"]["b"])
-        h = h + z @ blk["down"]["w"] + blk["down"]["b"]
+        h = encoder_block(h, blk, heads)
     return h
 
 
-def conv_patch_vit(d=32, layers=4, heads=4, b=32):
+def conv_patch_vit(d=32, layers=4, heads=4, b=32, scanned=False):
     """A pre-LayerNorm ViT on the digits whose patch embedding is a 2x2
     convolution of stride 2 (a `(2, 2, 1, d)` kernel: 16 tokens), learned
-    positions, mean pooling and a dense head."""
+    positions, mean pooling and a dense head; if `scanned`, its blocks are
+    stacked in one pytree (`stack`, every leaf with a leading axis of
+    `layers`) and applied with `jax.lax.scan`."""
     x, y = digits()
     images = x.reshape(-1, 8, 8, 1)
 
     def init(k):
         ks = jax.random.split(k, 3 + layers)
+        blocks = [encoder_block_init(kb, d) for kb in ks[3:]]
+        if scanned:  # the same initial values, stacked
+            blocks = {"stack": jax.tree.map(lambda *x: jnp.stack(x), *blocks)}
         return {"patch": he_kernel(ks[0], (2, 2, 1, d)), "patch_b": jnp.zeros(d),
                 "pos": 0.1 * jax.random.normal(ks[1], (16, d)),
-                "blocks": [encoder_block_init(kb, d) for kb in ks[3:]],
-                "ln": jnp.ones(d), "out": dense(ks[2], d, 10)}
+                "blocks": blocks, "ln": jnp.ones(d), "out": dense(ks[2], d, 10)}
 
     def loss(p, k):
         i = batch(k, len(x), b)
@@ -171,32 +185,39 @@ def conv_patch_vit(d=32, layers=4, heads=4, b=32):
             images[i], p["patch"], (2, 2), "VALID",
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
         h = tokens.reshape(b, 16, d) + p["patch_b"] + p["pos"]
-        h = encoder(h, p["blocks"], heads)
+        blocks = p["blocks"]["stack"] if scanned else p["blocks"]
+        h = encoder(h, blocks, heads)
         logits = layer_norm(h, p["ln"]).mean(1) @ p["out"]["w"] + p["out"]["b"]
         return xent(logits, y[i])
 
     return init, loss
 
 
-def scanned_mlp(layers=8, width=64, b=8):
+def scanned_mlp(layers=8, width=64, b=8, scanned=True):
     """A stem, `layers` ReLU layers of `width` stored as one `(layers, width,
     width)` tensor and one `(layers, width)` bias applied with `lax.scan`, and
-    a head, on the digits: 3 matrices to (D), 8 hidden layers in fact."""
+    a head, on the digits: 3 matrices to (D), 8 hidden layers in fact. If not
+    `scanned`, the same layers (the same initial values) as a list, applied
+    one after the other."""
     x, y = digits()
 
     def init(k):
         ks = jax.random.split(k, layers + 2)
         hidden = [dense(kh, width, width) for kh in ks[1:-1]]
-        return {"stem": dense(ks[0], 64, width),
-                "stack": {"w": jnp.stack([h["w"] for h in hidden]),
-                          "b": jnp.stack([h["b"] for h in hidden])},
+        if scanned:
+            hidden = jax.tree.map(lambda *x: jnp.stack(x), *hidden)
+        return {"stem": dense(ks[0], 64, width), "stack": hidden,
                 "out": dense(ks[-1], width, 10)}
 
     def loss(p, k):
         i = batch(k, len(x), b)
         h = jax.nn.relu(x[i] @ p["stem"]["w"] + p["stem"]["b"])
-        layer = lambda h, wb: (jax.nn.relu(h @ wb[0] + wb[1]), None)
-        h, _ = jax.lax.scan(layer, h, (p["stack"]["w"], p["stack"]["b"]))
+        layer = lambda h, wb: jax.nn.relu(h @ wb["w"] + wb["b"])
+        if scanned:
+            h, _ = jax.lax.scan(lambda h, wb: (layer(h, wb), None), h, p["stack"])
+        else:
+            for wb in p["stack"]:
+                h = layer(h, wb)
         return xent(h @ p["out"]["w"] + p["out"]["b"], y[i])
 
     return init, loss
@@ -392,11 +413,16 @@ PROBES = {
     "digits_2x128_relu_init_x0.1_b64": (small_init_mlp, 2000),
 }
 # Added after the twelve above had run once: one model in two layouts, and
-# the batch-norm CNN at batch 8.
+# the batch-norm CNN at batch 8; in session 31, the stacked MLP written
+# layer by layer, and a wider ViT layer by layer and with its blocks stacked.
 ADDED = {
     "digits_3x64_relu_b16_flat": (lambda: flat_mlp(True), 3000),
     "digits_3x64_relu_b16_tree": (lambda: flat_mlp(False), 3000),
     "digits_bn_cnn6_b8": (lambda: bn_cnn(b=8), 2000),
+    "digits_mlp8x64_b8": (lambda: scanned_mlp(scanned=False), 3000),
+    "digits_conv_patch_vit_d64_l4_b32": (lambda: conv_patch_vit(d=64), 2000),
+    "digits_scanned_vit_d64_l4_b32": (
+        lambda: conv_patch_vit(d=64, scanned=True), 2000),
 }
 
 

@@ -8,7 +8,10 @@ SCALE times its steps on seeds 0 and 1 with each of READINGS
 (comma-separated): `adam`; `shipped`; `kernel_floor_L3`, the kernel floor
 (K) from three matrices on; `no_width`, without the width scaling (N);
 `kernel_floor_L3_no_width`, both (what a 6-layer CNN of 16 channels
-written without the stack would be read as). Prints probe5's line
+written without the stack would be read as); `stacked`, the shipped
+optimizer told that the leading axis of every leaf under a key `stack`
+indexes layers
+(`mnemosyne.mnemosyne(stacked_axes=...)`, session 31). Prints probe5's line
 (geometric mean of the final losses, stability ratios, time) and each
 seed's final loss; with `--windows`, each run's mean loss over each
 twentieth of its steps instead.
@@ -17,6 +20,7 @@ twentieth of its steps instead.
 import pathlib
 import sys
 
+import jax
 import optax
 
 HERE = pathlib.Path(__file__).parent
@@ -39,7 +43,15 @@ READINGS = {
     "no_width": reading(step_width_reference=None),
     "kernel_floor_L3_no_width": reading(step_kernel_floor=(1.0, 3),
                                         step_width_reference=None),
+    "stacked": lambda: mnemosyne.mnemosyne(stacked_axes=stack_axis),
 }
+
+
+def stack_axis(params):
+    """One stacked axis on every leaf under a key `stack`, none elsewhere."""
+    in_stack = lambda path: any(getattr(k, "key", None) == "stack" for k in path)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: int(in_stack(path)), params)
 
 
 def main():
