@@ -272,6 +272,7 @@ def test_grouped_training_matches_one_optimizer_at_a_time():
         )
 
 
+@pytest.mark.slow  # ~8 s of compiles, run by .ci/run
 def test_training_passes_the_minibatch_loss_as_value():
     """Every update is given the loss it reports as optax's `value=` (an
     optimizer whose step is SGD scaled by the loss sees exactly that loss),

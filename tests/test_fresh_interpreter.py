@@ -32,6 +32,7 @@ def run_fresh(code: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter that trains: ~11 s, run by .ci/run
 def test_subpackages_after_bare_import():
     """`import mnemosyne; mnemosyne.baselines.lstm()` as the README shows, and
     the same for `tasks`, `meta` and `evaluation`; the import itself loads none
@@ -75,6 +76,7 @@ def test_every_shipped_weights_file_loads_first(name):
     assert out.split() == [header["class"]]
 
 
+@pytest.mark.slow  # a fresh interpreter under x64: ~10 s, run by .ci/run
 def test_float64_parameters_with_x64():
     """With `jax_enable_x64` on before anything is loaded, the pretrained
     optimizers load (θ in its stored dtype, bit for bit the file's values), and

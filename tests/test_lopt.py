@@ -51,13 +51,11 @@ def _meta_grad(lopt, p0, target, curvature):
     return eqx.filter_grad(_unroll_loss)(lopt, p0, target, curvature)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.slow) if n == "tensorwise" else n
-        for n in NAMES
-    ],  # the tensor-wise meta-gradient compiles for ~25 s: slow, run by .ci/run
-)
+# a gradient through a 3-step unroll compiles for 12-25 s a variant: slow, run
+# by .ci/run (the default suite meta-trains through the same code in
+# test_meta.py, test_pes.py and test_baselines.py)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
 def test_meta_gradients_reach_theta(name):
     lopt = LOPTS[name]()
     rng = np.random.default_rng(0)

@@ -250,6 +250,7 @@ def _configuration(x):
     return repr(x)
 
 
+@pytest.mark.slow  # builds and traces ~130 tasks: ~25 s, run by .ci/run
 def test_held_out_task_sets_are_disjoint_and_well_formed():
     """The sets that pick and check the shipped θ (validation, stress, the four
     probes) share no task with each other, the suite or the default preset's

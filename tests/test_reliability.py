@@ -484,6 +484,7 @@ def test_many_scalar_leaves_1e4():
     _many_scalars_check(10**4)
 
 
+@pytest.mark.slow  # compiles a 300-leaf step: 10-19 s, run by .ci/run
 def test_many_scalar_leaves_under_jit():
     """300 scalar leaves under jit (packed, then split up in two levels) match
     the NumPy reference leaf by leaf; a NaN in one leaf skips every leaf."""

@@ -11,7 +11,9 @@ SCALE times its steps on seeds 0 and 1 with each of READINGS
 written without the stack would be read as); `stacked`, the shipped
 optimizer told that the leading axis of every leaf under a key `stack`
 indexes layers
-(`mnemosyne.mnemosyne(stacked_axes=...)`, session 31). Prints probe5's line
+(`mnemosyne.mnemosyne(stacked_axes=...)`, session 31); `ceiling_1`, the
+multiplier's ceiling 1 instead of 2; `floor_half`, the depth floor ½ up to
+ten matrices (session 31's diagnosis of the 8x64 MLP at batch 8). Prints probe5's line
 (geometric mean of the final losses, stability ratios, time) and each
 seed's final loss; with `--windows`, each run's mean loss over each
 twentieth of its steps instead.
@@ -44,6 +46,8 @@ READINGS = {
     "kernel_floor_L3_no_width": reading(step_kernel_floor=(1.0, 3),
                                         step_width_reference=None),
     "stacked": lambda: mnemosyne.mnemosyne(stacked_axes=stack_axis),
+    "ceiling_1": reading(step_scale_range=(0.25, 1.0)),
+    "floor_half": reading(step_depth_floor=(5.0, 0.5)),
 }
 
 
