@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import LOPTS, assert_tree_equal, random_like, ranked_params
+from helpers import LOPTS, assert_tree_equal, jit_tx_update, random_like, ranked_params
 
 import mnemosyne
 from mnemosyne import _serialisation
@@ -265,8 +265,8 @@ def test_reconfigure_keeps_theta_and_changes_how_it_is_read(tmp_path):
         step_scale=jax.tree.map(lambda r: jnp.maximum(r, np.log(0.25)),
                                 state.step_scale)
     )
-    u_wide, s_wide = wider.update(grads, state, params)
-    u_narrow, s_narrow = lopt.update(grads, narrow_state, params)
+    u_wide, s_wide = jit_tx_update(wider, grads, state, params)
+    u_narrow, s_narrow = jit_tx_update(lopt, grads, narrow_state, params)
     for r in jax.tree.leaves(s_wide.step_scale):
         assert float(r) < np.log(0.25) - 1.0
     for r in jax.tree.leaves(s_narrow.step_scale):
