@@ -18,7 +18,8 @@ def compute_dtype(dtype) -> np.dtype:
     return np.dtype(jnp.promote_types(dtype, jnp.float32))
 
 
-def _path(path) -> str:
+def key_path(path) -> str:
+    """A key path as text for error messages (`<root>` for the root)."""
     return jax.tree_util.keystr(path) or "<root>"
 
 
@@ -27,18 +28,18 @@ def check_float_leaves(tree, what: str) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if not hasattr(leaf, "dtype"):
             raise TypeError(
-                f"{what}{_path(path)} is a {type(leaf).__name__}, not an array"
+                f"{what}{key_path(path)} is a {type(leaf).__name__}, not an array"
             )
         dtype = np.dtype(leaf.dtype)
         if jnp.issubdtype(dtype, jnp.complexfloating):
             raise TypeError(
-                f"{what}{_path(path)} is complex ({dtype}); learned optimizers take "
+                f"{what}{key_path(path)} is complex ({dtype}); learned optimizers take "
                 "real "
                 "parameters: split complex parameters into real and imaginary parts"
             )
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(
-                f"{what}{_path(path)} has dtype {dtype}; only floating-point leaves "
+                f"{what}{key_path(path)} has dtype {dtype}; only floating-point leaves "
                 "can be "
                 "optimised. Filter them out first, e.g. eqx.filter(model, "
                 "eqx.is_inexact_array), "
@@ -51,8 +52,8 @@ def check_same_structure(a, b, name_a: str, name_b: str) -> None:
     is_none = lambda x: x is None
     leaves_a = jax.tree_util.tree_flatten_with_path(a, is_leaf=is_none)[0]
     leaves_b = jax.tree_util.tree_flatten_with_path(b, is_leaf=is_none)[0]
-    paths_a = [_path(p) for p, _ in leaves_a]
-    paths_b = [_path(p) for p, _ in leaves_b]
+    paths_a = [key_path(p) for p, _ in leaves_a]
+    paths_b = [key_path(p) for p, _ in leaves_b]
     if paths_a != paths_b:
         only_a = sorted(set(paths_a) - set(paths_b))
         only_b = sorted(set(paths_b) - set(paths_a))
@@ -63,11 +64,11 @@ def check_same_structure(a, b, name_a: str, name_b: str) -> None:
     for (path, x), (_, y) in zip(leaves_a, leaves_b, strict=False):
         if (x is None) != (y is None):
             raise ValueError(
-                f"{name_a}{_path(path)} and {name_b}{_path(path)}: one is None"
+                f"{name_a}{key_path(path)} and {name_b}{key_path(path)}: one is None"
             )
         if x is not None and tuple(x.shape) != tuple(y.shape):
             raise ValueError(
-                f"shape mismatch at {_path(path)}: {name_a} has {tuple(x.shape)}, "
+                f"shape mismatch at {key_path(path)}: {name_a} has {tuple(x.shape)}, "
                 f"{name_b} has {tuple(y.shape)}"
             )
 
@@ -81,8 +82,8 @@ def check_state_like(
     is_none = lambda x: x is None
     leaves = jax.tree_util.tree_flatten_with_path(state, is_leaf=is_none)[0]
     wanted = jax.tree_util.tree_flatten_with_path(expected, is_leaf=is_none)[0]
-    paths = [_path(p) for p, _ in leaves]
-    wanted_paths = [_path(p) for p, _ in wanted]
+    paths = [key_path(p) for p, _ in leaves]
+    wanted_paths = [key_path(p) for p, _ in wanted]
     if paths != wanted_paths:
         extra = sorted(set(paths) - set(wanted_paths))[:5]
         missing = sorted(set(wanted_paths) - set(paths))[:5]
@@ -93,14 +94,14 @@ def check_state_like(
     for (path, x), (_, y) in zip(leaves, wanted, strict=False):
         if (x is None) != (y is None):
             raise ValueError(
-                f"{what}{_path(path)}: one of state and expected state is None"
+                f"{what}{key_path(path)}: one of state and expected state is None"
             )
         if x is None or not hasattr(x, "shape"):
             continue
         dtype_differs = dtypes and np.dtype(x.dtype) != np.dtype(y.dtype)
         if tuple(x.shape) != tuple(y.shape) or dtype_differs:
             raise ValueError(
-                f"{what}{_path(path)} has shape {tuple(x.shape)} and dtype "
+                f"{what}{key_path(path)} has shape {tuple(x.shape)} and dtype "
                 f"{np.dtype(x.dtype)}, "
                 f"expected {tuple(y.shape)} and {np.dtype(y.dtype)} for these "
                 "parameters: "

@@ -20,6 +20,7 @@ from ._checks import (
     check_state_like,
     check_update_inputs,
     compute_dtype,
+    key_path,
     leaf_shape_dtype,
 )
 from ._encoder import HierarchicalPoolingEncoder
@@ -829,28 +830,21 @@ def _stacked_axes_per_leaf(stacked_axes, grads, params, treedef) -> list[int]:
             "stacked_axes must be a pytree prefix of params (one int per leaf "
             f"or per subtree) or a function of params returning one: {error}"
         ) from None
-    leaves = treedef.flatten_up_to(grads)
-    for path, k, g in zip(_leaf_paths(treedef), axes, leaves, strict=True):
+    leaves = jax.tree_util.tree_flatten_with_path(grads, is_leaf=is_none)[0]
+    for (path, g), k in zip(leaves, axes, strict=True):
         if g is None:
             continue
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
             raise ValueError(
-                f"stacked_axes at {path} must be a number of leading axes "
+                f"stacked_axes at {key_path(path)} must be a number of leading axes "
                 f"(an int >= 0), got {k!r}"
             )
         if k > np.ndim(g):
             raise ValueError(
-                f"stacked_axes at {path} is {k}, but the leaf has shape "
+                f"stacked_axes at {key_path(path)} is {k}, but the leaf has shape "
                 f"{tuple(np.shape(g))}: more stacked axes than axes"
             )
-    return [int(k) if g is not None else 0 for k, g in zip(axes, leaves, strict=True)]
-
-
-def _leaf_paths(treedef) -> list[str]:
-    """Each leaf's key path in `treedef`, as text (for error messages)."""
-    dummy = treedef.unflatten(range(treedef.num_leaves))
-    paths = jax.tree_util.tree_flatten_with_path(dummy)[0]
-    return [jax.tree_util.keystr(path) for path, _ in paths]
+    return [0 if g is None else int(k) for (_, g), k in zip(leaves, axes, strict=True)]
 
 
 def width_factor(shape: tuple[int, ...], reference: int | None) -> float:
