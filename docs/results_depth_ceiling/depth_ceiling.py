@@ -3,6 +3,7 @@
 
     python docs/results_depth_ceiling/depth_ceiling.py probes [SCALE]
     python docs/results_depth_ceiling/depth_ceiling.py seeds NAME SCALE SEEDS READINGS
+    python docs/results_depth_ceiling/depth_ceiling.py windows NAME SCALE SEEDS READINGS
 
 The candidate: Eq. (D) lowers the ceiling with the floor,
 $h_L = h\\,\\ell_L / \\ell_{max} = \\min(2, 4 \\ell_L)$ for the shipped
@@ -26,6 +27,9 @@ vmapped) with READINGS (comma-separated: `adam`, `shipped`, `ceiling`;
 `ceiling1`, the range (1/4, 1) for any depth); prints the geometric mean of
 the final losses and each run's final loss (mean of the last 5% of steps)
 with its stability ratio (final over best window) in brackets.
+
+`windows`: the same runs, printing for each reading the geometric mean over
+the seeds of each twentieth of the run's mean loss (the curve).
 """
 
 import pathlib
@@ -79,7 +83,7 @@ def probes(scale):
                        [0, 1], per_seed=True)
 
 
-def seeds(name, scale, seed_list, labels):
+def seeds(name, scale, seed_list, labels, curve=False):
     make, steps = MODELS[name]
     steps = int(steps * scale)
     high = ceiling(make()[0](jax.random.key(0)))[1]
@@ -88,6 +92,12 @@ def seeds(name, scale, seed_list, labels):
                 "ceiling1": reading(step_scale_range=(0.25, 1.0))}
     for label in labels:
         losses = probe5.run(make, steps, readings[label](), seed_list)
+        if curve:
+            windows = losses[:, :steps // 20 * 20].reshape(len(seed_list), 20, -1)
+            print(f"{name} {steps} {label:10s}", " ".join(
+                f"{x:.3g}" for x in np.exp(np.log(windows.mean(-1)).mean(0))),
+                flush=True)
+            continue
         final = losses[:, -max(1, steps // 20):].mean(1)
         ratio = probe5.stability_ratio(losses)
         print(f"{name} {steps} {label:10s} geo {probe5.geo(final):.3g} | " + " ".join(
@@ -99,4 +109,5 @@ if __name__ == "__main__":
         probes(float(sys.argv[2]) if len(sys.argv) > 2 else 1.0)
     else:
         seeds(sys.argv[2], float(sys.argv[3]),
-              [int(s) for s in sys.argv[4].split(",")], sys.argv[5].split(","))
+              [int(s) for s in sys.argv[4].split(",")], sys.argv[5].split(","),
+              curve=sys.argv[1] == "windows")
