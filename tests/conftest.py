@@ -46,10 +46,9 @@ def _share_compiled_programs(config):
     which the in-process jit cache cannot see, and reading it back is faster
     than compiling again (two alternating pairs of runs of the default
     suite in session 32: 267 and 277 s with it, 286 and 295 s without).
-    Every program is cached,
-    however quick its compile (-O0 makes most take under a second). The
-    cached executable is the one XLA would build: the key holds the
-    program, the flags and the versions."""
+    Every program is cached, however quick its compile (-O0 makes most take
+    under a second). The cached executable is the one XLA would build: the
+    key holds the program, the flags and the versions."""
     if _CACHE_VARIABLE not in os.environ:
         os.environ[_CACHE_VARIABLE] = tempfile.mkdtemp(prefix="mnemosyne-xla-")
         config.add_cleanup(lambda: shutil.rmtree(os.environ.pop(_CACHE_VARIABLE),

@@ -48,6 +48,7 @@ import probe7  # noqa: E402
 import probe8  # noqa: E402
 import probe9  # noqa: E402
 import probe10  # noqa: E402
+from readings import reading  # noqa: E402
 
 import mnemosyne  # noqa: E402
 from mnemosyne._lopt import depth_floor  # noqa: E402
@@ -56,11 +57,6 @@ MODELS = {}
 for module in (probe5, probe6, probe7, probe8, probe9, probe10):
     MODELS.update(module.PROBES)
 MODELS.update(probe10.ADDED)
-
-
-def reading(**settings):
-    return lambda: mnemosyne.mnemosyne(
-        lopt=mnemosyne.reconfigure(mnemosyne.pretrained(), **settings))
 
 
 def ceiling(params) -> tuple[int, float, int]:
