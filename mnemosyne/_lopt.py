@@ -98,6 +98,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
     step_agreement_threshold: eqx.AbstractVar[float | None]
     step_width_reference: eqx.AbstractVar[int | None]
     step_depth_floor: eqx.AbstractVar[tuple[float, float] | None]
+    step_shallow_ceiling: eqx.AbstractVar[tuple[float, float] | None]
     step_kernel_floor: eqx.AbstractVar[tuple[float, int] | None]
     step_spike_guard: eqx.AbstractVar[tuple[float, float, float] | None]
     packs_small_leaves: eqx.AbstractClassVar[bool]
@@ -265,7 +266,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         )
         outputs, finite, scales = theta._step_leaves(
             g_leaves, p_leaves, m_leaves, a_leaves, r_leaves, step, B,
-            theta._step_floors(layers),
+            *theta._step_bounds(layers),
         )
         reference = theta.step_width_reference
         updates = treedef.unflatten([
@@ -314,12 +315,12 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         return [None if g is None else tuple(np.shape(g)) for g in g_leaves]
 
     def _step_leaves(
-        self, g_leaves, p_leaves, m_leaves, a_leaves, r_leaves, step, B, lows
+        self, g_leaves, p_leaves, m_leaves, a_leaves, r_leaves, step, B, lows, high
     ):
         """`(update, memory)` per leaf (`None` for `None` leaves), whether
         every gradient is finite, and each leaf's new log step multiplier
-        (Eq. A2, floored at its entry of `lows`; `None` without step
-        adaptation). If a gradient is not finite, and `skip_nonfinite`, the
+        (Eq. A2, floored at its entry of `lows`, capped at `high`; `None`
+        without step adaptation). If a gradient is not finite, and `skip_nonfinite`, the
         updates are zero and the memory unchanged.
 
         When the optimizer treats coordinates independently (`packs_small_leaves`),
@@ -368,6 +369,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 finite,
                 r_leaves[i],
                 lows[i],
+                high,
             )
         for members, pack in zip(groups.values(), packs, strict=False):
             update, memory, momentum = self._packed_step(pack, step, B)
@@ -377,7 +379,7 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 low = float(low[0]) if np.all(low == low[0]) else low
                 log_scale = self._log_step_scale(
                     pack.grad, momentum, log_scale, pack.statistics(B), step, B, low,
-                    memory.second_moment,
+                    high, memory.second_moment,
                 )
                 update = update * B.xp.exp(log_scale)[pack.segments]
                 for k, i in enumerate(members):
@@ -387,32 +389,39 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 outputs[i] = out
         return outputs, finite, scales
 
-    def _step_floors(self, layers) -> list[float | None]:
-        """The floor $\\ell$ of each leaf's step multiplier (`None` for
-        `None` leaves), from `layer_shapes`' `(count, shape)` per leaf:
-        `step_scale_range`'s, raised for the whole model by Eq. (D) if
-        `step_depth_floor` is set (`depth_floor`, over the layers of two or
-        more axes), and for kernels (layers of four or more axes) of a deep
-        enough model by Eq. (K) if `step_kernel_floor` is."""
-        low = self.step_scale_range[0]
+    def _step_bounds(self, layers) -> tuple[list[float | None], float]:
+        """The bounds of the step multipliers, from `layer_shapes`'
+        `(count, shape)` per leaf: the floor $\\ell$ of each leaf's (`None`
+        for `None` leaves) and the model's ceiling $h$.
+
+        The floor is `step_scale_range`'s, raised for the whole model by Eq.
+        (D) if `step_depth_floor` is set (`depth_floor`, over the layers of
+        two or more axes), and for kernels (layers of four or more axes) of
+        a deep enough model by Eq. (K) if `step_kernel_floor` is. The ceiling
+        is `step_scale_range`'s, raised for a shallow model by Eq. (C) if
+        `step_shallow_ceiling` is set (`shallow_ceiling`)."""
+        low, high = self.step_scale_range
         matrices = sum(n for n, shape in filter(None, layers) if len(shape) >= 2)
         if self.step_depth_floor is not None:
             low = depth_floor(matrices, low, self.step_depth_floor)
+        if self.step_shallow_ceiling is not None:
+            high = shallow_ceiling(matrices, high, self.step_shallow_ceiling[0])
         kernel = low
         if self.step_kernel_floor is not None:
             floor, min_matrices = self.step_kernel_floor
             kernel = max(low, floor) if matrices >= min_matrices else low
-        return [None if layer is None else kernel if len(layer[1]) >= 4 else low
+        lows = [None if layer is None else kernel if len(layer[1]) >= 4 else low
                 for layer in layers]
+        return lows, high
 
     def _log_step_scale(
-        self, grad, momentum, log_scale, rms, step, B, low, second_moment
+        self, grad, momentum, log_scale, rms, step, B, low, high, second_moment
     ):
         """Eqs. (A1)-(A2): the tensor's new log step multiplier $\\rho_t$ from
         the agreement $a_t = \\cos(g_t, m_{t-1})$ of the gradient with
         `momentum`, the memory's momentum before this step's write (the
         direction of the last step; none before the first step), within
-        $[\\log$ `low`$, \\log h]$; `None` without step adaptation. `rms` as in
+        $[\\log$ `low`$, \\log$ `high`$]$; `None` without step adaptation. `rms` as in
         `features`; for packs, `log_scale` and the result have one entry per
         packed tensor. With `step_spike_guard`, Eq. (G): `low` is a soft floor
         below which only spikes of the gradient over its running scale (read
@@ -425,8 +434,14 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
         agreement = B.agreement(
             rms.sum_of(g_hat * m), rms.g_hat_square_sum, rms.sum_of(m * m)
         )
-        hard_low, high = self.step_scale_range
+        hard_low, knee = self.step_scale_range
         threshold = self.step_agreement_threshold or 0.0
+        if self.step_shallow_ceiling is not None and high > knee:
+            # Eq. (C): above the plain ceiling, grow only on a strong agreement
+            threshold = B.xp.where(
+                B.xp.asarray(log_scale) > float(np.log(knee)),
+                self.step_shallow_ceiling[1], threshold,
+            )
         if self.step_spike_guard is None:
             return B.log_step_scale(
                 log_scale, agreement, self.step_adaptation, threshold, low, high
@@ -447,11 +462,11 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
 
     def _step_unless_skipped(
         self, grad, param, memory, step, B, axis_names, rms, finite, log_scale=None,
-        low=None,
+        low=None, high=None,
     ):
         """`(update, memory, log_scale)`: `_leaf_step` (cast to the compute
         dtype and back) and, with step adaptation, the new log multiplier
-        $\\rho_t$ (`_log_step_scale`, floored at `low`) times which the update
+        $\\rho_t$ (`_log_step_scale`, within `low` and `high`) times which the update
         is taken, inside a conditional on `finite`: if not `finite` (and
         `skip_nonfinite`), a zero update and `memory` and `log_scale` unchanged.
 
@@ -468,7 +483,8 @@ class AbstractMnemosyne(AbstractLearnedOptimizer):
                 g, p, m, step, B, axis_names, rms
             )
             new_scale = self._log_step_scale(
-                g, momentum, log_scale, rms, step, B, low, new_memory.second_moment
+                g, momentum, log_scale, rms, step, B, low, high,
+                new_memory.second_moment,
             )
             if new_scale is not None:
                 update = update * B.xp.exp(new_scale)
@@ -532,7 +548,10 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
        with `step_kernel_floor` $(\\ell_K, L_K)$, in a model of $L \\ge L_K$
        matrices the floor of a kernel (a tensor of four or more axes: a 2-D
        or 3-D convolution's) is $\\max(\\ell_L, \\ell_K)$ (K): deep CNNs keep
-       their step;
+       their step; with `step_shallow_ceiling` $(C, a_1)$, its ceiling is
+       $h_L = \\min(C, \\max(h, C/L))$ (C), and above $h$ it grows only while
+       the agreement exceeds $a_1$: a shallow model whose gradients keep
+       agreeing may take larger steps than a deep one;
     9. with `step_spike_guard` $(K, \\lambda, \\mu)$, that floor is soft: only
        spikes (a gradient RMS above $K$ times its running scale) push the
        multiplier below it, down to the floor of `step_scale_range`, and it
@@ -600,6 +619,11 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
             becomes $\\min(\\ell_{max}, \\max(\\ell, c/L))$ for a model of $L$
             matrices (`depth_floor`); `None` (default): the floor $\\ell$ of
             `step_scale_range` for every model.
+        step_shallow_ceiling: $(C, a_1)$ of Eq. (C): the multiplier's ceiling
+            becomes $\\min(C, \\max(h, C/L))$ for a model of $L$ matrices
+            (`shallow_ceiling`), at least `step_scale_range`'s ceiling $h$,
+            and above $h$ the agreement threshold of (A2) is $a_1$ instead
+            of $a_0$; `None` (default): $h$ for every model.
         step_kernel_floor: `(ℓ_K, L_K)` of Eq. (K): in a model of at least
             $L_K$ matrices, the multiplier's floor for tensors of four or
             more axes (2-D and 3-D convolution kernels, in any layout) is at
@@ -666,6 +690,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
     step_warmup: tuple[float, int] | None = eqx.field(static=True)
     step_width_reference: int | None = eqx.field(static=True)
     step_depth_floor: tuple[float, float] | None = eqx.field(static=True)
+    step_shallow_ceiling: tuple[float, float] | None = eqx.field(static=True)
     step_kernel_floor: tuple[float, int] | None = eqx.field(static=True)
     step_spike_guard: tuple[float, float, float] | None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
@@ -697,6 +722,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         step_warmup: tuple[float, int] | None = None,
         step_width_reference: int | None = None,
         step_depth_floor: tuple[float, float] | None = None,
+        step_shallow_ceiling: tuple[float, float] | None = None,
         step_kernel_floor: tuple[float, int] | None = None,
         step_spike_guard: tuple[float, float, float] | None = None,
         skip_nonfinite: bool = True,
@@ -760,6 +786,7 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         self.step_warmup = _checked_warmup(step_warmup)
         self.step_width_reference = _checked_width_reference(step_width_reference)
         self.step_depth_floor = _checked_depth_floor(step_depth_floor, low)
+        self.step_shallow_ceiling = _checked_shallow_ceiling(step_shallow_ceiling, high)
         self.step_kernel_floor = _checked_kernel_floor(step_kernel_floor, low)
         self.step_spike_guard = _checked_spike_guard(step_spike_guard)
         self.skip_nonfinite = skip_nonfinite
@@ -911,6 +938,50 @@ def depth_floor(num_matrices: int, low: float, setting: tuple[float, float]) -> 
     if num_matrices == 0:
         return ceiling
     return min(ceiling, max(low, c / num_matrices))
+
+
+def shallow_ceiling(num_matrices: int, high: float, largest: float) -> float:
+    r"""Eq. (C): the ceiling of the step multiplier (A2) for a model of
+    $L$ = `num_matrices` matrices (counted as in `depth_floor`),
+    $h_L = \min\big(C, \max(h, C / L)\big)$ with $h$ = `high` and $C$ =
+    `largest`; $C$ for a model without matrices.
+
+    The depth floor's argument from the other end of the range: the
+    multiplier grows only while a tensor's gradients keep agreeing with its
+    momentum (a smooth problem), and there the function's change per step is
+    about the sum of its $L$ layers' relative changes, so a shallow model can
+    take larger steps than a deep one before it crosses the edge of
+    stability. Models of $L \ge C/h$ matrices keep $h$: a ceiling above 2
+    made a 6-layer ViT and 16-layer GELU MLPs climb (docs/results.md, "A
+    higher ceiling on the multiplier") and a 7-matrix sigmoid MLP end 3x
+    higher ("A ceiling that rises for shallow models"). Above $h$ the
+    multiplier grows only on an agreement above $a_1$
+    (`AbstractMnemosyne._log_step_scale`): the single-example gradients of
+    a logistic regression agree with the momentum above $a_0$ but seldom
+    above 0.3; without that gate they took it to the ceiling and the run
+    ended 1.4x higher over 32,000 steps.
+    """
+    if num_matrices == 0:
+        return largest
+    return min(largest, max(high, largest / num_matrices))
+
+
+def _checked_shallow_ceiling(setting, high) -> tuple[float, float] | None:
+    """`step_shallow_ceiling` as floats, or a `ValueError` naming what is wrong."""
+    if setting is None:
+        return None
+    try:
+        largest, gate = (float(x) for x in setting)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"step_shallow_ceiling is a pair (C, a_1), got {setting!r}"
+        ) from None
+    if not (largest >= high and -1.0 < gate < 1.0):
+        raise ValueError(
+            "step_shallow_ceiling = (C, a_1) needs C >= step_scale_range's ceiling "
+            f"and -1 < a_1 < 1, got {setting!r} with ceiling {high!r}"
+        )
+    return (largest, gate)
 
 
 def _checked_depth_floor(setting, low) -> tuple[float, float] | None:
@@ -1077,6 +1148,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
     step_agreement_threshold: None = eqx.field(static=True)
     step_width_reference: None = eqx.field(static=True)
     step_depth_floor: None = eqx.field(static=True)
+    step_shallow_ceiling: None = eqx.field(static=True)
     step_kernel_floor: None = eqx.field(static=True)
     step_spike_guard: None = eqx.field(static=True)
     config: tuple = eqx.field(static=True)
@@ -1131,6 +1203,7 @@ class TensorwiseMnemosyne(AbstractMnemosyne):
         self.step_agreement_threshold = None
         self.step_width_reference = None  # width scaling (N): coordinate-wise only
         self.step_depth_floor = None
+        self.step_shallow_ceiling = None
         self.step_kernel_floor = None
         self.step_spike_guard = None
         self.skip_nonfinite = skip_nonfinite

@@ -19,7 +19,7 @@ from helpers import (
 )
 
 import mnemosyne
-from mnemosyne._lopt import depth_floor, width_factor
+from mnemosyne._lopt import depth_floor, shallow_ceiling, width_factor
 
 NAMES = sorted(LOPTS)
 
@@ -795,6 +795,105 @@ def test_step_depth_floor_must_be_a_factor_and_a_floor():
             )
     lopt = mnemosyne.CoordinatewiseMnemosyne(step_depth_floor=(2, 1), key=key)
     assert lopt.step_depth_floor == (2.0, 1.0)
+
+
+# ----------------------------------------------------------------------------
+# A ceiling of the step multiplier that rises for shallow models (Eq. C)
+# ----------------------------------------------------------------------------
+
+
+def test_shallow_ceiling_falls_as_one_over_the_number_of_matrices_down_to_h():
+    """Eq. (C): $h_L = \\min(C, \\max(h, C/L))$, and $C$ for a model
+    without matrices."""
+    assert shallow_ceiling(0, 2.0, 8.0) == shallow_ceiling(1, 2.0, 8.0) == 8.0
+    assert shallow_ceiling(2, 2.0, 8.0) == 4.0
+    assert shallow_ceiling(3, 2.0, 8.0) == pytest.approx(8 / 3)
+    assert shallow_ceiling(4, 2.0, 8.0) == shallow_ceiling(100, 2.0, 8.0) == 2.0
+    assert shallow_ceiling(3, 2.0, 2.0) == 2.0  # C = h: the plain ceiling
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_step_shallow_ceiling_caps_every_tensor_at_the_models_ceiling(backend):
+    """A gradient that keeps its direction drives every tensor's multiplier up
+    to its ceiling (A2); with `step_shallow_ceiling` $C$ that ceiling is the
+    model's $h_L$ of Eq. (C), counted over the leaves of two or more axes (a
+    matrix stepped alone, small ones packed together, and vectors, which do
+    not count), and the update is the unadapted one times it."""
+    adaptive, plain = _adaptive_and_plain(rate=0.5)
+    adaptive = mnemosyne.reconfigure(adaptive, step_shallow_ceiling=(16.0, 0.0))
+    assert adaptive.step_scale_range[1] == 4.0
+    update = _update_function(backend)
+    base = {"big": ADAPTED_PARAMS["big"], "b": jnp.ones(5)}
+    small = {f"m{i}": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4) + i for i in range(4)}
+    two = {k: small[k] for k in ("m0", "m1")}
+    for params, ceiling in ((base, 16.0), ({**base, **two}, 16 / 3),
+                            ({**base, **small}, 4.0)):
+        g = jax.tree.map(lambda x: 0.1 * x + 0.05, params)  # the same every step
+        state = adaptive.init(params)
+        for _ in range(20):
+            u_plain, _ = update(plain, g, state._replace(step_scale=None), params)
+            u, state = update(adaptive, g, state, params)
+        for k in params:
+            np.testing.assert_allclose(np.exp(float(state.step_scale[k])), ceiling,
+                                       rtol=1e-5)
+            np.testing.assert_allclose(u[k], ceiling * np.asarray(u_plain[k]),
+                                       rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_step_shallow_ceiling_gates_growth_above_h_by_a_stronger_agreement(backend):
+    """Against a direct computation with dot products: with
+    `step_shallow_ceiling` $(C, a_1)$, Eq. (A2)'s threshold is $a_1$ instead
+    of $a_0$ while the multiplier is above the plain ceiling $h$, so
+    $\\rho_t = \\operatorname{clip}(\\rho_{t-1} + \\kappa (\\cos(g_t, m_{t-1}) -
+    a(\\rho_{t-1})), \\log\\ell, \\log h_L)$. A gradient that keeps its
+    direction, with $a_1$ above its agreement: the multiplier rises past $h$
+    and is pulled back to it, never reaching $h_L$."""
+    adaptive, plain = _adaptive_and_plain(rate=0.5, threshold=0.05)
+    adaptive = mnemosyne.reconfigure(adaptive, step_shallow_ceiling=(16.0, 0.999))
+    rate, (low, knee) = adaptive.step_adaptation, adaptive.step_scale_range
+    params = {"big": ADAPTED_PARAMS["big"], "b": jnp.ones(5)}  # L = 1: h_L = 16
+    g = jax.tree.map(lambda x: x + 0.5, random_like(params, 0))  # every step
+    state = adaptive.init(params)
+    update = _update_function(backend)
+    rtol = 2e-5 if backend == "jax" else 1e-10
+    above = set()
+    for _ in range(20):
+        expected = {}
+        for k in params:
+            m = np.asarray(adaptive.memory.momentum(state.memory[k]),
+                           np.float64).ravel()
+            gk = np.asarray(g[k], np.float64).ravel()
+            norms = np.linalg.norm(gk) * np.linalg.norm(m)
+            cos = 0.0 if norms == 0 else float(gk @ m) / norms
+            assert cos < 0.999
+            rho = float(state.step_scale[k])
+            threshold = 0.999 if rho > np.log(knee) else 0.05
+            expected[k] = float(np.clip(rho + rate * (cos - threshold),
+                                        np.log(low), np.log(16.0)))
+        u_plain, _ = update(plain, g, state._replace(step_scale=None), params)
+        u, state = update(adaptive, g, state, params)
+        for k in params:
+            rho = float(state.step_scale[k])
+            np.testing.assert_allclose(rho, expected[k], rtol=rtol, atol=1e-7)
+            np.testing.assert_allclose(np.asarray(u[k]),
+                                       np.exp(rho) * np.asarray(u_plain[k]),
+                                       rtol=max(rtol, 1e-6), atol=1e-12)
+            above.add(rho > np.log(knee))
+    assert above == {True, False}
+    assert max(float(r) for r in jax.tree.leaves(state.step_scale)) < np.log(2 * knee)
+
+
+def test_step_shallow_ceiling_must_be_a_ceiling_and_a_threshold():
+    key = jax.random.key(0)
+    for bad in ((1.5, 0.3), (8.0, 1.0), (8.0,), 8.0, "shallow"):
+        with pytest.raises(ValueError, match="step_shallow_ceiling"):
+            mnemosyne.CoordinatewiseMnemosyne(
+                step_adaptation=0.1, step_scale_range=(0.25, 2.0),
+                step_shallow_ceiling=bad, key=key,
+            )
+    lopt = mnemosyne.CoordinatewiseMnemosyne(step_shallow_ceiling=(8, 0), key=key)
+    assert lopt.step_shallow_ceiling == (8.0, 0.0)
 
 
 @pytest.mark.parametrize(
