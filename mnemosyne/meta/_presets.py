@@ -523,6 +523,17 @@ _SHIPPED_STEP_SPIKE_GUARD = (3.0, 1.0, 5e-4)
 # +3% at batch 16-32 but cost 1.2-2x at batch 8 (docs/results.md, "A floor
 # for the kernels of deep CNNs").
 _SHIPPED_STEP_KERNEL_FLOOR = (1.0, 5)
+# The shallow ceiling (C, a_1) of the shipped θ's step multiplier (Eq. (C),
+# `Preset.read_with`), hand-set after meta-training (session 33): a model of L
+# matrices may grow its multiplier to min(8, max(2, 8/L)) (8 for one matrix or
+# none, 4 for two, 8/3 for three; models of four or more matrices are read as
+# before), above 2 only while the agreement exceeds 0.3. Ungated, C = 8
+# lowered 19 of 56 probe models and the suite's smooth shallow tasks (the
+# quadratic 15x) but took a batch-1 logistic regression to its ceiling and
+# 1.4x higher over 32,000 steps; the gate gives that run back. C = 16 (a
+# ceiling of 4 at four matrices) made a full-batch sine fit and a PINN climb
+# (docs/results.md, "A ceiling that rises for shallow models").
+_SHIPPED_STEP_SHALLOW_CEILING = (8.0, 0.3)
 # The agreement threshold a_0 of Eq. (A2), hand-set: on the generality probe
 # (meta.probe_tasks(), seeds 0-1) the weights trained without one (a_0 = 0)
 # ruined a batch-8 RNN and a 3-layer causal LM run, where the agreement hovers
@@ -565,6 +576,7 @@ PRESETS: dict[str, Preset] = {
             "step_depth_floor": _SHIPPED_STEP_DEPTH_FLOOR,
             "step_spike_guard": _SHIPPED_STEP_SPIKE_GUARD,
             "step_kernel_floor": _SHIPPED_STEP_KERNEL_FLOOR,
+            "step_shallow_ceiling": _SHIPPED_STEP_SHALLOW_CEILING,
         },
     ),
     # `lstm` and `lstm_multiscale` come from the v1 recipe; `lstm_v2` and
