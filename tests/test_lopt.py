@@ -498,6 +498,15 @@ ADAPTED_PARAMS = {  # one leaf stepped alone, two packed together
 }
 
 
+def _cosine_with_momentum(lopt, state, grads, key):
+    """Eq. (A1) by direct dot products, in float64: the cosine of leaf `key`'s
+    gradient with the memory's momentum in `state` (0 if either is zero)."""
+    m = np.asarray(lopt.memory.momentum(state.memory[key]), np.float64).ravel()
+    g = np.asarray(grads[key], np.float64).ravel()
+    norms = np.linalg.norm(g) * np.linalg.norm(m)
+    return 0.0 if norms == 0 else float(g @ m) / norms
+
+
 @pytest.mark.parametrize("threshold", [0.0, 0.2])
 @pytest.mark.parametrize("backend", ["jax", "numpy"])
 def test_step_scale_follows_the_cosine_of_gradient_and_momentum(backend, threshold):
@@ -522,11 +531,7 @@ def test_step_scale_follows_the_cosine_of_gradient_and_momentum(backend, thresho
         g = {k: noise[k] + (sign if k == "a" else 1.0) * drift[k] for k in params}
         expected = {}
         for k in params:
-            m = np.asarray(adaptive.memory.momentum(state.memory[k]),
-                           np.float64).ravel()
-            gk = np.asarray(g[k], np.float64).ravel()
-            norms = np.linalg.norm(gk) * np.linalg.norm(m)
-            cos = 0.0 if norms == 0 else float(gk @ m) / norms
+            cos = _cosine_with_momentum(adaptive, state, g, k)
             rho = float(state.step_scale[k]) + rate * (cos - threshold)
             expected[k] = float(np.clip(rho, np.log(low), np.log(high)))
         plain_state = state._replace(step_scale=None)
@@ -861,11 +866,7 @@ def test_step_shallow_ceiling_gates_growth_above_h_by_a_stronger_agreement(backe
     for _ in range(20):
         expected = {}
         for k in params:
-            m = np.asarray(adaptive.memory.momentum(state.memory[k]),
-                           np.float64).ravel()
-            gk = np.asarray(g[k], np.float64).ravel()
-            norms = np.linalg.norm(gk) * np.linalg.norm(m)
-            cos = 0.0 if norms == 0 else float(gk @ m) / norms
+            cos = _cosine_with_momentum(adaptive, state, g, k)
             assert cos < 0.999
             rho = float(state.step_scale[k])
             threshold = 0.999 if rho > np.log(knee) else 0.05
