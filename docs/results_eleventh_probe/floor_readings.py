@@ -1,7 +1,8 @@
 """The eleventh probe's two losses at 4x their steps (session 34) under the
-shipped reading and with the step multiplier held at or above 1 (the range
-(1, 2), no depth floor, no spike guard: no annealing below Adam's step),
-beside Adam(1e-3): is the shipped multiplier's annealing what costs them?
+shipped reading, with the step multiplier held at or above 1 (the range
+(1, 2), no depth floor, no spike guard: no annealing below the learned
+step), with the range (1/2, 2) and without the spike guard, beside
+Adam(1e-3): is the shipped multiplier's annealing what costs them?
 
     python docs/results_eleventh_probe/floor_readings.py
 
@@ -21,21 +22,26 @@ import probe11  # noqa: E402
 import mnemosyne  # noqa: E402
 
 
-def floor_one():
-    lopt = mnemosyne.reconfigure(
-        mnemosyne.pretrained(),
-        step_scale_range=(1.0, 2.0),
-        step_depth_floor=None,
-        step_spike_guard=None,
+def reading(**settings):
+    return lambda: mnemosyne.mnemosyne(
+        lopt=mnemosyne.reconfigure(mnemosyne.pretrained(), **settings)
     )
-    return mnemosyne.mnemosyne(lopt=lopt)
+
+
+def fixed_range(low):
+    """The multiplier within (low, 2): no depth floor, no spike guard."""
+    return reading(
+        step_scale_range=(low, 2.0), step_depth_floor=None, step_spike_guard=None
+    )
 
 
 if __name__ == "__main__":
     opts = {
         "adam": lambda: optax.adam(1e-3),
         "shipped": mnemosyne.mnemosyne,
-        "floor 1": floor_one,
+        "floor 1": fixed_range(1.0),
+        "floor 1/2": fixed_range(0.5),
+        "no guard": reading(step_spike_guard=None),
     }
     for name in ("polynomial_deg9_full", "ratings_mf_dim16_b64"):
         make, steps = probe11.PROBES[name]
