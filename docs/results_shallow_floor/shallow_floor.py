@@ -1,0 +1,70 @@
+"""A higher floor for shallow models over long runs, measured (session 34).
+
+    python docs/results_shallow_floor/shallow_floor.py SCALE PART PARTS [MAX_L]
+
+The eleventh probe's rating model (two matrices) ends 13% above Adam(1e-3)
+at four times its steps because the multiplier of (A2) anneals to the depth
+floor 1/2 of Eq. (D); held at or above 1 it ends at half Adam's loss
+(`docs/results_eleventh_probe/floor_readings.py`). The candidate raises the
+cap of (D): `step_depth_floor=(2, 1)`, so $\\ell_L = \\min(1, \\max(1/4,
+2/L))$ is 1 for one or two matrices, 2/3 for three and as shipped from four
+on (the spike guard (G) still lowers it on spikes).
+
+Runs every model of the fifth to eleventh probes with at most MAX_L
+(default 3) matrices, at SCALE times its steps, seeds 0-1, with Adam(1e-3), the shipped
+reading and `floor2_1` (the candidate); the models whose index is PART
+modulo PARTS, so that processes can share the list. Each model's line is
+probe5's (geometric mean of the final losses, stability ratios, time, and
+whether each reading ends at most at Adam's loss), then each seed's final
+loss.
+"""
+
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import optax
+
+DOCS = pathlib.Path(__file__).parents[1]
+sys.path[:0] = [
+    str(DOCS / "results_depth_ceiling"),
+    str(DOCS / "results_eleventh_probe"),
+]
+import probe11  # noqa: E402
+from depth_ceiling import MODELS, probe5, reading  # noqa: E402
+
+import mnemosyne  # noqa: E402
+
+READINGS = {
+    "adam": lambda: optax.adam(1e-3),
+    "shipped": mnemosyne.mnemosyne,
+    "floor2_1": reading(step_depth_floor=(2.0, 1.0)),
+}
+
+
+def num_matrices(params) -> int:
+    return sum(np.ndim(x) >= 2 for x in jax.tree.leaves(params))
+
+
+def main(scale, part, parts, max_matrices=3):
+    models = {**MODELS, **probe11.PROBES}
+    shallow = [
+        (name, make, steps)
+        for name, (make, steps) in models.items()
+        if num_matrices(make()[0](jax.random.key(0))) <= max_matrices
+    ]
+    for name, make, steps in shallow[part::parts]:
+        matrices = num_matrices(make()[0](jax.random.key(0)))
+        probe5.compare(
+            f"{name:32s} L={matrices}",
+            make,
+            int(steps * scale),
+            READINGS,
+            [0, 1],
+            per_seed=True,
+        )
+
+
+if __name__ == "__main__":
+    main(float(sys.argv[1]), *(int(a) for a in sys.argv[2:5]))
