@@ -1,6 +1,7 @@
 """A higher floor for shallow models over long runs, measured (session 34).
 
     python docs/results_shallow_floor/shallow_floor.py SCALE PART PARTS [MAX_L]
+        [--only NAME,...] [--seeds 0,1]
 
 The eleventh probe's rating model (two matrices) ends 13% above Adam(1e-3)
 at four times its steps because the multiplier of (A2) anneals to the depth
@@ -11,14 +12,16 @@ cap of (D): `step_depth_floor=(2, 1)`, so $\\ell_L = \\min(1, \\max(1/4,
 on (the spike guard (G) still lowers it on spikes).
 
 Runs every model of the fifth to eleventh probes with at most MAX_L
-(default 3) matrices, at SCALE times its steps, seeds 0-1, with Adam(1e-3), the shipped
-reading and `floor2_1` (the candidate); the models whose index is PART
-modulo PARTS, so that processes can share the list. Each model's line is
+(default 3) matrices (or the models named by `--only`), at SCALE times its steps, on
+the seeds of `--seeds` (default 0-1), with Adam(1e-3), the shipped reading
+and `floor2_1` (the candidate); the models whose index is PART modulo PARTS,
+so that processes can share the list. Each model's line is
 probe5's (geometric mean of the final losses, stability ratios, time, and
 whether each reading ends at most at Adam's loss), then each seed's final
 loss.
 """
 
+import argparse
 import pathlib
 import sys
 
@@ -47,12 +50,16 @@ def num_matrices(params) -> int:
     return sum(np.ndim(x) >= 2 for x in jax.tree.leaves(params))
 
 
-def main(scale, part, parts, max_matrices=3):
+def main(scale, part, parts, max_matrices=3, only=None, seeds=(0, 1)):
     models = {**MODELS, **probe11.PROBES}
     shallow = [
         (name, make, steps)
         for name, (make, steps) in models.items()
-        if num_matrices(make()[0](jax.random.key(0))) <= max_matrices
+        if (
+            name in only
+            if only
+            else num_matrices(make()[0](jax.random.key(0))) <= max_matrices
+        )
     ]
     for name, make, steps in shallow[part::parts]:
         matrices = num_matrices(make()[0](jax.random.key(0)))
@@ -61,10 +68,25 @@ def main(scale, part, parts, max_matrices=3):
             make,
             int(steps * scale),
             READINGS,
-            [0, 1],
+            list(seeds),
             per_seed=True,
         )
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[1]), *(int(a) for a in sys.argv[2:5]))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scale", type=float)
+    parser.add_argument("part", type=int)
+    parser.add_argument("parts", type=int)
+    parser.add_argument("max_matrices", type=int, nargs="?", default=3)
+    parser.add_argument("--only", default=None)
+    parser.add_argument("--seeds", default="0,1")
+    args = parser.parse_args()
+    main(
+        args.scale,
+        args.part,
+        args.parts,
+        args.max_matrices,
+        args.only.split(",") if args.only else None,
+        [int(x) for x in args.seeds.split(",")],
+    )
