@@ -32,8 +32,13 @@ import numpy as np
 import optax
 
 DOCS = pathlib.Path(__file__).parents[1]
-sys.path[:0] = [str(DOCS / "results_depth_ceiling"), str(DOCS / "results_knee")]
+sys.path[:0] = [
+    str(DOCS / "results_depth_ceiling"),
+    str(DOCS / "results_shallow_ceiling"),
+    str(DOCS / "results_knee"),
+]
 from depth_ceiling import probe5, reading  # noqa: E402
+from shallow_ceiling import num_matrices  # noqa: E402
 
 import mnemosyne  # noqa: E402
 from mnemosyne.backends import _jax  # noqa: E402
@@ -45,40 +50,17 @@ def spike_guard_above(knee=2.0):
     at the floor does; below the knee nothing changes."""
     shipped = _jax.log_step_scale
 
-    def log_step_scale(
-        log_scale,
-        agreement,
-        rate,
-        threshold,
-        low,
-        high,
-        penalty=None,
-        recovery=0.0,
-        hard_low=None,
-    ):
-        new = shipped(
-            log_scale,
-            agreement,
-            rate,
-            threshold,
-            low,
-            high,
-            penalty,
-            recovery,
-            hard_low,
-        )
-        if penalty is None:
+    def log_step_scale(*args):
+        new = shipped(*args)
+        if len(args) < 9:  # no spike penalty: the shipped rule as it is
             return new
+        log_scale, penalty, hard_low = args[0], args[6], args[8]
         above = jax.numpy.asarray(log_scale) > float(np.log(knee))
         return jax.numpy.where(
             above, jax.numpy.maximum(new - penalty, float(np.log(hard_low))), new
         )
 
     _jax.log_step_scale = log_step_scale
-
-
-def num_matrices(params) -> int:
-    return sum(np.ndim(x) >= 2 for x in jax.tree.leaves(params))
 
 
 def optimizers(labels, matrices):

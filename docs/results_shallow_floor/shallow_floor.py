@@ -26,16 +26,17 @@ import pathlib
 import sys
 
 import jax
-import numpy as np
 import optax
 
 DOCS = pathlib.Path(__file__).parents[1]
 sys.path[:0] = [
     str(DOCS / "results_depth_ceiling"),
+    str(DOCS / "results_shallow_ceiling"),
     str(DOCS / "results_eleventh_probe"),
 ]
 import probe11  # noqa: E402
 from depth_ceiling import MODELS, probe5, reading  # noqa: E402
+from shallow_ceiling import num_matrices  # noqa: E402
 
 import mnemosyne  # noqa: E402
 
@@ -46,23 +47,20 @@ READINGS = {
 }
 
 
-def num_matrices(params) -> int:
-    return sum(np.ndim(x) >= 2 for x in jax.tree.leaves(params))
-
-
 def main(scale, part, parts, max_matrices=3, only=None, seeds=(0, 1)):
     models = {**MODELS, **probe11.PROBES}
+    counts = {
+        name: num_matrices(make()[0](jax.random.key(0)))
+        for name, (make, _) in models.items()
+    }
     shallow = [
-        (name, make, steps)
-        for name, (make, steps) in models.items()
-        if (
-            name in only
-            if only
-            else num_matrices(make()[0](jax.random.key(0))) <= max_matrices
-        )
+        name
+        for name in models
+        if (name in only if only else counts[name] <= max_matrices)
     ]
-    for name, make, steps in shallow[part::parts]:
-        matrices = num_matrices(make()[0](jax.random.key(0)))
+    for name in shallow[part::parts]:
+        make, steps = models[name]
+        matrices = counts[name]
         probe5.compare(
             f"{name:32s} L={matrices}",
             make,
