@@ -802,6 +802,49 @@ def test_step_depth_floor_must_be_a_factor_and_a_floor():
     assert lopt.step_depth_floor == (2.0, 1.0)
 
 
+# (the NumPy reference: the floors are read from shapes before either backend
+# runs; the JAX step runs the same bounds in the kernel floor's test)
+@pytest.mark.parametrize("backend", ["numpy"])
+def test_step_shallow_floor_raises_the_floor_of_shallow_models_only(backend):
+    """Eq. (D2): with `step_shallow_floor` $(\\ell_S, L_S)$ beside the depth
+    floor, a gradient that flips sign every step drives every tensor's
+    multiplier to $\\max(\\ell_L, \\ell_S)$ in a model of at most $L_S$
+    matrices (a model without matrices included) and to $\\ell_L$ in a deeper
+    one; the update is the unadapted one times it."""
+    adaptive, plain = _adaptive_and_plain(rate=0.5)
+    adaptive = mnemosyne.reconfigure(
+        adaptive, step_depth_floor=(2.0, 0.5), step_shallow_floor=(0.9, 2)
+    )
+    base = {"big": ADAPTED_PARAMS["big"], "b": jnp.ones(5)}
+    m = {f"m{i}": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4) + i for i in range(4)}
+    cases = (
+        ({"b": jnp.ones(5)}, 0.9),  # L = 0
+        ({**base, "m0": m["m0"]}, 0.9),  # L = 2
+        ({**base, "m0": m["m0"], "m1": m["m1"]}, 0.5),  # L = 3: the depth floor
+        ({**base, **m}, 0.4),  # L = 5
+    )
+    for params, floor in cases:
+        u, u_plain, state = _flip_to_the_floor(adaptive, plain, params, backend)
+        for k in params:
+            np.testing.assert_allclose(np.exp(float(state.step_scale[k])), floor,
+                                       rtol=1e-6)
+            np.testing.assert_allclose(u[k], floor * np.asarray(u_plain[k]),
+                                       rtol=1e-5)
+
+
+def test_step_shallow_floor_must_be_a_floor_and_a_count():
+    key = jax.random.key(0)
+    for bad in ((0.1, 2), (3.0, 2), (1.0, -1), (1.0, 2.5), (1.0,), "shallow"):
+        with pytest.raises(ValueError, match="step_shallow_floor"):
+            mnemosyne.CoordinatewiseMnemosyne(
+                step_adaptation=0.1, step_scale_range=(0.25, 2.0),
+                step_shallow_floor=bad, key=key,
+            )
+    lopt = mnemosyne.CoordinatewiseMnemosyne(step_shallow_floor=(1, 2.0), key=key)
+    assert lopt.step_shallow_floor == (1.0, 2)
+    assert isinstance(lopt.step_shallow_floor[1], int)
+
+
 # ----------------------------------------------------------------------------
 # A ceiling of the step multiplier that rises for shallow models (Eq. C)
 # ----------------------------------------------------------------------------

@@ -501,6 +501,20 @@ _SHIPPED_STEP_WIDTH_REFERENCE = 128
 # and a batch-norm MLP (loss spikes) and a 2,000-token LM lose instead; the
 # suite moves by at most 0.03% (docs/results.md, "A depth-aware floor").
 _SHIPPED_STEP_DEPTH_FLOOR = (2.0, 0.5)
+# The shallow floor (floor, max matrices) of the shipped θ's step multiplier
+# (Eq. (D2), `Preset.read_with`), hand-set after meta-training (session 35): a
+# model of at most two matrices (none included) keeps a multiplier of at least
+# 1 where (D) gives 1/2. At 4x their steps, 10 of 25 probe models of at most
+# two matrices end more than 1% lower and 4 higher; over eight seeds a rating
+# model (0.00795 against 0.016; Adam(1e-3) 0.0145), a skip-gram model, an iris
+# MLP at 10x its initial scale, a 1,024-wide tanh regression and a flat MLP
+# end lower on every seed. It costs runs that need the annealing or sit at
+# their noise floor: full-batch matrix factorisation 3.75x (still below
+# Adam), a 512-wide regression at batch 2 1.18x (above Adam's loss). Models
+# of three matrices are left at (D)'s floor: 2/3 there made a batch-8 CNN end
+# a run 3.7x above its best window (docs/results.md, "A higher floor for
+# shallow models").
+_SHIPPED_STEP_SHALLOW_FLOOR = (1.0, 2)
 # The spike guard (K, strength, recovery) of the shipped θ's step multiplier
 # (Eq. (G), `Preset.read_with`), hand-set after meta-training (session 25):
 # the depth floor becomes a soft floor that only spikes cross (a tensor's
@@ -576,6 +590,7 @@ PRESETS: dict[str, Preset] = {
             "step_depth_floor": _SHIPPED_STEP_DEPTH_FLOOR,
             "step_spike_guard": _SHIPPED_STEP_SPIKE_GUARD,
             "step_kernel_floor": _SHIPPED_STEP_KERNEL_FLOOR,
+            "step_shallow_floor": _SHIPPED_STEP_SHALLOW_FLOOR,
             "step_shallow_ceiling": _SHIPPED_STEP_SHALLOW_CEILING,
         },
     ),
