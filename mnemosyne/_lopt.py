@@ -945,11 +945,9 @@ def depth_floor(num_matrices: int, low: float, setting: tuple[float, float]) -> 
     long noisy runs of models of at most four matrices ended 0.5-6% above
     Adam(1e-3) at the floor 1/4 and below it at 1/2, while spiky runs near
     zero loss (a full-batch sine fit, batch norm) did better at 1/4
-    (docs/results.md, "A depth-aware floor"); at four times their steps a
-    floor of 1 for models of at most two matrices (⅔ at three) ended 24 of
-    51 probe models lower and 8 higher, a deterministic matrix factorisation
-    that needs the annealing 3.75x ("A higher floor for shallow models").
-    The count is over the pytree
+    (docs/results.md, "A depth-aware floor"); models of at most two
+    matrices gain from a floor of 1 (Eq. (D2), `step_shallow_floor`). The
+    count is over the pytree
     the optimizer updates: layers stacked into one array (for `jax.lax.scan`)
     count once, unless `update`'s `stacked_axes` names their stacking axes
     (`layer_shapes`).
