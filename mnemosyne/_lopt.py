@@ -802,8 +802,12 @@ class CoordinatewiseMnemosyne(AbstractMnemosyne):
         self.step_width_reference = _checked_width_reference(step_width_reference)
         self.step_depth_floor = _checked_depth_floor(step_depth_floor, low)
         self.step_shallow_ceiling = _checked_shallow_ceiling(step_shallow_ceiling, high)
-        self.step_kernel_floor = _checked_kernel_floor(step_kernel_floor, low)
-        self.step_shallow_floor = _checked_shallow_floor(step_shallow_floor, low, high)
+        self.step_kernel_floor = _checked_floor_and_count(
+            "step_kernel_floor", "min_matrices", step_kernel_floor, low, 1.0, 1
+        )
+        self.step_shallow_floor = _checked_floor_and_count(
+            "step_shallow_floor", "max_matrices", step_shallow_floor, low, high, 0
+        )
         self.step_spike_guard = _checked_spike_guard(step_spike_guard)
         self.skip_nonfinite = skip_nonfinite
 
@@ -1020,44 +1024,26 @@ def _checked_depth_floor(setting, low) -> tuple[float, float] | None:
     return (c, ceiling)
 
 
-def _checked_kernel_floor(setting, low) -> tuple[float, int] | None:
-    """`step_kernel_floor` as `(float, int)`, or a `ValueError` naming what is
-    wrong."""
+def _checked_floor_and_count(
+    name: str, count: str, setting, low: float, high: float, least_count: int
+) -> tuple[float, int] | None:
+    """A `(floor, count)` setting (`step_kernel_floor`, `step_shallow_floor`)
+    as `(float, int)`, or a `ValueError` naming what is wrong: `low <= floor
+    <= high` and a whole count of at least `least_count`."""
     if setting is None:
         return None
     try:
-        floor, min_matrices = setting
-        floor, whole = float(floor), float(min_matrices)
+        floor, whole = setting
+        floor, whole = float(floor), float(whole)
     except (TypeError, ValueError):
         raise ValueError(
-            f"step_kernel_floor is a pair (floor, min_matrices), got {setting!r}"
+            f"{name} is a pair (floor, {count}), got {setting!r}"
         ) from None
-    if not (low <= floor <= 1.0 and whole == int(whole) and whole >= 1):
+    if not (low <= floor <= high and whole == int(whole) and whole >= least_count):
         raise ValueError(
-            "step_kernel_floor = (floor, min_matrices) needs step_scale_range's "
-            f"floor <= floor <= 1 and a whole min_matrices >= 1, got {setting!r} "
-            f"with floor {low!r}"
-        )
-    return (floor, int(whole))
-
-
-def _checked_shallow_floor(setting, low, high) -> tuple[float, int] | None:
-    """`step_shallow_floor` as `(float, int)`, or a `ValueError` naming what
-    is wrong."""
-    if setting is None:
-        return None
-    try:
-        floor, max_matrices = setting
-        floor, whole = float(floor), float(max_matrices)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"step_shallow_floor is a pair (floor, max_matrices), got {setting!r}"
-        ) from None
-    if not (low <= floor <= high and whole == int(whole) and whole >= 0):
-        raise ValueError(
-            "step_shallow_floor = (floor, max_matrices) needs step_scale_range's "
-            f"floor <= floor <= its ceiling and a whole max_matrices >= 0, got "
-            f"{setting!r} with range {(low, high)!r}"
+            f"{name} = (floor, {count}) needs {low!r} <= floor <= {high!r} (the "
+            f"multiplier's range) and a whole {count} >= {least_count}, got "
+            f"{setting!r}"
         )
     return (floor, int(whole))
 
