@@ -950,7 +950,7 @@ def depth_floor(num_matrices: int, low: float, setting: tuple[float, float]) -> 
     Adam(1e-3) at the floor 1/4 and below it at 1/2, while spiky runs near
     zero loss (a full-batch sine fit, batch norm) did better at 1/4
     (docs/results.md, "A depth-aware floor"); models of at most two
-    matrices gain from a floor of 1 (Eq. (D2), `step_shallow_floor`). The
+    matrices gain from a higher floor still (Eq. (D2), `step_shallow_floor`). The
     count is over the pytree
     the optimizer updates: layers stacked into one array (for `jax.lax.scan`)
     count once, unless `update`'s `stacked_axes` names their stacking axes

@@ -1,18 +1,21 @@
-"""Suite tasks of at most two matrices over long runs, before and after the
+"""Suite tasks of at most two matrices over long runs, under readings of the
 shallow floor (Eq. (D2), session 35).
 
-    python docs/results_shallow_floor/long_suite_runs.py BEFORE.eqx TASK STEPS SEEDS
+    python docs/results_shallow_floor/long_suite_runs.py TASK STEPS SEEDS FILE...
 
-BEFORE.eqx: the weights file of the reading before (`git show
-eb1b9b5~1:mnemosyne/weights/default.eqx > BEFORE.eqx`). Trains the suite task
-TASK (`mnemosyne.tasks.get_task`) for STEPS steps on the seeds SEEDS
-(comma-separated) with Adam(1e-3), that reading and the shipped one
-(`mnemosyne.mnemosyne()`), and prints per reading the final loss (mean over
-the last 5% of steps; per seed too), the window means at 1/8, 1/4, 1/2 and
-all of the run, and each run's stability ratio (final over best window).
-Record: `long_suite_runs_10000_steps.log`.
+Each FILE is a weights file read as saved (`mnemosyne.load`): the reading
+before the shallow floor (`git show eb1b9b5~1:mnemosyne/weights/default.eqx >
+BEFORE.eqx`) and the shipped θ read with other floors
+(`mnemosyne.save(path, mnemosyne.reconfigure(mnemosyne.pretrained(),
+step_shallow_floor=(1, 2)))`). Trains the suite task TASK
+(`mnemosyne.tasks.get_task`) for STEPS steps on the seeds SEEDS
+(comma-separated) with Adam(1e-3) and each file, and prints per reading the
+final loss (mean over the last 5% of steps; per seed too), the window means
+at 1/8, 1/4, 1/2 and all of the run, and each run's stability ratio (final
+over best window). Record: `long_suite_runs_10000_steps.log`.
 """
 
+import pathlib
 import sys
 
 import numpy as np
@@ -23,12 +26,11 @@ from mnemosyne.evaluation import stability_ratio, train
 from mnemosyne.tasks import get_task
 
 
-def main(before, task, steps, seeds):
-    readings = {
-        "adam": optax.adam(1e-3),
-        "before": mnemosyne.scale_by_mnemosyne(mnemosyne.load(before)),
-        "shipped_now": mnemosyne.mnemosyne(),
-    }
+def main(task, steps, seeds, files):
+    readings = {"adam": optax.adam(1e-3)}
+    for path in files:
+        lopt = mnemosyne.load(path)
+        readings[pathlib.Path(path).stem] = mnemosyne.scale_by_mnemosyne(lopt)
     window = max(1, steps // 20)
     for name, tx in readings.items():
         losses = np.asarray(train(tx, get_task(task), seeds, num_steps=steps).losses)
@@ -41,5 +43,5 @@ def main(before, task, steps, seeds):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]),
-         [int(s) for s in sys.argv[4].split(",")])
+    main(sys.argv[1], int(sys.argv[2]), [int(s) for s in sys.argv[3].split(",")],
+         sys.argv[4:])
