@@ -950,11 +950,10 @@ def depth_floor(num_matrices: int, low: float, setting: tuple[float, float]) -> 
     Adam(1e-3) at the floor 1/4 and below it at 1/2, while spiky runs near
     zero loss (a full-batch sine fit, batch norm) did better at 1/4
     (docs/results.md, "A depth-aware floor"); models of at most two
-    matrices gain from a higher floor still (Eq. (D2), `step_shallow_floor`). The
-    count is over the pytree
-    the optimizer updates: layers stacked into one array (for `jax.lax.scan`)
-    count once, unless `update`'s `stacked_axes` names their stacking axes
-    (`layer_shapes`).
+    matrices gain from a higher floor still (Eq. (D2), `step_shallow_floor`).
+    The count is over the pytree the optimizer updates: layers stacked into
+    one array (for `jax.lax.scan`) count once, unless `update`'s
+    `stacked_axes` names their stacking axes (`layer_shapes`).
     """
     c, ceiling = setting
     if num_matrices == 0:
@@ -1041,9 +1040,8 @@ def _checked_floor_and_count(
         ) from None
     if not (low <= floor <= high and whole == int(whole) and whole >= least_count):
         raise ValueError(
-            f"{name} = (floor, {count}) needs {low!r} <= floor <= {high!r} (the "
-            f"multiplier's range) and a whole {count} >= {least_count}, got "
-            f"{setting!r}"
+            f"{name} = (floor, {count}) needs {low!r} <= floor <= {high!r} and "
+            f"a whole {count} >= {least_count}, got {setting!r}"
         )
     return (floor, int(whole))
 
