@@ -769,6 +769,20 @@ def _flip_to_the_floor(adaptive, plain, params, backend, **update_kwargs):
     return u, u_plain, state
 
 
+def _assert_at_their_floors(adaptive, plain, params, floors, backend):
+    """After `_flip_to_the_floor`, each tensor `k` of `floors` (a dict, or one
+    floor for every tensor of `params`) has the multiplier `floors[k]` and
+    the update `floors[k]` times the unadapted one."""
+    if not isinstance(floors, dict):
+        floors = dict.fromkeys(params, floors)
+    u, u_plain, state = _flip_to_the_floor(adaptive, plain, params, backend)
+    for k, floor in floors.items():
+        np.testing.assert_allclose(np.exp(float(state.step_scale[k])), floor,
+                                   rtol=1e-6, err_msg=k)
+        np.testing.assert_allclose(u[k], floor * np.asarray(u_plain[k]), rtol=1e-5,
+                                   err_msg=k)
+
+
 # (the NumPy reference only: the floors are read from shapes before either
 # backend runs, and the kernel floor's JAX case below runs the depth floor too)
 @pytest.mark.parametrize("backend", ["numpy"])
@@ -783,12 +797,7 @@ def test_step_depth_floor_floors_every_tensor_at_the_models_depth_floor(backend)
     base = {"big": ADAPTED_PARAMS["big"], "b": jnp.ones(5)}
     small = {f"m{i}": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4) + i for i in range(4)}
     for params, floor in ((base, 0.5), ({**base, **small}, 0.4)):
-        u, u_plain, state = _flip_to_the_floor(adaptive, plain, params, backend)
-        for k in params:
-            np.testing.assert_allclose(np.exp(float(state.step_scale[k])), floor,
-                                       rtol=1e-6)
-            np.testing.assert_allclose(u[k], floor * np.asarray(u_plain[k]),
-                                       rtol=1e-5)
+        _assert_at_their_floors(adaptive, plain, params, floor, backend)
 
 
 def test_step_depth_floor_must_be_a_factor_and_a_floor():
@@ -824,12 +833,7 @@ def test_step_shallow_floor_raises_the_floor_of_shallow_models_only(backend):
         ({**base, **m}, 0.4),  # L = 5
     )
     for params, floor in cases:
-        u, u_plain, state = _flip_to_the_floor(adaptive, plain, params, backend)
-        for k in params:
-            np.testing.assert_allclose(np.exp(float(state.step_scale[k])), floor,
-                                       rtol=1e-6)
-            np.testing.assert_allclose(u[k], floor * np.asarray(u_plain[k]),
-                                       rtol=1e-5)
+        _assert_at_their_floors(adaptive, plain, params, floor, backend)
 
 
 def test_step_shallow_floor_must_be_a_floor_and_a_count():
@@ -969,12 +973,7 @@ def test_step_kernel_floor_holds_kernels_at_their_own_floor(
     }
     floors = {"big": 0.4, "m": 0.4, "b": 0.4, "k_small": kernel_floor, "k_3": 0.4,
               "k_big": kernel_floor}  # L = 5: ℓ_L = 2/5
-    u, u_plain, state = _flip_to_the_floor(adaptive, plain, params, backend)
-    for k, floor in floors.items():
-        np.testing.assert_allclose(np.exp(float(state.step_scale[k])), floor,
-                                   rtol=1e-6, err_msg=k)
-        np.testing.assert_allclose(u[k], floor * np.asarray(u_plain[k]), rtol=1e-5,
-                                   err_msg=k)
+    _assert_at_their_floors(adaptive, plain, params, floors, backend)
 
 
 def test_step_kernel_floor_must_be_a_floor_and_a_depth():

@@ -11,12 +11,13 @@ cap of (D): `step_depth_floor=(2, 1)`, so $\\ell_L = \\min(1, \\max(1/4,
 2/L))$ is 1 for one or two matrices, 2/3 for three and as shipped from four
 on (the spike guard (G) still lowers it on spikes).
 
-Runs every model of the fifth to eleventh probes with at most MAX_L
-(default 3) matrices (or the models named by `--only`), at SCALE times its steps, on
-the seeds of `--seeds` (default 0-1), with Adam(1e-3), the shipped reading
-and `floor2_1` (the candidate); the models whose index is PART modulo PARTS,
-so that processes can share the list. Each model's line is
-probe5's (geometric mean of the final losses, stability ratios, time, and
+Runs every model of the fifth to eleventh probes with at most MAX_L (default
+3) matrices (or the models named by `--only`), at SCALE times its steps, on
+the seeds of `--seeds` (default 0-1), with Adam(1e-3), the reading shipped
+then (`shipped`: today's without the shallow floor of Eq. (D2), which
+session 35 added) and `floor2_1` (the candidate); the models whose index is
+PART modulo PARTS, so that processes can share the list. Each model's line
+is probe5's (geometric mean of the final losses, stability ratios, time, and
 whether each reading ends at most at Adam's loss), then each seed's final
 loss.
 """
@@ -38,16 +39,15 @@ import probe11  # noqa: E402
 from depth_ceiling import MODELS, probe5, reading  # noqa: E402
 from shallow_ceiling import num_matrices  # noqa: E402
 
-import mnemosyne  # noqa: E402
-
 READINGS = {
     "adam": lambda: optax.adam(1e-3),
-    "shipped": mnemosyne.mnemosyne,
+    "shipped": reading(step_shallow_floor=None),
     "floor2_1": reading(step_depth_floor=(2.0, 1.0)),
 }
 
 
-def main(scale, part, parts, max_matrices=3, only=None, seeds=(0, 1)):
+def main(scale, part, parts, max_matrices=3, only=None, seeds=(0, 1),
+         readings=READINGS):
     models = {**MODELS, **probe11.PROBES}
     counts = {
         name: num_matrices(make()[0](jax.random.key(0)))
@@ -65,7 +65,7 @@ def main(scale, part, parts, max_matrices=3, only=None, seeds=(0, 1)):
             f"{name:32s} L={matrices}",
             make,
             int(steps * scale),
-            READINGS,
+            readings,
             list(seeds),
             per_seed=True,
         )

@@ -17,10 +17,11 @@ import optax
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import shallow_floor  # noqa: E402
 
+READINGS = {
+    "adam": lambda: optax.adam(1e-3),
+    "shipped": shallow_floor.reading(step_shallow_floor=(1.0, 2)),
+    "floor_075": shallow_floor.reading(step_shallow_floor=(0.75, 2)),
+}
+
 if __name__ == "__main__":
-    shallow_floor.READINGS = {
-        "adam": lambda: optax.adam(1e-3),
-        "shipped": shallow_floor.reading(step_shallow_floor=(1.0, 2)),
-        "floor_075": shallow_floor.reading(step_shallow_floor=(0.75, 2)),
-    }
-    shallow_floor.main(4, 0, 1, 3, sys.argv[1].split(","), [0, 1])
+    shallow_floor.main(4, 0, 1, 3, sys.argv[1].split(","), [0, 1], READINGS)
